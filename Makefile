@@ -1,0 +1,27 @@
+# The two commands of the README. Each creates .venv on first use and installs modarb into it.
+# CPU machines pin torch through constraints-cpu.txt (an unpinned torch pulls CUDA wheels);
+# on a GPU machine run `make CONSTRAINTS= demo` inside an environment that has your torch.
+PYTHON ?= python3
+VENV ?= .venv
+CONSTRAINTS ?= constraints-cpu.txt
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.modarb-installed
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test install
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[test]"
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/modarb reproduce --out reports/demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest

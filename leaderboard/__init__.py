@@ -1,0 +1,1 @@
+"""leaderboard: normalised result entries, the board built from them, and the regression check."""

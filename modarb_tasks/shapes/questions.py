@@ -1,0 +1,93 @@
+"""MC²-like question types over a scene, and their answers.
+
+A question is answerable on a scene only when it picks out what it asks about unambiguously
+(e.g. "What color is the circle?" needs exactly one circle); `answer` returns None otherwise,
+which is how the generator finds conflicting contexts that still answer the same question.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from modarb_tasks.shapes.scenes import COLORS, SHAPES, Scene
+
+QUESTION_TYPES = ("color", "counting", "object_recognition", "positional_reasoning", "attribute")
+NUMBER_WORDS = ("zero", "one", "two", "three", "four")
+
+
+@dataclass(frozen=True)
+class Question:
+    qtype: str
+    text: str
+    color: str | None = None
+    shape: str | None = None
+    position: str | None = None
+    asks: str | None = None  # positional_reasoning: "color" or "shape" of the object there
+
+
+def plural(shape: str) -> str:
+    return shape + "s"
+
+
+def sample_question(qtype: str, scene: Scene, rng: random.Random) -> Question | None:
+    """A question of `qtype` about `scene` that the scene answers, or None if it has none."""
+    objs = scene.objects
+    if qtype == "color":
+        shapes = [s for s in SHAPES if sum(o.shape == s for o in objs) == 1]
+        return Question(qtype, f"What color is the {(s := rng.choice(shapes))}?", shape=s) if shapes else None
+    if qtype == "counting":
+        s = rng.choice(sorted({o.shape for o in objs}))
+        return Question(qtype, f"How many {plural(s)} are there?", shape=s)
+    if qtype == "object_recognition":
+        colors = [c for c in COLORS if sum(o.color == c for o in objs) == 1]
+        return Question(qtype, f"What shape is the {(c := rng.choice(colors))} object?", color=c) if colors else None
+    if qtype == "positional_reasoning":
+        p = rng.choice([o.position for o in objs])
+        asks = rng.choice(("color", "shape"))
+        return Question(qtype, f"What {asks} is the object at the {p}?", position=p, asks=asks)
+    if qtype == "attribute":
+        pairs = sorted({(o.color, o.shape) for o in objs if sum((x.color, x.shape) == (o.color, o.shape) for x in objs) == 1})
+        if not pairs:
+            return None
+        c, s = rng.choice(pairs)
+        return Question(qtype, f"What size is the {c} {s}?", color=c, shape=s)
+    raise ValueError(f"unknown question type {qtype!r}; choose one of {QUESTION_TYPES}")
+
+
+def answer(question: Question, scene: Scene) -> str | None:
+    """The scene's answer to `question`, or None when the question does not fit the scene."""
+    objs = scene.objects
+    if question.qtype == "color":
+        hits = [o for o in objs if o.shape == question.shape]
+        return hits[0].color if len(hits) == 1 else None
+    if question.qtype == "counting":
+        count = sum(o.shape == question.shape for o in objs)
+        return str(count) if count else None
+    if question.qtype == "object_recognition":
+        hits = [o for o in objs if o.color == question.color]
+        return hits[0].shape if len(hits) == 1 else None
+    if question.qtype == "positional_reasoning":
+        hits = [o for o in objs if o.position == question.position]
+        return getattr(hits[0], question.asks) if hits else None
+    if question.qtype == "attribute":
+        hits = [o for o in objs if (o.color, o.shape) == (question.color, question.shape)]
+        return hits[0].size if len(hits) == 1 else None
+    raise ValueError(f"unknown question type {question.qtype!r}")
+
+
+def candidates(question: Question, answer_text: str) -> list[str]:
+    """Accepted spellings of an answer: counts also as number words ("2", "two")."""
+    if question.qtype == "counting":
+        return [answer_text, NUMBER_WORDS[int(answer_text)]]
+    return [answer_text]
+
+
+def describe(scene: Scene, rng: random.Random) -> str:
+    """The text context: every object of the scene, in a random order."""
+    objs = list(scene.objects)
+    rng.shuffle(objs)
+    count = len(objs)
+    head = f"The picture shows {NUMBER_WORDS[count]} object{'s' if count > 1 else ''}."
+    return " ".join([head] + [f"A {o.phrase()} is at the {o.position}." for o in objs])
+
