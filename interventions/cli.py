@@ -13,7 +13,7 @@ import sys
 from interventions.errors import ModarbError
 
 EXIT_BAD_INPUT = 2
-SUBCOMMAND_MODULES: list[str] = []
+SUBCOMMAND_MODULES = ["leaderboard.cli"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,274 @@
+"""Leaderboard entries: lm-eval results files turned into one normalised JSON per run.
+
+Why normalise: lm-eval's results JSON mixes metrics, configs, environment dumps and groups; the
+board and `modarb check` need a small stable record (who, which intervention, when, which
+versions, per-task metrics with stderr and n) and a content hash to refuse duplicate runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+from interventions.errors import ModarbError
+from leaderboard.files import write_atomic
+
+ENTRY_SCHEMA = "modarb-leaderboard-entry/1"
+KINDS = ("result", "smoke")
+DEFAULT_MODEL = "modarb-organism"
+BASELINE = {"identity": "none", "name": "baseline"}
+ENTRIES_DIR = Path(__file__).resolve().parent / "entries"
+
+SLOTS = ("follow_image", "follow_text", "visual_control", "language_control")
+HEADLINE_METRIC = {"follow_image": "mf_ratio", "follow_text": "mf_ratio",
+                   "visual_control": "acc", "language_control": "acc"}
+
+
+_TASK_NAME = re.compile(r"^(?P<head>mf|mc2(?:_paper)?)_(?P<slot>follow_image|follow_text|visual_control|language_control)"
+                        r"(?P<tail>_\w+)?$")
+"""modarb's task names: mf_* (shapes), mc2_*, mc2_paper_*, with variants such as _ll or _instruction_after."""
+
+
+def task_slot(task: str) -> tuple[str, str] | None:
+    """(suite, slot) of a modarb task, the suite being the name with the slot starred:
+    mf_follow_image_ll -> ("mf_*_ll", "follow_image"); None for a task that is not modarb's."""
+    match = _TASK_NAME.match(task)
+    return None if match is None else (f"{match['head']}_*{match['tail'] or ''}", match["slot"])
+
+
+def suite_task(suite: str, slot: str) -> str:
+    """The task of `suite` that fills `slot` (inverse of task_slot)."""
+    return suite.replace("*", slot)
+
+
+_HOW_TO_GET = "pass the results_*.json (or its folder) that `lm_eval --output_path` writes"
+
+
+class DuplicateEntryError(ModarbError):
+    """The run is already on the leaderboard; refused unless replacing is asked for."""
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One number with its standard error (None where lm-eval reports N/A) and sample count."""
+
+    value: float
+    stderr: float | None
+    n: int
+
+
+def find_results_files(path: Path) -> list[Path]:
+    """The results JSON files at `path`: the file itself, or every results_*.json below a folder."""
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        found = sorted(p for p in path.rglob("results_*.json") if p.is_file())
+        if found:
+            return found
+        raise ModarbError(f"{path}: no results_*.json inside; {_HOW_TO_GET}")
+    raise ModarbError(f"{path}: no such file or folder; {_HOW_TO_GET}")
+
+
+def load_results(path: Path) -> dict[str, Any]:
+    """Parse an lm-eval results file and check it has the parts an entry is made from."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ModarbError(f"{path}: malformed results file (not UTF-8 text); {_HOW_TO_GET}") from None
+    except json.JSONDecodeError as err:
+        raise ModarbError(
+            f"{path}: malformed JSON ({err.msg} at line {err.lineno}); {_HOW_TO_GET}") from None
+    if not isinstance(data, dict):
+        raise ModarbError(f"{path}: not an lm-eval results file (top level is not an object); {_HOW_TO_GET}")
+    for key, kind in (("results", dict), ("config", dict), ("n-samples", dict), ("date", (int, float))):
+        if not isinstance(data.get(key), kind):
+            raise ModarbError(
+                f"{path}: not an lm-eval results file (no valid {key!r} key); {_HOW_TO_GET}")
+    return data
+
+
+def parse_model_args(model_args: str | dict | None) -> dict[str, str]:
+    """lm-eval stores model_args as the CLI's dict or the Python API's 'k=v,k=v' string."""
+    if isinstance(model_args, dict):
+        return {str(k): str(v) for k, v in model_args.items()}
+    pairs = (part.partition("=") for part in (model_args or "").split(",") if part.strip())
+    return {key.strip(): value.strip() for key, _, value in pairs}
+
+
+def _number(value: Any) -> float | None:
+    """A finite float, or None for lm-eval's "N/A" stderr, NaN and non-numbers."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _task_metrics(task: str, scores: dict[str, Any], path: Path) -> tuple[str, dict[str, dict]]:
+    """The metrics of one task under one filter ("none" when present), each with its stderr."""
+    by_filter: dict[str, dict[str, dict]] = {}
+    for key, value in scores.items():
+        name, sep, filter_name = key.partition(",")
+        if not sep or name.endswith("_stderr") or _number(value) is None:
+            continue
+        stderr = _number(scores.get(f"{name}_stderr,{filter_name}"))
+        by_filter.setdefault(filter_name, {})[name] = {"value": float(value), "stderr": stderr}
+    if not by_filter:
+        raise ModarbError(f"{path}: task {task} has no metric values; {_HOW_TO_GET}")
+    filter_name = "none" if "none" in by_filter else min(by_filter)
+    metrics = by_filter[filter_name]
+    needed = HEADLINE_METRIC[task_slot(task)[1]]
+    if needed not in metrics:
+        raise ModarbError(f"{path}: task {task} lacks the {needed!r} metric; "
+                          "run it with modarb's task YAMLs (modarb tasks-path)")
+    return filter_name, dict(sorted(metrics.items()))
+
+
+def entry_from_results(data: dict[str, Any], path: Path, source_sha256: str, *,
+                       kind: str = "result", model_name: str | None = None) -> dict[str, Any]:
+    """Normalise a loaded lm-eval results dict (see load_results) into an entry."""
+    if kind not in KINDS:
+        raise ModarbError(f"entry kind {kind!r} unknown; use one of {', '.join(KINDS)}")
+    ours = sorted(task for task in data["results"] if task_slot(task) is not None)
+    if not ours:
+        found = ", ".join(sorted(data["results"])[:5]) or "nothing"
+        raise ModarbError(f"{path}: no modarb task in these results (found: {found}); "
+                          "run lm_eval with --tasks modarb (or modality_following, modality_controls)")
+    tasks = {}
+    for task in ours:
+        counts = data["n-samples"].get(task)
+        if not isinstance(counts, dict) or not isinstance(counts.get("effective"), int):
+            raise ModarbError(f"{path}: no sample count for task {task} in 'n-samples'; {_HOW_TO_GET}")
+        filter_name, metrics = _task_metrics(task, data["results"][task], path)
+        tasks[task] = {"filter": filter_name, "n": counts["effective"],
+                       "n_original": counts.get("original"), "metrics": metrics}
+    config = data["config"]
+    model_args = parse_model_args(config.get("model_args"))
+    identity = config.get("modarb_spec_identity")
+    intervention = (dict(BASELINE) if not identity or identity == "none" else
+                    {"identity": str(identity), "name": str(config.get("modarb_spec_name") or identity)})
+    return {
+        "schema": ENTRY_SCHEMA,
+        "kind": kind,
+        "model": model_name or model_args.get("pretrained") or DEFAULT_MODEL,
+        "intervention": intervention,
+        "date": datetime.fromtimestamp(data["date"], tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "versions": {"lm_eval": data.get("lm_eval_version"), "modarb": config.get("modarb_version"),
+                     "transformers": data.get("transformers_version")},
+        "lm_eval_model": config.get("model"),
+        "model_args": dict(sorted(model_args.items())),
+        "limit": config.get("limit"),
+        "tasks": tasks,
+        "source": {"file": path.name, "sha256": source_sha256},
+    }
+
+
+def read_results_entry(path: Path, *, kind: str = "result", model_name: str | None = None) -> dict[str, Any]:
+    """One results file -> entry (not stored)."""
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return entry_from_results(load_results(path), path, digest, kind=kind, model_name=model_name)
+
+
+def run_key(entry: dict[str, Any]) -> str:
+    """Identity of a run apart from its file: same model, intervention, date and metrics."""
+    core = {k: entry[k] for k in ("model", "date", "tasks")} | {"spec": entry["intervention"]["identity"]}
+    return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()
+
+
+def _slug_part(text: str) -> str:
+    return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-.")[:48] or "x"
+
+
+def entry_slug(entry: dict[str, Any]) -> str:
+    """File stem: readable (model, intervention, date) and unique (source hash prefix)."""
+    stamp = entry["date"].replace("-", "").replace(":", "").rstrip("Z")
+    parts = (entry["kind"], entry["model"], entry["intervention"]["name"], stamp)
+    return "__".join(_slug_part(p) for p in parts) + "__" + entry["source"]["sha256"][:8]
+
+
+def read_entry(path: Path) -> dict[str, Any]:
+    """A stored entry, checked to be one."""
+    try:
+        entry = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ModarbError(f"{path}: malformed leaderboard entry (not JSON); "
+                          "re-create it with `modarb leaderboard add`") from None
+    if not isinstance(entry, dict) or entry.get("schema") != ENTRY_SCHEMA:
+        raise ModarbError(f"{path}: not a leaderboard entry (schema is not {ENTRY_SCHEMA}); "
+                          "re-create it with `modarb leaderboard add`")
+    return entry
+
+
+def load_entries(folder: Path = ENTRIES_DIR) -> dict[str, dict[str, Any]]:
+    """Slug -> entry for every stored entry, in slug order."""
+    return {path.stem: read_entry(path) for path in sorted(folder.glob("*.json"))}
+
+
+def _duplicate_of(entry: dict[str, Any], stored: dict[str, dict[str, Any]]) -> tuple[str, str] | None:
+    """(slug, reason) of a stored entry that records the same run, if any."""
+    for slug, other in stored.items():
+        if other["source"]["sha256"] == entry["source"]["sha256"]:
+            return slug, "same results file"
+        if run_key(other) == run_key(entry):
+            return slug, "same model, intervention, date and metrics"
+    return None
+
+
+def entry_bytes(entry: dict[str, Any]) -> bytes:
+    return (json.dumps(entry, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def add_results(paths: Sequence[Path], entries_dir: Path = ENTRIES_DIR, *, kind: str = "result",
+                replace: bool = False, model_name: str | None = None) -> list[Path]:
+    """Store an entry per results file found at `paths`; all are checked before any is written."""
+    stored = load_entries(entries_dir) if entries_dir.is_dir() else {}
+    new: dict[str, dict[str, Any]] = {}
+    stale: list[str] = []
+    for results_file in (found for path in paths for found in find_results_files(path)):
+        entry = read_results_entry(results_file, kind=kind, model_name=model_name)
+        if (twin := _duplicate_of(entry, new)) is not None:
+            raise DuplicateEntryError(f"{results_file}: {twin[1]} as another file in this batch; "
+                                      "add only one of them")
+        if (twin := _duplicate_of(entry, stored)) is not None:
+            if not replace:
+                raise DuplicateEntryError(
+                    f"{results_file}: already on the leaderboard as {twin[0]}.json ({twin[1]}); "
+                    "pass --replace to overwrite that entry")
+            stale.append(twin[0])
+        new[entry_slug(entry)] = entry
+    written = []
+    for slug, entry in new.items():
+        target = entries_dir / f"{slug}.json"
+        write_atomic(target, entry_bytes(entry))
+        written.append(target)
+    for slug in set(stale) - set(new):
+        (entries_dir / f"{slug}.json").unlink()
+    return written
+
+
+def load_scores(path: Path) -> dict[str, dict[str, Any]]:
+    """Task -> task record from a stored entry or an lm-eval results file/folder (for `check`)."""
+    files = find_results_files(path)
+    if len(files) != 1:
+        raise ModarbError(f"{path}: holds {len(files)} results files; pass one of them")
+    if _is_entry(files[0]):
+        return read_entry(files[0])["tasks"]
+    return read_results_entry(files[0])["tasks"]
+
+
+def _is_entry(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False  # load_results reports what is wrong with it
+    return isinstance(data, dict) and data.get("schema") == ENTRY_SCHEMA
+
+
+def headline(task: str, record: dict[str, Any]) -> Metric | None:
+    """The metric the board and `check` use for a task (mf_ratio or acc), if recorded."""
+    metric = record["metrics"].get(HEADLINE_METRIC[task_slot(task)[1]])
+    return None if metric is None else Metric(metric["value"], metric["stderr"], record["n"])

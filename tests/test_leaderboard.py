@@ -1,0 +1,286 @@
+"""Leaderboard entries and board, on results files written by lm-eval itself (tests/fixtures/leaderboard)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+from datetime import datetime, timezone
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from fixtures.leaderboard.helpers import raw_results, results_file, run_modarb
+
+from interventions.errors import ModarbError
+from leaderboard.entries import (DuplicateEntryError, Metric, add_results, load_entries, read_results_entry,
+                                 task_slot)
+
+RESULT_RUNS = ("organism_baseline", "organism_block_top5", "organism_amplify_top5")
+
+
+@pytest.fixture
+def board(tmp_path: Path) -> Path:
+    """An entries folder holding the three organism runs and the smoke run."""
+    entries = tmp_path / "entries"
+    add_results([results_file(run) for run in RESULT_RUNS], entries)
+    add_results([results_file("smoke_qwen2vl")], entries, kind="smoke")
+    return entries
+
+
+def test_entry_carries_the_results_numbers_and_provenance():
+    path = results_file("organism_block_top5")
+    raw = json.loads(path.read_text())
+    entry = read_results_entry(path)
+
+    assert entry["model"] == "modarb-organism"
+    assert entry["intervention"] == {"identity": "sha256:5f1c0a9e2b7d4c31", "name": "block top-5% heads"}
+    assert entry["date"] == datetime.fromtimestamp(raw["date"], tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert entry["versions"] == {"lm_eval": "0.4.13", "modarb": "0.1.0", "transformers": raw["transformers_version"]}
+    assert entry["source"] == {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    assert sorted(entry["tasks"]) == ["mf_follow_image", "mf_follow_text", "mf_language_control", "mf_visual_control"]
+    image = entry["tasks"]["mf_follow_image"]
+    assert image["n"] == raw["n-samples"]["mf_follow_image"]["effective"] == 40
+    assert image["metrics"]["mf_ratio"] == {"value": raw["results"]["mf_follow_image"]["mf_ratio,none"],
+                                            "stderr": raw["results"]["mf_follow_image"]["mf_ratio_stderr,none"]}
+    assert image["metrics"]["mf_conditional"]["stderr"] is None  # lm-eval wrote "N/A"
+    assert entry["tasks"]["mf_visual_control"]["metrics"]["acc"]["value"] == 0.9
+
+
+def test_no_spec_identity_is_the_baseline_and_model_args_may_be_a_string(tmp_path: Path):
+    assert read_results_entry(results_file("organism_baseline"))["intervention"] == {
+        "identity": "none", "name": "baseline"}
+    raw = raw_results("organism_baseline")
+    raw["config"]["model_args"] = "pretrained=org/some-vlm,dtype=bfloat16"
+    (tmp_path / "results_a.json").write_text(json.dumps(raw))
+    assert read_results_entry(tmp_path / "results_a.json")["model"] == "org/some-vlm"
+    raw["config"]["model_args"] = ""
+    (tmp_path / "results_b.json").write_text(json.dumps(raw))
+    assert read_results_entry(tmp_path / "results_b.json")["model"] == "modarb-organism"
+
+
+def test_adding_the_same_results_twice_is_refused(tmp_path, monkeypatch, capsys):
+    entries = tmp_path / "entries"
+    source = results_file("organism_baseline")
+    status, out, _ = run_modarb(monkeypatch, capsys, "leaderboard", "add", source, "--entries", entries)
+    assert status == 0
+    (stored,) = entries.glob("*.json")
+    assert out == f"added {stored}\n"
+    before = stored.read_bytes()
+
+    status, out, err = run_modarb(monkeypatch, capsys, "leaderboard", "add", source.parent.parent, "--entries", entries)
+    assert status == 2 and out == ""
+    assert err == (f"modarb: error: {source}: already on the leaderboard as {stored.name} (same results file); "
+                   "pass --replace to overwrite that entry\n")
+    assert list(entries.glob("*.json")) == [stored] and stored.read_bytes() == before
+
+    status, _, _ = run_modarb(monkeypatch, capsys, "leaderboard", "add", source, "--replace", "--entries", entries)
+    assert status == 0 and list(entries.glob("*.json")) == [stored]
+
+
+def test_the_same_run_in_another_file_is_refused(tmp_path: Path):
+    entries = tmp_path / "entries"
+    add_results([results_file("organism_baseline")], entries)
+    raw = raw_results("organism_baseline")
+    raw["total_evaluation_time_seconds"] = "999.0"  # different bytes, same run
+    copy = tmp_path / "copy" / "results_copy.json"
+    copy.parent.mkdir()
+    copy.write_text(json.dumps(raw))
+    with pytest.raises(DuplicateEntryError, match=r"\(same model, intervention, date and metrics\); pass --replace"):
+        add_results([copy], entries)
+
+
+@pytest.mark.parametrize("content, problem", [
+    ("{not json", "malformed JSON (Expecting property name enclosed in double quotes at line 1)"),
+    ('{"results": {}}', "not an lm-eval results file (no valid 'config' key)"),
+    ("[1, 2]", "not an lm-eval results file (top level is not an object)"),
+])
+def test_malformed_results_are_one_line_errors(tmp_path, monkeypatch, capsys, content, problem):
+    bad = tmp_path / "results_bad.json"
+    bad.write_text(content)
+    status, _, err = run_modarb(monkeypatch, capsys, "leaderboard", "add", bad, "--entries", tmp_path / "entries")
+    assert status == 2
+    assert err == (f"modarb: error: {bad}: {problem}; pass the results_*.json (or its folder) "
+                   "that `lm_eval --output_path` writes\n")
+    assert not (tmp_path / "entries").exists()
+
+
+def test_foreign_results_are_a_one_line_error_and_the_batch_writes_nothing(tmp_path, monkeypatch, capsys):
+    entries = tmp_path / "entries"
+    foreign = results_file("foreign")
+    status, _, err = run_modarb(monkeypatch, capsys, "leaderboard", "add", results_file("organism_baseline"),
+                                foreign, "--entries", entries)
+    assert status == 2
+    assert err == (f"modarb: error: {foreign}: no modarb task in these results (found: arc_stub); "
+                   "run lm_eval with --tasks modarb (or modality_following, modality_controls)\n")
+    assert not entries.exists()
+
+
+def test_a_folder_without_results_is_an_error(tmp_path: Path):
+    with pytest.raises(ModarbError, match=r"no results_\*\.json inside"):
+        add_results([tmp_path], tmp_path / "entries")
+
+
+def _markdown_tables(text: str) -> dict[str, list[dict[str, str]]]:
+    """Section title -> the Markdown table under it, as dicts keyed by header."""
+    tables = {}
+    for section in text.split("\n## ")[1:]:
+        title, body = section.split("\n", 1)
+        lines = [line for line in body.splitlines() if line.startswith("|")]
+        cells = [[cell.strip().replace("\\|", "|") for cell in re.split(r"(?<!\\)\|", line)[1:-1]] for line in lines]
+        tables[title] = [dict(zip(cells[0], row)) for row in cells[2:]]
+    return tables
+
+
+def _expected_cell(raw: dict, task: str, metric: str) -> str:
+    scores = raw["results"][task]
+    return f"{scores[f'{metric},none']:.3f} ± {scores[f'{metric}_stderr,none']:.3f}"
+
+
+def test_markdown_table_matches_the_entries(board: Path, tmp_path: Path):
+    from leaderboard.board import build_board
+
+    build_board(board, tmp_path / "out")
+    tables = _markdown_tables((tmp_path / "out" / "README.md").read_text())
+    results, smoke = tables["Results"], tables["Smoke entries (tiny random-init models, not results)"]
+
+    raws = {run: raw_results(run) for run in RESULT_RUNS}
+    base_mf = raws["organism_baseline"]["groups"]["modality_following"]["mf_ratio,none"]
+    expected = []
+    for run in ("organism_baseline", "organism_amplify_top5", "organism_block_top5"):  # baseline first, then by name
+        raw = raws[run]
+        mf = raw["groups"]["modality_following"]["mf_ratio,none"]  # lm-eval's own size-weighted pooling
+        expected.append({
+            "Model": "modarb-organism",
+            "Intervention": raw["config"].get("modarb_spec_name", "baseline"),
+            "Suite": "`mf_*`",
+            "Follow image": _expected_cell(raw, "mf_follow_image", "mf_ratio"),
+            "Follow text": _expected_cell(raw, "mf_follow_text", "mf_ratio"),
+            "Visual control": _expected_cell(raw, "mf_visual_control", "acc"),
+            "Language control": _expected_cell(raw, "mf_language_control", "acc"),
+            "Δ MF ratio": f"{round(mf - base_mf, 3) + 0.0:+.3f}",
+            "MF ratio": f"{mf:.3f}",
+        })
+    for row in results + smoke:  # the pooled stderr is checked in test_pooled_mf_ratio
+        row["MF ratio"] = row["MF ratio"].split(" ± ")[0]
+    assert results == expected
+    assert [row["Δ MF ratio"] for row in results] == ["+0.000", "+0.050", "-0.525"]
+
+    qwen = raw_results("smoke_qwen2vl")
+    assert smoke == [{
+        "Model": "tiny-random/qwen2-vl", "Intervention": "baseline", "Suite": "`mf_*`",
+        "Follow image": _expected_cell(qwen, "mf_follow_image", "mf_ratio"),
+        "Follow text": _expected_cell(qwen, "mf_follow_text", "mf_ratio"),
+        "MF ratio": f"{qwen['groups']['modality_following']['mf_ratio,none']:.3f}",
+        "Visual control": "–", "Language control": "–", "Δ MF ratio": "+0.000",
+    }]
+
+
+def test_pooled_mf_ratio_weights_by_items_and_propagates_stderr():
+    from leaderboard.board import pooled_mf_ratio
+
+    pooled = pooled_mf_ratio(Metric(0.5, 0.1, 30), Metric(0.8, 0.2, 10))
+    assert pooled.n == 40
+    assert pooled.value == pytest.approx((0.5 * 30 + 0.8 * 10) / 40)
+    assert pooled.stderr == pytest.approx((3.0**2 + 2.0**2) ** 0.5 / 40)
+    assert pooled_mf_ratio(Metric(0.5, None, 30), Metric(0.8, 0.2, 10)).stderr is None
+    assert pooled_mf_ratio(Metric(0.5, 0.1, 30), None) is None
+
+
+def test_build_is_byte_identical_for_the_same_entries(board: Path, tmp_path: Path):
+    from leaderboard.board import build_board
+
+    first = build_board(board, tmp_path / "one")
+    second = build_board(board, tmp_path / "two")
+    assert [p.relative_to(tmp_path / "one") for p in first] == [p.relative_to(tmp_path / "two") for p in second]
+    assert len(first) == 4  # README.md, index.html, two plots
+    for a, b in zip(first, second):
+        assert a.read_bytes() == b.read_bytes(), a.name
+
+
+class _TableRows(HTMLParser):
+    """Text of every body row of every table, by table id; and the body's attributes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: dict[str, list[list[str]]] = {}
+        self.body: dict[str, str] = {}
+        self._table = self._cell = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "body":
+            self.body = dict(attrs)
+        elif tag == "table":
+            self._table = dict(attrs)["id"]
+            self.tables[self._table] = []
+        elif tag == "tr" and self._table and "data-entry" in dict(attrs):
+            self.tables[self._table].append([])
+        elif tag == "td" and self._table:
+            self._cell = ""
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell += data
+
+    def handle_endtag(self, tag):
+        if tag == "td" and self._cell is not None:
+            self.tables[self._table][-1].append(self._cell)
+            self._cell = None
+        elif tag == "table":
+            self._table = None
+
+
+def test_html_page_renders_in_headless_chromium_with_the_entries_rows(board: Path, tmp_path: Path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium not installed (CI: apt-get update && apt-get install -y chromium)")
+    from leaderboard.board import COLUMNS, board_rows, build_board, cell_text
+
+    build_board(board, tmp_path / "out")
+    page = (tmp_path / "out" / "index.html").resolve()
+    dom = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+         "--dump-dom", f"{page.as_uri()}#sort=-mf_ratio"],
+        capture_output=True, text=True, timeout=120, check=True).stdout
+    parsed = _TableRows()
+    parsed.feed(dom)
+
+    assert parsed.body.get("data-sortable") == "ready"  # the sorting script ran without error
+    rows = board_rows(load_entries(board))
+    expected = {kind: [[cell_text(r, c) for c in COLUMNS] for r in rows if r.kind == kind]
+                for kind in ("result", "smoke")}
+    # The #sort=-mf_ratio link sorted the results table by MF ratio, descending: amplify, baseline, block.
+    assert parsed.tables["results"] == [expected["result"][i] for i in (1, 0, 2)]
+    assert [row[1] for row in parsed.tables["results"]] == ["amplify top-5% heads x2", "baseline", "block top-5% heads"]
+    assert parsed.tables["smoke"] == expected["smoke"]
+    assert dom.count('src="data:image/png;base64,') == 2
+
+
+def test_every_task_of_the_task_pack_has_a_leaderboard_slot():
+    from modarb_tasks import TASKS_PATH
+
+    names = [m.group(1) for path in sorted(Path(TASKS_PATH).glob("*.yaml"))
+             if (m := re.search(r"^task: (\w+)$", path.read_text(), re.MULTILINE))]
+    assert "mf_follow_image" in names and "mc2_language_control" in names
+    assert {name: task_slot(name) is not None for name in names} == {name: True for name in names}
+    assert task_slot("mc2_paper_follow_text_qwen2_5_vl_7b") == ("mc2_paper_*_qwen2_5_vl_7b", "follow_text")
+    assert task_slot("mf_follow_image_ll") == ("mf_*_ll", "follow_image")
+    assert task_slot("arc_easy") is None and task_slot("modality_following") is None
+
+
+def test_each_suite_of_an_entry_gets_its_own_row(tmp_path: Path):
+    from leaderboard.board import board_rows, cell_text
+
+    raw = raw_results("organism_baseline")
+    raw["results"]["mf_follow_image_ll"] = dict(raw["results"]["mf_follow_image"], **{"mf_ratio,none": 0.6})
+    raw["n-samples"]["mf_follow_image_ll"] = {"original": 40, "effective": 40}
+    (tmp_path / "results_x.json").write_text(json.dumps(raw))
+    entries = tmp_path / "entries"
+    add_results([tmp_path / "results_x.json"], entries)
+    rows = board_rows(load_entries(entries))
+    assert [(r.suite, cell_text(r, "follow_image"), cell_text(r, "mf_ratio"), cell_text(r, "delta_mf_ratio"))
+            for r in rows] == [("mf_*", "0.975 ± 0.025", "0.900 ± 0.033", "+0.000"),
+                               ("mf_*_ll", "0.600 ± 0.025", "–", "–")]
