@@ -30,7 +30,7 @@ class ConflictItem:
     answer_text: str
     candidates_image: list[str] = field(default_factory=list)
     candidates_text: list[str] = field(default_factory=list)
-    image: Any = None  # PIL.Image.Image
+    image: Any = None  # a PIL image, or (MC²) the image file path the dataset decodes
 
 
 def to_doc(item: ConflictItem, kind: str, layout: str = "standard") -> dict:

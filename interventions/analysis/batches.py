@@ -1,0 +1,93 @@
+"""Docs -> model inputs for the analyses: padded inputs, token-group masks, answer-token ids.
+
+Every analysis (flow, identification, amplification) scores the *first answer token*: the
+probability mass on the instructed modality's candidates (F) against the other modality's (C),
+read at the last prompt position. This module batches docs once, the same way for all of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from interventions.errors import ModarbError
+from interventions.token_groups import image_token_id, token_groups
+from modarb_tasks.prompts import IMAGE_PLACEHOLDER
+
+
+@dataclass
+class DocBatch:
+    """One batch of docs, encoded with left padding so the last column is every row's last token."""
+
+    docs: list[dict]
+    inputs: dict[str, torch.Tensor]
+    groups: dict[str, torch.Tensor]
+    follow_ids: list[list[int]]  # per row: first tokens of the instructed modality's candidates
+    compete_ids: list[list[int]]  # per row: first tokens of the other modality's candidates
+
+    def __len__(self) -> int:
+        return len(self.docs)
+
+
+def encode_docs(model, processor, docs: Sequence[dict]) -> DocBatch:
+    """Encode `docs` (lm-eval docs from modarb_tasks.docs.to_doc) for one forward pass."""
+    tokenizer = processor.tokenizer
+    prompts = [doc["prompt"] for doc in docs]
+    images = [doc["image"] for doc in docs if IMAGE_PLACEHOLDER in doc["prompt"]]
+    old_side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        inputs = processor(text=prompts, images=images or None, padding="longest", return_tensors="pt")
+    finally:
+        tokenizer.padding_side = old_side
+    inputs = {key: value.to(model.device) for key, value in inputs.items()}
+    if "pixel_values" in inputs:
+        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    groups = token_groups(
+        inputs["input_ids"], inputs["attention_mask"], prompts, [doc["spans"] for doc in docs],
+        tokenizer, image_token_id(model.config),
+    )
+    return DocBatch(
+        docs=list(docs),
+        inputs=inputs,
+        groups=groups,
+        follow_ids=[answer_token_ids(tokenizer, doc["prompt"], doc["candidates_follow"]) for doc in docs],
+        compete_ids=[answer_token_ids(tokenizer, doc["prompt"], doc["candidates_compete"]) for doc in docs],
+    )
+
+
+def iter_batches(model, processor, docs: Sequence[dict], batch_size: int) -> Iterator[DocBatch]:
+    for start in range(0, len(docs), batch_size):
+        yield encode_docs(model, processor, docs[start : start + batch_size])
+
+
+def answer_token_ids(tokenizer, prompt: str, candidates: Sequence[str]) -> list[int]:
+    """The distinct first tokens the model would emit to start each candidate after `prompt`."""
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    firsts: list[int] = []
+    for candidate in candidates:
+        full = tokenizer(f"{prompt} {candidate}", add_special_tokens=False)["input_ids"]
+        if len(full) > len(prompt_ids) and full[: len(prompt_ids)] == prompt_ids:
+            token = full[len(prompt_ids)]
+            if token not in firsts and token != tokenizer.unk_token_id:
+                firsts.append(token)
+    if not firsts:
+        raise ModarbError(
+            f"no candidate in {list(candidates)!r} gives a known first token; check the tokenizer covers the answers"
+        )
+    return firsts
+
+
+def candidate_log_mass(log_probs: torch.Tensor, ids: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Per row, log of the probability mass on that row's token ids: [B, V] -> [B]."""
+    return torch.stack([torch.logsumexp(log_probs[row, list(row_ids)], dim=-1) for row, row_ids in enumerate(ids)])
+
+
+def following_scores(last_logits: torch.Tensor, batch: DocBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logit difference log p(F) - log p(C), binary-normalised P_F = p(F)/(p(F)+p(C))) per row."""
+    log_probs = torch.log_softmax(last_logits.float(), dim=-1)
+    follow = candidate_log_mass(log_probs, batch.follow_ids)
+    compete = candidate_log_mass(log_probs, batch.compete_ids)
+    difference = follow - compete
+    return difference, torch.sigmoid(difference)

@@ -1,0 +1,131 @@
+"""Score interventions with lm-eval, in-process, on one loaded `hf-modarb` model.
+
+`modarb reproduce` scores dozens of specs. Starting the CLI for each would reload the model
+and rebuild the data every time, so this runs lm-eval's own `simple_evaluate` on one model
+object and swaps its spec between runs; each run's results file is lm-eval's own format, and
+the equivalent `modarb eval` command is recorded beside it, so every number can be recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from interventions.lm import ModarbVLM
+from interventions.spec import InterventionSpec
+from modarb_tasks import TASKS_PATH
+
+FOLLOW_TASKS = ("mf_follow_image", "mf_follow_text")
+CONTROL_TASKS = ("mf_visual_control", "mf_language_control")
+HEADLINE = {  # summary key -> (task, metric)
+    "follow_image": ("mf_follow_image", "mf_ratio"),
+    "follow_text": ("mf_follow_text", "mf_ratio"),
+    "visual_control": ("mf_visual_control", "acc"),
+    "language_control": ("mf_language_control", "acc"),
+}
+
+
+@dataclass
+class Run:
+    """One lm-eval run: its headline scores, per-item follow outcomes, and how to redo it."""
+
+    name: str
+    scores: dict[str, float]
+    follow_by_doc: dict[str, dict[int, float]]  # follow task -> doc_id -> follow (0/1)
+    results_file: Path
+    command: str
+    spec_file: Path | None = None
+    samples: dict[str, list[int]] | None = field(default=None, repr=False)
+
+
+class Evaluator:
+    """Runs modarb tasks through lm-eval on `lm`, one spec at a time, writing results under `out_dir`."""
+
+    def __init__(self, lm: ModarbVLM, model_arg: str, out_dir: Path, limit: int | None, batch_size: int):
+        self.lm = lm
+        self.model_arg = model_arg  # how `modarb eval` names the model (pretrained=...)
+        self.out_dir = out_dir
+        self.limit = limit
+        self.batch_size = batch_size
+        from lm_eval.tasks import TaskManager
+
+        self.task_manager = TaskManager(include_path=TASKS_PATH)
+
+    def run(
+        self,
+        name: str,
+        spec: InterventionSpec | None,
+        tasks: Sequence[str] = FOLLOW_TASKS + CONTROL_TASKS,
+        samples: dict[str, list[int]] | None = None,
+    ) -> Run:
+        """Score `tasks` under `spec` (None: baseline); `samples` picks doc ids per task instead of --limit."""
+        import lm_eval
+        from lm_eval.loggers import EvaluationTracker
+
+        run_dir = self.out_dir / name
+        spec_file = None
+        model_args = self.model_arg
+        if spec is not None:
+            spec_file = spec.save(run_dir / "spec.json")
+            model_args += f",spec={spec_file}"
+        tasks = [task for task in tasks if samples is None or samples.get(task)]
+        self.lm.spec = spec
+        limit = None if samples is not None else self.limit
+        results = lm_eval.simple_evaluate(
+            model=self.lm,
+            model_args=model_args,
+            tasks=list(tasks),
+            limit=limit,
+            samples={task: samples[task] for task in tasks} if samples is not None else None,
+            batch_size=self.batch_size,
+            log_samples=True,
+            task_manager=self.task_manager,
+            verbosity="WARNING",
+        )
+        logged = results.pop("samples")
+        tracker = EvaluationTracker(output_path=str(run_dir))
+        tracker.general_config_tracker.model_name_sanitized = "results"
+        tracker.save_results_aggregated(results=results, samples=None)
+        results_file = max((run_dir / "results").glob("results_*.json"))
+        return Run(
+            name=name,
+            scores=_headline_scores(results["results"]),
+            follow_by_doc={
+                task: {sample["doc_id"]: float(sample["follow"]) for sample in logged[task]}
+                for task in FOLLOW_TASKS
+                if task in logged
+            },
+            results_file=results_file,
+            command=self._command(model_args, tasks, limit, samples),
+            spec_file=spec_file,
+            samples=samples,
+        )
+
+    def _command(self, model_args: str, tasks, limit, samples) -> str:
+        parts = ["modarb", "eval", "--model", "hf-modarb", "--model_args", model_args, "--tasks", ",".join(tasks)]
+        parts += ["--batch_size", str(self.batch_size)]
+        if limit is not None:
+            parts += ["--limit", str(limit)]
+        if samples is not None:
+            parts += ["--samples", json.dumps({task: samples[task] for task in tasks}, separators=(",", ":"))]
+        return shlex.join(parts)
+
+
+def _headline_scores(task_results: dict) -> dict[str, float]:
+    scores = {}
+    for key, (task, metric) in HEADLINE.items():
+        if task in task_results:
+            scores[key] = float(task_results[task][f"{metric},none"])
+    if "follow_image" in scores and "follow_text" in scores:
+        scores["mf_ratio"] = (scores["follow_image"] + scores["follow_text"]) / 2
+    return scores
+
+
+def quiet_lm_eval() -> None:
+    """lm-eval logs every task build at INFO; the report is what the user reads."""
+    for name in ("lm_eval", "lm-eval"):
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -1,0 +1,45 @@
+"""Load a VLM and its processor for the analyses: the bundled organism unless told otherwise.
+
+Local folders and hub ids load the same way; nothing here asks the hub when HF_HUB_OFFLINE=1
+is set, and remote code stays off unless the caller turns it on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from interventions.errors import ModarbError
+from interventions.organism import organism_path
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_model(
+    pretrained: str | Path | None = None,
+    *,
+    device: str = "cpu",
+    dtype: str = "float32",
+    attn_implementation: str = "sdpa",
+    trust_remote_code: bool = False,
+):
+    """(model in eval mode, processor) for `pretrained` (default: the bundled organism)."""
+    source = str(organism_path() if pretrained is None else pretrained)
+    if dtype not in DTYPES:
+        raise ModarbError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    try:
+        processor = AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
+        model = AutoModelForImageTextToText.from_pretrained(
+            source,
+            dtype=DTYPES[dtype],
+            attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code,
+        )
+    except OSError as error:
+        raise ModarbError(
+            f"cannot load model {source!r}: {str(error).splitlines()[0]} "
+            "(give a local folder saved with save_pretrained, or a hub id already in the cache)"
+        ) from None
+    return model.to(device).eval(), processor

@@ -1,0 +1,33 @@
+"""The functions the task YAMLs name with `!function utils.<name>`.
+
+lm-eval calls `custom_dataset(**metadata, **dataset_kwargs)`: `dataset_kwargs` (set in each
+YAML) says which view of the data the task is; `metadata` is the YAML's own plus whatever the
+user passed with `--metadata` (and, through `simple_evaluate`, the model args), so unknown
+keys are ignored. User knobs read from `--metadata`:
+
+- shapes tasks: `shapes_n` (items, default SHAPES_EVAL_SIZE), `shapes_seed` (default 0);
+- mc2 tasks: `mc2_json`, `mc2_images` (see modarb_tasks.mc2; environment variables
+  MODARB_MC2_JSON / MODARB_MC2_IMAGES otherwise), `mc2_n` (first n items only).
+"""
+
+from __future__ import annotations
+
+from modarb_tasks.datasets import SHAPES_EVAL_SIZE, mc2_dataset, shapes_dataset
+from modarb_tasks.metrics import answer_choices, conditional_ratio, score_choice, score_control, score_generation
+
+__all__ = ["answer_choices", "conditional_ratio", "mc2", "score_choice", "score_control", "score_generation", "shapes"]
+
+
+def shapes(kind: str, layout: str = "standard", shapes_n: int | None = None, shapes_seed: int = 0, **_metadata) -> dict:
+    return shapes_dataset(kind, layout, SHAPES_EVAL_SIZE if shapes_n is None else int(shapes_n), int(shapes_seed))
+
+
+def mc2(
+    kind: str,
+    mc2_file: str | None = None,
+    mc2_json: str | None = None,
+    mc2_images: str | None = None,
+    mc2_n: int | None = None,
+    **_metadata,
+) -> dict:
+    return mc2_dataset(kind, mc2_file, mc2_json, mc2_images, None if mc2_n is None else int(mc2_n))
