@@ -1,0 +1,343 @@
+"""Intervention specs: a versioned, schema-validated JSON document naming the model it was made for.
+
+A spec is data (never pickle): which heads to scale and by how much, which attention edges to
+knock out at which layers, the position scope, and how the spec was made (provenance). It
+names the model it was made for (name and head geometry) so that applying it to another model
+fails with one line instead of silently hitting the wrong heads. Every error here is a single
+line naming the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+from torch import nn
+
+from interventions.locate import InterventionError, locate_heads
+from interventions.token_groups import GROUP_NAMES
+
+SCHEMA_VERSION = "modarb.intervention/v1"
+POSITION_SCOPES = ("all", "last", *GROUP_NAMES)
+
+_INT = {"type": "integer", "minimum": 0}
+_GROUP = {"type": "string"}
+JSON_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["schema", "model", "heads", "positions", "knockout", "provenance"],
+    "additionalProperties": False,
+    "properties": {
+        "schema": {"const": SCHEMA_VERSION},
+        "model": {
+            "type": "object",
+            "required": ["name", "family", "num_layers", "num_heads", "head_dim"],
+            "additionalProperties": False,
+            "properties": {
+                "name": {"type": "string"},
+                "family": {"type": "string"},
+                "num_layers": {"type": "integer", "minimum": 1},
+                "num_heads": {"type": "integer", "minimum": 1},
+                "head_dim": {"type": "integer", "minimum": 1},
+            },
+        },
+        "heads": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["layer", "head", "scale"],
+                "additionalProperties": False,
+                "properties": {"layer": _INT, "head": _INT, "scale": {"type": "number"}},
+            },
+        },
+        "positions": _GROUP,
+        "knockout": {
+            "oneOf": [
+                {"type": "null"},
+                {
+                    "type": "object",
+                    "required": ["edges", "layers"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "edges": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["query", "key"],
+                                "additionalProperties": False,
+                                "properties": {"query": _GROUP, "key": _GROUP},
+                            },
+                        },
+                        "layers": {"type": "array", "items": _INT},
+                        "heads": {"oneOf": [{"type": "null"}, {"type": "array", "items": _INT}]},
+                    },
+                },
+            ]
+        },
+        "provenance": {"type": "object"},
+    },
+}
+
+
+class SpecError(InterventionError):
+    """An intervention spec that cannot be read or does not fit the model."""
+
+
+class SpecNotFoundError(FileNotFoundError):
+    """The spec file does not exist."""
+
+
+@dataclass(frozen=True)
+class ModelFingerprint:
+    """What a spec's head indices mean: the model's name and decoder head geometry."""
+
+    name: str
+    family: str
+    num_layers: int
+    num_heads: int
+    head_dim: int
+
+    def describe(self) -> str:
+        name = self.name or "an unnamed model"
+        return f"{name} ({self.family}, {self.num_layers} layers x {self.num_heads} heads of {self.head_dim})"
+
+
+@dataclass(frozen=True)
+class HeadScale:
+    layer: int
+    head: int
+    scale: float
+
+
+@dataclass(frozen=True)
+class KnockoutSpec:
+    edges: tuple[tuple[str, str], ...]  # (query group, key group)
+    layers: tuple[int, ...]
+    heads: tuple[int, ...] | None = None
+
+
+def model_fingerprint(model: nn.Module) -> ModelFingerprint:
+    """The fingerprint of `model`: name from its config's name_or_path, geometry from its decoder."""
+    layout = locate_heads(model)
+    return ModelFingerprint(
+        name=str(getattr(model.config, "_name_or_path", "") or ""),
+        family=layout.family,
+        num_layers=layout.num_layers,
+        num_heads=layout.num_heads,
+        head_dim=layout.head_dim,
+    )
+
+
+@dataclass(frozen=True)
+class InterventionSpec:
+    """Head scales + knockout + position scope for one model, with its provenance."""
+
+    model: ModelFingerprint
+    heads: tuple[HeadScale, ...] = ()
+    positions: str = "all"
+    knockout: KnockoutSpec | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_content(self)
+
+    # --- reading and writing -------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> InterventionSpec:
+        path = Path(path)
+        if not path.is_file():
+            raise SpecNotFoundError(f"spec file {path} does not exist; write one with `save` or check the path")
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise SpecError(f"spec {path}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
+        except UnicodeDecodeError:
+            raise SpecError(f"spec {path}: not valid JSON (not UTF-8 text)") from None
+        try:
+            return cls.from_dict(document)
+        except SpecError as err:
+            raise SpecError(f"spec {path}: {err}") from None
+
+    @classmethod
+    def from_dict(cls, document: Any) -> InterventionSpec:
+        version = document.get("schema") if isinstance(document, dict) else None
+        if version != SCHEMA_VERSION:
+            raise SpecError(f"unknown schema version {version!r}; this modarb reads {SCHEMA_VERSION!r}")
+        try:
+            jsonschema.validate(document, JSON_SCHEMA)
+        except jsonschema.ValidationError as err:
+            where = "/".join(str(part) for part in err.absolute_path) or "document"
+            raise SpecError(f"{where}: {err.message.splitlines()[0]}") from None
+        knockout = document["knockout"]
+        return cls(
+            model=ModelFingerprint(**document["model"]),
+            heads=tuple(HeadScale(h["layer"], h["head"], float(h["scale"])) for h in document["heads"]),
+            positions=document["positions"],
+            knockout=None
+            if knockout is None
+            else KnockoutSpec(
+                edges=tuple((edge["query"], edge["key"]) for edge in knockout["edges"]),
+                layers=tuple(knockout["layers"]),
+                heads=None if knockout.get("heads") is None else tuple(knockout["heads"]),
+            ),
+            provenance=dict(document["provenance"]),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        knockout = self.knockout
+        return {
+            "schema": SCHEMA_VERSION,
+            "model": asdict(self.model),
+            "heads": [asdict(h) for h in self.heads],
+            "positions": self.positions,
+            "knockout": None
+            if knockout is None
+            else {
+                "edges": [{"query": q, "key": k} for q, k in knockout.edges],
+                "layers": list(knockout.layers),
+                "heads": None if knockout.heads is None else list(knockout.heads),
+            },
+            "provenance": self.provenance,
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the spec as JSON atomically (a crash never leaves a half-written spec)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False, encoding="utf-8") as tmp:
+            try:
+                tmp.write(text)
+            except BaseException:
+                tmp.close()
+                os.unlink(tmp.name)
+                raise
+        os.replace(tmp.name, path)
+        return path
+
+    # --- use ------------------------------------------------------------------------------
+    def scales(self) -> dict[tuple[int, int], float]:
+        return {(h.layer, h.head): h.scale for h in self.heads}
+
+    def identity(self) -> str:
+        """A short hash of what the spec does and which model it is for (provenance excluded)."""
+        content = self.to_dict()
+        del content["provenance"]
+        content["heads"] = sorted(content["heads"], key=lambda h: (h["layer"], h["head"]))
+        canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+    def groups_needed(self) -> set[str]:
+        """Token groups the caller must supply masks for ("all" and "last" scopes need none)."""
+        needed = {self.positions} - {"all", "last"} if self.heads else set()
+        for query, key in self.knockout.edges if self.knockout else ():
+            needed |= {query, key}
+        return needed
+
+    def validate_against(self, model: nn.Module) -> None:
+        """SpecError unless the spec was made for `model` (same geometry and family; same name when both have one)."""
+        actual = model_fingerprint(model)
+        expected = self.model
+        same_geometry = (expected.family, expected.num_layers, expected.num_heads, expected.head_dim) == (
+            actual.family,
+            actual.num_layers,
+            actual.num_heads,
+            actual.head_dim,
+        )
+        same_name = not (expected.name and actual.name) or _short_name(expected.name) == _short_name(actual.name)
+        if not (same_geometry and same_name):
+            raise SpecError(
+                f"spec was made for {expected.describe()} but the model is {actual.describe()}; "
+                "make a spec for this model"
+            )
+
+    @classmethod
+    def from_inline(
+        cls,
+        *,
+        model: nn.Module,
+        block: str | None = None,
+        amplify: str | None = None,
+        alpha: float = 1.0,
+        positions: str = "all",
+    ) -> InterventionSpec:
+        """A spec from lm-eval style model args: block="L3H1;L5H7", amplify="L2H0", alpha=2.0."""
+        alpha = float(alpha)
+        if not (math.isfinite(alpha) and alpha >= 0):
+            raise SpecError(f"alpha={alpha} must be a finite number >= 0")
+        blocked = _parse_heads("block", block)
+        amplified = _parse_heads("amplify", amplify)
+        both = sorted(set(blocked) & set(amplified))
+        if both:
+            raise SpecError(f"head L{both[0][0]}H{both[0][1]} is both blocked and amplified; choose one")
+        heads = [HeadScale(l, h, 0.0) for l, h in blocked] + [HeadScale(l, h, alpha) for l, h in amplified]
+        args = ",".join(f"{k}={v}" for k, v in (("block", block), ("amplify", amplify)) if v)
+        return cls(
+            model=model_fingerprint(model),
+            heads=tuple(heads),
+            positions=positions,
+            provenance={"method": "inline", "command": f"{args},alpha={alpha}" if amplified else args},
+        )
+
+
+_HEAD_PATTERN = re.compile(r"L(\d+)H(\d+)")
+
+
+def _parse_heads(arg: str, text: str | None) -> list[tuple[int, int]]:
+    heads = []
+    for token in (text or "").split(";"):
+        token = token.strip()
+        if not token:
+            continue
+        match = _HEAD_PATTERN.fullmatch(token)
+        if not match:
+            raise SpecError(f"cannot read head {token!r} in {arg}=: write heads as L<layer>H<head> separated by ';'")
+        heads.append((int(match[1]), int(match[2])))
+    return heads
+
+
+def _short_name(name: str) -> str:
+    """The last path component: a hub id and a local copy of it compare equal."""
+    return name.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _check_content(spec: InterventionSpec) -> None:
+    """Ranges, scales and group names, checked against the spec's own model fingerprint."""
+    model = spec.model
+    seen: set[tuple[int, int]] = set()
+    for h in spec.heads:
+        if (h.layer, h.head) in seen:
+            raise SpecError(f"head L{h.layer}H{h.head} is listed twice; give each head one scale")
+        seen.add((h.layer, h.head))
+        _check_layer(h.layer, model)
+        if not 0 <= h.head < model.num_heads:
+            raise SpecError(f"head L{h.layer}H{h.head} is out of range: the model has heads 0..{model.num_heads - 1}")
+        if not (math.isfinite(h.scale) and h.scale >= 0):
+            raise SpecError(f"scale {h.scale} of head L{h.layer}H{h.head} must be a finite number >= 0")
+    _check_group(spec.positions, POSITION_SCOPES)
+    if spec.knockout is not None:
+        for query, key in spec.knockout.edges:
+            _check_group(query, GROUP_NAMES)
+            _check_group(key, GROUP_NAMES)
+        for layer in spec.knockout.layers:
+            _check_layer(layer, model)
+        for head in spec.knockout.heads or ():
+            if not 0 <= head < model.num_heads:
+                raise SpecError(f"knockout head {head} is out of range: the model has heads 0..{model.num_heads - 1}")
+
+
+def _check_layer(layer: int, model: ModelFingerprint) -> None:
+    if not 0 <= layer < model.num_layers:
+        raise SpecError(f"layer {layer} is out of range: the model has layers 0..{model.num_layers - 1}")
+
+
+def _check_group(name: str, allowed: tuple[str, ...]) -> None:
+    if name not in allowed:
+        raise SpecError(f"unknown token group {name!r}; choose one of {', '.join(dict.fromkeys(allowed))}")

@@ -1,0 +1,93 @@
+"""Shared test setup: never touch the network, and tiny random-init VLMs of every family."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from interventions.random_init import IMAGE_TOKEN_ID, TINY_FAMILIES, build_tiny_model  # noqa: E402
+from interventions.random_init import random_batch  # noqa: E402
+
+ATTENTIONS = ("eager", "sdpa")
+
+# Tests run tiny models on 2 shared cores: one intra-op thread avoids oversubscription (5-10x faster).
+torch.set_num_threads(1)
+
+
+@pytest.fixture(params=TINY_FAMILIES)
+def family(request) -> str:
+    return request.param
+
+
+@pytest.fixture(params=ATTENTIONS)
+def attn(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def tiny(family, attn):
+    """A fresh tiny model of `family` with `attn` attention (builds in milliseconds)."""
+    return build_tiny_model(family, attn)[0]
+
+
+@pytest.fixture
+def tiny_pair(family):
+    """The same tiny model (same seed, same weights) with eager and with sdpa attention."""
+    return {impl: build_tiny_model(family, impl)[0] for impl in ATTENTIONS}
+
+
+@pytest.fixture
+def batch(tiny):
+    """A left-padded batch of two prompts [text][image][text] for `tiny`."""
+    return random_batch(tiny, batch_size=2)
+
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    with torch.no_grad():
+        yield
+
+
+
+def _append_token(model, batch: dict, token: torch.Tensor) -> dict:
+    """`batch` with one more (generated) token per row, extended the way generate() extends it."""
+    grown = dict(batch, input_ids=torch.cat([batch["input_ids"], token[:, None]], 1))
+    grown["attention_mask"] = torch.cat([batch["attention_mask"], torch.ones_like(token)[:, None]], 1)
+    for key in ("token_type_ids", "mm_token_type_ids"):  # PaliGemma: generated tokens are the suffix (1)
+        if key in batch:
+            value = int(model.config.model_type == "paligemma")
+            grown[key] = torch.cat([batch[key], torch.full_like(token, value)[:, None]], 1)
+    return grown
+
+
+def _greedy(model, batch: dict, steps: int, cached: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy tokens [B, steps] and their raw logits [B, steps, V], never picking image/delimiter ids.
+
+    cached=True: one generate() call with a KV cache; False: a full uncached forward per step.
+    """
+    if cached:
+        out = model.generate(
+            **batch, max_new_tokens=steps, do_sample=False, eos_token_id=None, pad_token_id=0,
+            suppress_tokens=list(range(IMAGE_TOKEN_ID, model.config.get_text_config().vocab_size)),
+            output_logits=True, return_dict_in_generate=True,
+        )
+        return out.sequences[:, batch["input_ids"].shape[1]:], torch.stack(out.logits, 1)
+    tokens, step_logits = [], []
+    for _ in range(steps):
+        last = model(**batch, use_cache=False).logits[:, -1]
+        token = last[:, :IMAGE_TOKEN_ID].argmax(-1)
+        tokens.append(token)
+        step_logits.append(last)
+        batch = _append_token(model, batch, token)
+    return torch.stack(tokens, 1), torch.stack(step_logits, 1)
+
+
+@pytest.fixture
+def greedy():
+    """_greedy: greedy decoding with a KV cache (generate) or by uncached full forwards."""
+    return _greedy
