@@ -13,7 +13,13 @@ import sys
 from interventions.errors import ModarbError
 
 EXIT_BAD_INPUT = 2
-SUBCOMMAND_MODULES = ["leaderboard.cli"]
+SUBCOMMAND_MODULES = [
+    "interventions.organism.cli",
+    "interventions.analysis.identify_cli",
+    "interventions.analysis.flow_cli",
+    "interventions.analysis.reproduce_cli",
+    "leaderboard.cli",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,8 +12,6 @@ start at the cache length, so `call_span` reads them from the cache the call rec
 
 from __future__ import annotations
 
-from interventions.errors import ModarbError
-
 from dataclasses import dataclass
 
 from typing import Any
@@ -21,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from interventions.errors import ModarbError
 from interventions.families import FamilyLayout, family_layout
 
 

@@ -14,7 +14,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import jsonschema
 from torch import nn
 
+from interventions.files import write_atomic
 from interventions.locate import InterventionError, locate_heads
 from interventions.token_groups import GROUP_NAMES
 
@@ -210,16 +210,7 @@ class InterventionSpec:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the spec as JSON atomically (a crash never leaves a half-written spec)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False, encoding="utf-8") as tmp:
-            try:
-                tmp.write(text)
-            except BaseException:
-                tmp.close()
-                os.unlink(tmp.name)
-                raise
-        os.replace(tmp.name, path)
+        write_atomic(path, (json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n").encode())
         return path
 
     # --- use ------------------------------------------------------------------------------

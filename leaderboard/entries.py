@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from interventions.errors import ModarbError
-from leaderboard.files import write_atomic
+from interventions.files import write_atomic
 
 ENTRY_SCHEMA = "modarb-leaderboard-entry/1"
 KINDS = ("result", "smoke")

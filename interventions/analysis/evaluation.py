@@ -38,17 +38,26 @@ class Run:
     follow_by_doc: dict[str, dict[int, float]]  # follow task -> doc_id -> follow (0/1)
     results_file: Path
     command: str
-    spec_file: Path | None = None
+    spec_file: Path | None = None  # where the spec was written (the run's folder)
     samples: dict[str, list[int]] | None = field(default=None, repr=False)
 
 
 class Evaluator:
     """Runs modarb tasks through lm-eval on `lm`, one spec at a time, writing results under `out_dir`."""
 
-    def __init__(self, lm: ModarbVLM, model_arg: str, out_dir: Path, limit: int | None, batch_size: int):
+    def __init__(
+        self,
+        lm: ModarbVLM,
+        model_arg: str,
+        out_dir: Path,
+        limit: int | None,
+        batch_size: int,
+        display_dir: Path | None = None,
+    ):
         self.lm = lm
-        self.model_arg = model_arg  # how `modarb eval` names the model (pretrained=...)
+        self.model_arg = model_arg  # how `modarb eval` names the model ("pretrained=..." or "" for the default)
         self.out_dir = out_dir
+        self.display_dir = display_dir or out_dir  # where the runs will be when the user reads the commands
         self.limit = limit
         self.batch_size = batch_size
         from lm_eval.tasks import TaskManager
@@ -68,10 +77,11 @@ class Evaluator:
 
         run_dir = self.out_dir / name
         spec_file = None
-        model_args = self.model_arg
+        model_args = [self.model_arg] if self.model_arg else []
         if spec is not None:
             spec_file = spec.save(run_dir / "spec.json")
-            model_args += f",spec={spec_file}"
+            model_args.append(f"spec={self.display_dir / name / 'spec.json'}")
+        model_args = ",".join(model_args)
         tasks = [task for task in tasks if samples is None or samples.get(task)]
         self.lm.spec = spec
         limit = None if samples is not None else self.limit
@@ -106,7 +116,8 @@ class Evaluator:
         )
 
     def _command(self, model_args: str, tasks, limit, samples) -> str:
-        parts = ["modarb", "eval", "--model", "hf-modarb", "--model_args", model_args, "--tasks", ",".join(tasks)]
+        parts = ["modarb", "eval", "--model", "hf-modarb"] + (["--model_args", model_args] if model_args else [])
+        parts += ["--tasks", ",".join(tasks)]
         parts += ["--batch_size", str(self.batch_size)]
         if limit is not None:
             parts += ["--limit", str(limit)]

@@ -1,4 +1,4 @@
-"""Atomic file writes: a reader (or CI diff) never sees a half-written entry or board."""
+"""Atomic file writes: a reader (or a CI diff) never sees a half-written spec, report or entry."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
         with os.fdopen(handle, "wb") as tmp:
             tmp.write(data)
             tmp.flush()
@@ -20,3 +21,9 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -1,0 +1,117 @@
+"""The paper's intervention experiments, each scored by lm-eval: block and amplify heads.
+
+- Blocking curve: block the top-ranked k% of heads vs random k% sets (several draws), for a
+  range of k, scoring modality following and both ability controls.
+- Amplification: scale the top heads by α on the baseline's failed follow items, for a sweep
+  of α; the restoration rate is the fraction of those items that the model now follows, and
+  the controls are scored under the same α to show what amplification costs.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from interventions.analysis.evaluation import CONTROL_TASKS, FOLLOW_TASKS, Evaluator, Run
+from interventions.spec import HeadScale, InterventionSpec, ModelFingerprint
+
+Head = tuple[int, int]
+
+
+def head_count(fraction: float, num_layers: int, num_heads: int) -> int:
+    """k = max(1, round(fraction · L · H)): 5% of 48 heads is 2."""
+    return max(1, round(fraction * num_layers * num_heads))
+
+
+def scaled_spec(fingerprint: ModelFingerprint, heads: Sequence[Head], scale: float, provenance: dict) -> InterventionSpec:
+    return InterventionSpec(
+        model=fingerprint,
+        heads=tuple(HeadScale(layer, head, float(scale)) for layer, head in heads),
+        provenance=provenance,
+    )
+
+
+def random_heads(fingerprint: ModelFingerprint, k: int, rng: random.Random) -> list[Head]:
+    every = [(layer, head) for layer in range(fingerprint.num_layers) for head in range(fingerprint.num_heads)]
+    return sorted(rng.sample(every, k))
+
+
+@dataclass
+class BlockPoint:
+    fraction: float
+    k: int
+    top: Run
+    random: list[Run]
+
+
+def blocking_curve(
+    evaluator: Evaluator,
+    fingerprint: ModelFingerprint,
+    ranking: Sequence[Head],
+    fractions: Sequence[float],
+    draws: int,
+    seed: int,
+    progress: Callable[[str], None] = lambda _: None,
+) -> list[BlockPoint]:
+    """Block the top-k% heads of `ranking` and `draws` random k% sets, for each fraction."""
+    rng = random.Random(seed)
+    points = []
+    for fraction in fractions:
+        k = head_count(fraction, fingerprint.num_layers, fingerprint.num_heads)
+        label = f"{fraction * 100:g}pct"
+        progress(f"block top {label}")
+        top = evaluator.run(
+            f"block_top_{label}",
+            scaled_spec(fingerprint, ranking[:k], 0.0, {"name": f"block top {label}", "method": "ranking", "k": k}),
+        )
+        randoms = []
+        for draw in range(draws):
+            progress(f"block random {label} #{draw + 1}")
+            heads = random_heads(fingerprint, k, rng)
+            provenance = {"name": f"block random {label} #{draw + 1}", "method": "random", "k": k, "seed": seed}
+            randoms.append(evaluator.run(f"block_random_{label}_{draw + 1}", scaled_spec(fingerprint, heads, 0.0, provenance)))
+        points.append(BlockPoint(fraction, k, top, randoms))
+    return points
+
+
+def failed_items(baseline: Run) -> dict[str, list[int]]:
+    """Doc ids of each follow task that the baseline did not follow."""
+    return {
+        task: sorted(doc for doc, follow in baseline.follow_by_doc.get(task, {}).items() if follow < 1)
+        for task in FOLLOW_TASKS
+    }
+
+
+@dataclass
+class AmplifyPoint:
+    alpha: float
+    restored: int
+    failed: int
+    run: Run
+
+    @property
+    def restoration_rate(self) -> float:
+        return self.restored / self.failed if self.failed else float("nan")
+
+
+def amplification_sweep(
+    evaluator: Evaluator,
+    fingerprint: ModelFingerprint,
+    heads: Sequence[Head],
+    alphas: Sequence[float],
+    baseline: Run,
+    control_ids: Sequence[int],
+    progress: Callable[[str], None] = lambda _: None,
+) -> list[AmplifyPoint]:
+    """Amplify `heads` by each α on the baseline's failed follow items (+ the controls)."""
+    failed = failed_items(baseline)
+    samples = {**failed, **{task: list(control_ids) for task in CONTROL_TASKS}}
+    points = []
+    for alpha in alphas:
+        progress(f"amplify x{alpha:g}")
+        spec = scaled_spec(fingerprint, heads, alpha, {"name": f"amplify top x{alpha:g}", "method": "ranking"})
+        run = evaluator.run(f"amplify_x{alpha:g}", spec, samples=samples)
+        restored = sum(int(follow) for task in FOLLOW_TASKS for follow in run.follow_by_doc.get(task, {}).values())
+        points.append(AmplifyPoint(alpha, restored, sum(map(len, failed.values())), run))
+    return points

@@ -1,0 +1,148 @@
+"""`modarb flow`: the causal attention analysis on one model, written as flow.json + PNG figures.
+
+flow.json holds every number: per layout, instruction side, edge and layer the mean change in
+P_F with its 95% band, n and the per-item values; each side's baseline P_F; the logit lens and
+the attention/MLP contributions; the window; the item ids used; the timing; the command that
+repeats the run. It is written to a temporary name and renamed, after the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from interventions.errors import ModarbError
+from interventions.files import write_atomic
+
+SCHEMA_VERSION = "modarb.flow/v1"
+DEFAULT_LAYOUTS = ("standard", "instruction_after", "system_prompt")
+FOLLOW_KINDS = ("follow_image", "follow_text")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "flow",
+        help="trace modality arbitration: attention knockout per edge and layer, logit lens, attention vs MLP",
+        description="For each attention edge (Vision->Instruction, Context->Instruction, Vision->Context, "
+        "Vision->Last, Context->Last, Instruction->Last, and ->Constraint / ->System in the positional-control "
+        "layouts) and each layer, knock the edge out in a window of layers centred there and record the change in "
+        "P_F = p(F)/(p(F)+p(C)) of the first answer token, per instruction side. Also the logit lens and each "
+        "layer's attention and MLP contribution to the follow-minus-competitor logit difference.",
+    )
+    parser.add_argument("--model", default=None, help="model folder or cached hub id (default: the bundled organism)")
+    parser.add_argument("--out", type=Path, default=Path("reports/flow"), help="output folder (default: %(default)s)")
+    parser.add_argument("--window", type=int, default=None,
+                        help="knockout window in layers (default: the odd number nearest 30%% of the depth; 1 on the "
+                        "6-layer organism)")
+    parser.add_argument("--n-items", type=int, default=32,
+                        help="shapes items per layout and instruction side (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=32, help="docs per forward (default: %(default)s)")
+    parser.add_argument("--split", default="validation", help="shapes split (default: %(default)s)")
+    parser.add_argument("--layouts", default=",".join(DEFAULT_LAYOUTS),
+                        help="prompt layouts, comma-separated (default: %(default)s)")
+    parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 (default: %(default)s)")
+    parser.set_defaults(func=_run)
+
+
+def parse_layouts(text: str) -> tuple[str, ...]:
+    from modarb_tasks.prompts import LAYOUTS
+
+    layouts = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [layout for layout in layouts if layout not in LAYOUTS]
+    if unknown or not layouts:
+        raise ModarbError(f"unknown layout {(unknown or [text])[0]!r} in --layouts; choose from {', '.join(LAYOUTS)}")
+    return layouts
+
+
+def check_counts(window: int | None, n_items: int, batch_size: int) -> None:
+    """One-line errors for bad counts, before any model is loaded."""
+    if window is not None and window < 1:
+        raise ModarbError(f"--window {window} must be a number of layers >= 1, e.g. --window 1")
+    for flag, value in (("--n-items", n_items), ("--batch-size", batch_size)):
+        if value < 1:
+            raise ModarbError(f"{flag} {value} must be at least 1")
+
+
+def follow_docs(n_items: int, split: str, layouts: Sequence[str]) -> list[dict]:
+    """follow_image and follow_text docs of the first `n_items` shapes items, in each layout."""
+    from modarb_tasks.docs import to_doc
+    from modarb_tasks.shapes import make_items
+
+    items = make_items(split, n_items)
+    return [to_doc(item, kind, layout) for layout in layouts for kind in FOLLOW_KINDS for item in items]
+
+
+def command_line(model: str | None, out: Path, window: int, n_items: int, batch_size: int, split: str,
+                 layouts: Sequence[str]) -> str:
+    """The command that repeats the run, every option explicit."""
+    parts = ["modarb flow"] + ([f"--model {model}"] if model else [])
+    parts += [f"--out {out}", f"--window {window}", f"--n-items {n_items}", f"--batch-size {batch_size}",
+              f"--split {split}", f"--layouts {','.join(layouts)}"]
+    return " ".join(parts)
+
+
+def run_flow(
+    model,
+    processor,
+    out: Path,
+    *,
+    n_items: int = 32,
+    window: int | None = None,
+    batch_size: int = 32,
+    split: str = "validation",
+    layouts: Sequence[str] = DEFAULT_LAYOUTS,
+    model_name: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the sweep, the lens and the contributions; write out/flow.json and out/flow_*.png; return the JSON."""
+    from interventions.analysis import flow_plots
+    from interventions.analysis.flow import flow_sweep
+    from interventions.analysis.lens import logit_lens
+
+    check_counts(window, n_items, batch_size)
+    start = time.perf_counter()
+    docs = follow_docs(n_items, split, layouts)
+    sweep = flow_sweep(model, processor, docs, window=window, batch_size=batch_size, progress=progress)
+    lens = logit_lens(model, processor, docs, batch_size=batch_size, progress=progress)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = []
+    for layout in layouts:
+        figures.append(flow_plots.plot_flow(sweep, layout, out / f"flow_{layout}.png").name)
+        figures.append(flow_plots.plot_lens(lens, layout, out / f"flow_lens_{layout}.png").name)
+        figures.append(flow_plots.plot_contributions(lens, layout, out / f"flow_contributions_{layout}.png").name)
+    document = {
+        "schema": SCHEMA_VERSION,
+        "model": model_name or "modarb-organism",
+        "command": command_line(model_name, out, sweep.window, n_items, batch_size, split, layouts),
+        "split": split,
+        "layouts": list(layouts),
+        "n_items": n_items,
+        "batch_size": batch_size,
+        "metric": "delta P_F = P_F(knockout) - P_F(none); P_F = p(F)/(p(F)+p(C)) over the first answer token",
+        "band": "mean +- 1.96 * standard error over items",
+        **sweep.to_json(),
+        **lens.to_json(),
+        "figures": figures,
+        "seconds": {"sweep": round(sweep.seconds, 3), "total": round(time.perf_counter() - start, 3)},
+    }
+    write_atomic(out / "flow.json", (json.dumps(document, indent=1) + "\n").encode())
+    return document
+
+
+def _run(args: argparse.Namespace) -> int:
+    from interventions.loading import load_model
+
+    layouts = parse_layouts(args.layouts)
+    check_counts(args.window, args.n_items, args.batch_size)
+    model, processor = load_model(args.model, device=args.device, dtype=args.dtype)
+    document = run_flow(model, processor, args.out, n_items=args.n_items, window=args.window,
+                        batch_size=args.batch_size, split=args.split, layouts=layouts, model_name=args.model)
+    print(f"flow: wrote {Path(args.out) / 'flow.json'} and {len(document['figures'])} figures "
+          f"(window {document['window']}, {document['seconds']['total']:.0f} s)")
+    return 0

@@ -1,0 +1,166 @@
+"""`modarb reproduce`: the Instruction Anchor paper's experiments on one model, in one command.
+
+Baseline scores -> information flow -> head identification -> blocking curve (top vs random)
+-> amplification on failed items -> a report folder (Markdown, figures, summary.json, the
+specs and the lm-eval results of every run, with the command that recomputes each).
+Identification and flow use the validation split; every score comes from lm-eval on the
+test split, so the heads are never chosen on the items they are judged on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from interventions.analysis import report
+from interventions.analysis.evaluation import Evaluator, quiet_lm_eval
+from interventions.analysis.experiments import amplification_sweep, blocking_curve, head_count, scaled_spec
+from interventions.analysis.flow_cli import run_flow
+from interventions.analysis.identify import run_identify
+from interventions.errors import ModarbError
+from interventions.spec import model_fingerprint
+
+SCORE_KEYS = ("follow_image", "follow_text", "mf_ratio", "visual_control", "language_control")
+
+
+@dataclass
+class ReproduceConfig:
+    model: str | None = None  # None: the bundled organism
+    out: Path = Path("reports/demo")
+    limit: int = 200  # test-split items per task scored by lm-eval
+    batch_size: int = 64
+    top: float = 0.05
+    fractions: tuple[float, ...] = (0.01, 0.02, 0.05, 0.10, 0.15, 0.20)
+    draws: int = 5
+    alphas: tuple[float, ...] = (1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
+    method: str = "attribution"
+    analysis_items: int = 200  # validation items per instruction side for flow / identify
+    window: int = 1
+    seed: int = 0
+    device: str | None = None
+    dtype: str = "float32"
+    steps: list[str] = field(default_factory=list)
+
+
+def reproduce(config: ReproduceConfig) -> dict:
+    """Run every experiment and write the report folder; returns summary.json's content."""
+    if not 0 < config.top < 1 or config.top not in config.fractions:
+        raise ModarbError(f"--top {config.top} must be one of the blocking fractions {list(config.fractions)}")
+    from interventions.lm import ModarbVLM
+
+    started = time.perf_counter()
+    quiet_lm_eval()
+    work = Path(tempfile.mkdtemp(prefix=".reproduce-", dir=_parent(config.out)))
+    try:
+        lm = ModarbVLM(pretrained=config.model, batch_size=config.batch_size, device=config.device, dtype=config.dtype)
+        fingerprint = model_fingerprint(lm.model)
+        model_arg = f"pretrained={config.model}" if config.model else ""
+        evaluator = Evaluator(lm, model_arg, work / "runs", config.limit, config.batch_size, Path(config.out) / "runs")
+        steps = tqdm(total=4 + len(config.fractions) * (1 + config.draws) + len(config.alphas), desc="reproduce", unit="step")
+
+        def progress(what: str) -> None:
+            steps.set_postfix_str(what)
+            steps.update(1)
+
+        progress("baseline")
+        baseline = evaluator.run("baseline", None)
+        progress("flow")
+        flow = run_flow(lm.model, lm.processor, work / "flow", n_items=config.analysis_items, window=config.window,
+                        batch_size=config.batch_size, model_name=config.model)
+        progress("identify")
+        identified = run_identify(lm.model, lm.processor, work / "identify", top=config.top, method=config.method,
+                                  n_items=config.analysis_items, batch_size=config.batch_size, seed=config.seed,
+                                  model_name=config.model)
+        ranking = [tuple(head) for head in identified["rankings"][config.method]["heads"]]
+        curve = blocking_curve(evaluator, fingerprint, ranking, config.fractions, config.draws, config.seed, progress)
+        top_heads = ranking[: head_count(config.top, fingerprint.num_layers, fingerprint.num_heads)]
+        amplify = amplification_sweep(evaluator, fingerprint, top_heads, config.alphas, baseline,
+                                      control_ids=range(config.limit), progress=progress)
+        steps.close()
+        summary = _summary(config, fingerprint, baseline, curve, amplify, top_heads, identified, flow,
+                           seconds=time.perf_counter() - started)
+        report.write(work, summary, config)
+        _replace_folder(work, config.out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return summary
+
+
+def _summary(config, fingerprint, baseline, curve, amplify, top_heads, identified, flow, seconds) -> dict:
+    at_top = next(point for point in curve if point.fraction == config.top)
+    mean_random = {key: _mean(run.scores[key] for run in at_top.random) for key in SCORE_KEYS}
+    best = max(amplify, key=lambda point: (point.restoration_rate, -point.alpha))
+    return {
+        "model": config.model or "modarb-organism",
+        "fingerprint": fingerprint.describe(),
+        "limit": config.limit,
+        "baseline": _scores(baseline) | {"command": baseline.command},
+        "block_top": _scores(at_top.top) | {"heads": [list(h) for h in top_heads], "command": at_top.top.command},
+        "block_random": mean_random | {"draws": [
+            _scores(run) | {"heads": _heads(run), "command": run.command} for run in at_top.random]},
+        "blocking_curve": [
+            {"fraction": p.fraction, "k": p.k, "top": _scores(p.top),
+             "random_mean": {key: _mean(run.scores[key] for run in p.random) for key in SCORE_KEYS},
+             "random": [_scores(run) for run in p.random]}
+            for p in curve
+        ],
+        "amplify": {
+            "heads": [list(h) for h in top_heads],
+            "best_alpha": best.alpha,
+            "restoration_rate": best.restoration_rate,
+            "failed_items": best.failed,
+            "curve": [{"alpha": p.alpha, "restored": p.restored, "failed": p.failed,
+                       "restoration_rate": p.restoration_rate,
+                       "visual_control": p.run.scores.get("visual_control"),
+                       "language_control": p.run.scores.get("language_control"),
+                       "command": p.run.command} for p in amplify],
+        },
+        "identify": {
+            "method": config.method,
+            "top_overlap": identified["top_overlap"],
+            "rank_correlation": identified["rank_correlation"],
+            "command": identified["command"],
+        },
+        "flow": {"command": flow["command"], "window": flow["window"]},
+        "seconds": round(seconds, 1),
+    }
+
+
+def _scores(run) -> dict:
+    return {key: run.scores.get(key) for key in SCORE_KEYS}
+
+
+def _heads(run) -> list[list[int]]:
+    spec = json.loads(run.spec_file.read_text())
+    return [[h["layer"], h["head"]] for h in spec["heads"]]
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
+def _parent(out: Path) -> Path:
+    parent = Path(out).resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    return parent
+
+
+def _replace_folder(work: Path, out: Path) -> None:
+    """Swap the finished report into place, so a failed run never leaves a half report."""
+    out = Path(out)
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+        work.rename(out)
+        shutil.rmtree(old)
+    else:
+        work.rename(out)
