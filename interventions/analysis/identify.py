@@ -1,0 +1,476 @@
+"""Which decoder attention heads decide modality arbitration: three rankings of every head.
+
+All three score the same quantity on the follow_image and follow_text docs: the first answer
+token's logit difference log p(F) - log p(C) at the last prompt position
+(`batches.following_scores`). A positive score means the head supports following (blocking it
+lowers the difference); rankings sort highest first.
+
+- attribution (cheap): gradient x activation on per-head gates (`gates.gate_heads` at 1). The
+  gradient of the summed difference w.r.t. gate (l, h) is the first-order change per unit gate;
+  blocking moves the gate 1 -> 0, so the estimated drop of the mean is that gradient divided by
+  the number of docs. One forward + one backward per batch scores every head.
+- ablation (exact): each head blocked in turn (`heads.scale_heads`, scale 0); the measured drop
+  of the mean. L*H + 1 forwards per batch: the ground truth attribution approximates.
+- learned: a sparse mask found by optimisation (see `learned_mask_scores`); a head's score is how
+  closed its gate ends (1 - gate).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import torch
+from scipy.stats import spearmanr
+from torch import nn
+from tqdm.auto import tqdm
+
+from interventions.analysis.batches import DocBatch, candidate_log_mass, following_scores, iter_batches
+from interventions.analysis.gates import gate_heads
+from interventions.errors import ModarbError
+from interventions.heads import scale_heads
+from interventions.locate import locate_heads
+from interventions.spec import HeadScale, InterventionSpec, model_fingerprint
+from modarb_tasks.docs import to_doc
+from modarb_tasks.shapes import make_items
+
+SCHEMA_VERSION = "modarb.identify/v1"
+METHODS = ("attribution", "ablation", "learned")
+FOLLOW_KINDS = ("follow_image", "follow_text")
+CONTROL_KINDS = ("visual_control", "language_control")
+DATA_SEED = 0  # the `shapes` generator seed of the benchmark's own splits
+SPLIT = "validation"  # heads are found here; the test split is kept for scoring the interventions with lm-eval
+
+Head = tuple[int, int]
+
+
+@dataclass
+class Ranking:
+    """One method's scores [layers, heads] and what computing them cost."""
+
+    method: str
+    scores: torch.Tensor
+    passes: int  # model passes: forwards + backwards
+    seconds: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ranked(self) -> list[tuple[int, int, float]]:
+        return rank_heads(self.scores)
+
+    def to_dict(self) -> dict[str, Any]:
+        ranked = self.ranked
+        return {
+            "scores": self.scores.tolist(),
+            "ranked": [list(cell) for cell in ranked],
+            "heads": [[l, h] for l, h, _ in ranked],  # the ranking without scores, best first
+            "passes": self.passes,
+            "seconds": round(self.seconds, 3),
+            **self.details,
+        }
+
+
+@dataclass
+class IdentifyResult:
+    """The rankings of one identify run and how far they agree."""
+
+    rankings: dict[str, Ranking]
+    fraction: float
+    n_follow_docs: int
+    n_control_docs: int
+
+    def pairs(self) -> list[tuple[str, str]]:
+        return list(combinations([m for m in METHODS if m in self.rankings], 2))
+
+    def overlaps(self) -> dict[str, float]:
+        """Top-k overlap |A ∩ B| / k of every pair of methods at `fraction`."""
+        return {
+            f"{a}~{b}": top_overlap(self.rankings[a].scores, self.rankings[b].scores, self.fraction)
+            for a, b in self.pairs()
+        }
+
+    def correlations(self) -> dict[str, float | None]:
+        """Spearman rank correlation over all heads of every pair (None when a ranking is constant)."""
+        return {
+            f"{a}~{b}": rank_correlation(self.rankings[a].scores, self.rankings[b].scores) for a, b in self.pairs()
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        overlaps, correlations = self.overlaps(), self.correlations()
+        any_ranking = next(iter(self.rankings.values()))
+        return {
+            "fraction": self.fraction,
+            "k": top_k(any_ranking.scores.numel(), self.fraction),
+            "n_follow_docs": self.n_follow_docs,
+            "n_control_docs": self.n_control_docs,
+            "rankings": {
+                method: {**ranking.to_dict(), "top": [list(h) for h in top_heads(ranking.scores, self.fraction)]}
+                for method, ranking in self.rankings.items()
+            },
+            "overlaps": overlaps,
+            "rank_correlations": correlations,
+            # attribution checked against the exact sweep: the headline agreement numbers
+            "top_overlap": overlaps.get("attribution~ablation"),
+            "rank_correlation": correlations.get("attribution~ablation"),
+        }
+
+
+@dataclass(frozen=True)
+class LearnedMaskOptions:
+    """The learned mask's optimisation (see `learned_mask_scores`)."""
+
+    steps: int = 200
+    lr: float = 0.1
+    init_logit: float = 3.0  # gates start at sigmoid(3) = 0.95: open, but not saturated
+    sparsity: float = 0.02  # cost of one fully closed head, as a fraction of the unmasked following term
+    control: float = 1.0  # weight of the rise in control cross-entropy (nats)
+
+
+# --- selection and agreement ------------------------------------------------------------------
+def rank_heads(scores: torch.Tensor) -> list[tuple[int, int, float]]:
+    """Every head as (layer, head, score), highest score first (ties: lower layer, then head)."""
+    layers, heads = scores.shape
+    cells = [(l, h, float(scores[l, h])) for l in range(layers) for h in range(heads)]
+    return sorted(cells, key=lambda cell: (-cell[2], cell[0], cell[1]))
+
+
+def check_fraction(fraction: float) -> float:
+    if not (isinstance(fraction, (int, float)) and 0 < fraction < 1):
+        raise ModarbError(f"top fraction {fraction!r} must be in (0, 1), e.g. 0.05 for the top 5% of heads")
+    return float(fraction)
+
+
+def top_k(num_heads: int, fraction: float) -> int:
+    """How many heads the top `fraction` is: max(1, round(fraction * num_heads))."""
+    return max(1, round(check_fraction(fraction) * num_heads))
+
+
+def top_heads(scores: torch.Tensor, fraction: float) -> list[Head]:
+    """The k = max(1, round(fraction * L * H)) highest-scoring heads as (layer, head), best first."""
+    return [(l, h) for l, h, _ in rank_heads(scores)[: top_k(scores.numel(), fraction)]]
+
+
+def top_overlap(a: torch.Tensor, b: torch.Tensor, fraction: float) -> float:
+    """|top(a) ∩ top(b)| / k at `fraction`."""
+    k = top_k(a.numel(), fraction)
+    return len(set(top_heads(a, fraction)) & set(top_heads(b, fraction))) / k
+
+
+def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float | None:
+    """Spearman's rho over all heads; None when either ranking is constant (rho is undefined)."""
+    a, b = a.flatten().double(), b.flatten().double()
+    if bool((a == a[0]).all()) or bool((b == b[0]).all()):
+        return None
+    return float(spearmanr(a.numpy(), b.numpy()).statistic)
+
+
+def block_spec(model: nn.Module, heads: Sequence[Head], provenance: dict[str, Any]) -> InterventionSpec:
+    """A spec that blocks `heads` (scale 0) at every position, for `model`."""
+    return InterventionSpec(
+        model=model_fingerprint(model),
+        heads=tuple(HeadScale(int(l), int(h), 0.0) for l, h in heads),
+        positions="all",
+        provenance=dict(provenance),
+    )
+
+
+# --- data --------------------------------------------------------------------------------------
+def shapes_docs(n_items: int, split: str = SPLIT) -> list[dict]:
+    """Docs of every task kind for the first `n_items` items of a `shapes` split."""
+    if n_items < 1:
+        raise ModarbError(f"--n-items {n_items} must be at least 1")
+    items = make_items(split, n_items, seed=DATA_SEED)
+    return [to_doc(item, kind) for kind in (*FOLLOW_KINDS, *CONTROL_KINDS) for item in items]
+
+
+# --- the three methods -------------------------------------------------------------------------
+def last_logits(model: nn.Module, batch: DocBatch) -> torch.Tensor:
+    return model(**batch.inputs, use_cache=False, logits_to_keep=1).logits[:, -1]
+
+
+def logit_difference(model: nn.Module, batch: DocBatch) -> torch.Tensor:
+    """Per row, log p(F) - log p(C) of the first answer token."""
+    return following_scores(last_logits(model, batch), batch)[0]
+
+
+@contextmanager
+def frozen(model: nn.Module) -> Iterator[None]:
+    """Weights stop requiring grad for the block: only the gates get gradients (no memory for weight grads)."""
+    flags = [(param, param.requires_grad) for param in model.parameters()]
+    for param, _ in flags:
+        param.requires_grad_(False)
+    try:
+        with torch.enable_grad():
+            yield
+    finally:
+        for param, flag in flags:
+            param.requires_grad_(flag)
+
+
+def _ones_gates(model: nn.Module, requires_grad: bool) -> torch.Tensor:
+    layout = locate_heads(model)
+    return torch.ones(layout.num_layers, layout.num_heads, device=model.device, requires_grad=requires_grad)
+
+
+def attribution_scores(model: nn.Module, batches: Sequence[DocBatch], progress: bool = True) -> Ranking:
+    """Gradient x activation: estimated drop of the mean logit difference when each head is blocked."""
+    start = time.perf_counter()
+    gates = _ones_gates(model, requires_grad=True)
+    rows = 0
+    with frozen(model):
+        for batch in tqdm(batches, desc="attribution", unit="batch", disable=not progress):
+            with gate_heads(model, gates):
+                difference = logit_difference(model, batch)
+            difference.sum().backward()
+            rows += len(batch)
+    return Ranking("attribution", gates.grad.detach().double().cpu() / rows, 2 * len(batches),
+                   time.perf_counter() - start)
+
+
+@torch.no_grad()
+def ablation_scores(model: nn.Module, batches: Sequence[DocBatch], progress: bool = True) -> Ranking:
+    """Exact sweep: the drop of the mean logit difference with each head blocked in turn."""
+    start = time.perf_counter()
+    layout = locate_heads(model)
+    heads = [(l, h) for l in range(layout.num_layers) for h in range(layout.num_heads)]
+    drops = torch.zeros(layout.num_layers, layout.num_heads, dtype=torch.float64)
+    rows = 0
+    with tqdm(total=len(batches) * len(heads), desc="ablation", unit="head", disable=not progress) as bar:
+        for batch in batches:
+            base = logit_difference(model, batch)
+            for l, h in heads:
+                with scale_heads(model, {(l, h): 0.0}):
+                    drops[l, h] += float((base - logit_difference(model, batch)).double().sum())
+                bar.update()
+            rows += len(batch)
+    return Ranking("ablation", drops / rows, len(batches) * (len(heads) + 1), time.perf_counter() - start)
+
+
+def _control_cross_entropy(model: nn.Module, batch: DocBatch) -> torch.Tensor:
+    """Mean cross-entropy of the correct first answer token (its candidates' mass) on control docs."""
+    log_probs = torch.log_softmax(last_logits(model, batch).float(), dim=-1)
+    return -candidate_log_mass(log_probs, batch.follow_ids).mean()
+
+
+def learned_mask_scores(
+    model: nn.Module,
+    follow_batches: Sequence[DocBatch],
+    control_batches: Sequence[DocBatch],
+    options: LearnedMaskOptions = LearnedMaskOptions(),
+    seed: int = 0,
+    progress: bool = True,
+) -> Ranking:
+    """A sparse head mask that breaks modality following while keeping the controls.
+
+    Sigmoid relaxation, deterministic: gates = sigmoid(theta), theta starts at `init_logit`, Adam
+    on one follow batch and one control batch per step, in a seeded order. Minimised:
+
+      mean softplus(d) / mean softplus(d_open)          (d: logit difference on follow docs; softplus
+                                                         saturates once the competitor wins, so it cannot
+                                                         run to -inf and swamp the other terms)
+      + control * max(0, CE_ctrl - CE_ctrl_open)        (controls' first-token cross-entropy, open = all gates 1)
+      + sparsity * sum(1 - gates)                       (L1 on closedness: each closed head costs `sparsity`)
+
+    A head's score is how closed its gate ends, 1 - gate.
+    """
+    if not follow_batches or not control_batches:
+        raise ModarbError("the learned mask needs follow docs and control docs; pass docs of all four task kinds")
+    start = time.perf_counter()
+    with torch.no_grad():
+        follow_open = [float(nn.functional.softplus(logit_difference(model, b)).mean()) for b in follow_batches]
+        control_open = [float(_control_cross_entropy(model, b)) for b in control_batches]
+    generator = torch.Generator().manual_seed(seed)
+    follow_order = torch.randperm(len(follow_batches), generator=generator).tolist()
+    control_order = torch.randperm(len(control_batches), generator=generator).tolist()
+    theta = torch.full_like(_ones_gates(model, requires_grad=False), options.init_logit).requires_grad_(True)
+    optimiser = torch.optim.Adam([theta], lr=options.lr)
+    history = []
+    with frozen(model):
+        for step in tqdm(range(options.steps), desc="learned mask", unit="step", disable=not progress):
+            f = follow_order[step % len(follow_order)]
+            c = control_order[step % len(control_order)]
+            gates = torch.sigmoid(theta)
+            with gate_heads(model, gates):
+                following = nn.functional.softplus(logit_difference(model, follow_batches[f])).mean()
+                following = following / max(sum(follow_open) / len(follow_open), 1e-6)
+                control = torch.relu(_control_cross_entropy(model, control_batches[c]) - control_open[c])
+            sparsity = (1 - gates).sum()
+            loss = following + options.control * control + options.sparsity * sparsity
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            history.append([round(float(v.detach()), 5) for v in (loss, following, control, sparsity)])
+    closed = (1 - torch.sigmoid(theta)).detach().double().cpu()
+    details = {
+        "options": asdict(options),
+        "seed": seed,
+        "loss_terms": ["total", "following", "control", "sparsity"],
+        "first_step": history[0] if history else None,
+        "last_step": history[-1] if history else None,
+    }
+    passes = len(follow_batches) + len(control_batches) + 4 * options.steps
+    return Ranking("learned", closed, passes, time.perf_counter() - start, details)
+
+
+# --- all together ----------------------------------------------------------------------------
+def split_docs(docs: Sequence[dict]) -> tuple[list[dict], list[dict]]:
+    """(follow docs, control docs) by task kind."""
+    follow = [d for d in docs if d.get("kind") in FOLLOW_KINDS]
+    control = [d for d in docs if d.get("kind") in CONTROL_KINDS]
+    if not follow:
+        raise ModarbError(f"no follow docs to score: give docs of kind {' or '.join(FOLLOW_KINDS)}")
+    return follow, control
+
+
+def identify_batches(
+    model: nn.Module,
+    follow_batches: Sequence[DocBatch],
+    control_batches: Sequence[DocBatch] = (),
+    *,
+    fraction: float = 0.05,
+    exact: bool = True,
+    learned: bool = True,
+    learned_options: LearnedMaskOptions = LearnedMaskOptions(),
+    seed: int = 0,
+    progress: bool = True,
+) -> IdentifyResult:
+    """The rankings on already-encoded batches (random inputs work too: the 7B benchmark uses them)."""
+    check_fraction(fraction)
+    torch.manual_seed(seed)
+    rankings = {"attribution": attribution_scores(model, follow_batches, progress)}
+    if exact:
+        rankings["ablation"] = ablation_scores(model, follow_batches, progress)
+    if learned:
+        rankings["learned"] = learned_mask_scores(model, follow_batches, control_batches, learned_options, seed,
+                                                  progress)
+    return IdentifyResult(
+        rankings=rankings,
+        fraction=fraction,
+        n_follow_docs=sum(len(b) for b in follow_batches),
+        n_control_docs=sum(len(b) for b in control_batches),
+    )
+
+
+def identify(
+    model: nn.Module,
+    processor,
+    docs: Sequence[dict],
+    *,
+    fraction: float = 0.05,
+    batch_size: int = 16,
+    exact: bool = True,
+    learned: bool = True,
+    learned_options: LearnedMaskOptions = LearnedMaskOptions(),
+    seed: int = 0,
+    progress: bool = True,
+) -> IdentifyResult:
+    """Score every head of `model` on `docs` (follow docs; control docs too for the learned mask)."""
+    check_fraction(fraction)
+    if batch_size < 1:
+        raise ModarbError(f"batch size {batch_size} must be at least 1")
+    follow, control = split_docs(docs)
+    if learned and not control:
+        raise ModarbError(f"the learned mask needs control docs ({' and '.join(CONTROL_KINDS)}); add them or skip it")
+    follow_batches = list(iter_batches(model, processor, follow, batch_size))
+    control_batches = list(iter_batches(model, processor, control, batch_size)) if learned else []
+    return identify_batches(
+        model, follow_batches, control_batches, fraction=fraction, exact=exact, learned=learned,
+        learned_options=learned_options, seed=seed, progress=progress,
+    )
+
+
+# --- the output folder -------------------------------------------------------------------------
+SCORE_LABELS = {
+    "attribution": "estimated drop of logit diff F - C",
+    "ablation": "drop of logit diff F - C",
+    "learned": "1 - learned gate",
+}
+
+
+def spec_name(fraction: float) -> str:
+    """spec_top<percent>.json, e.g. spec_top5.json for the top 5% of heads."""
+    return f"spec_top{fraction * 100:g}.json"
+
+
+def command_line(model: nn.Module, model_name: str | None, out: Path, *, top: float, method: str, n_items: int,
+                 batch_size: int, seed: int, exact: bool, learned: bool, learned_steps: int) -> str:
+    """The `modarb identify` command that repeats the run, every option explicit."""
+    parts = ["modarb identify"] + ([f"--model {model_name}"] if model_name else [])
+    parts += [f"--out {out}", f"--top {top:g}", f"--method {method}", f"--n-items {n_items}",
+              f"--batch-size {batch_size}", f"--device {model.device.type}",
+              f"--dtype {str(model.dtype).removeprefix('torch.')}", f"--seed {seed}", f"--learned-steps {learned_steps}"]
+    parts += [flag for flag, skip in (("--no-exact", not exact), ("--no-learned", not learned)) if skip]
+    return " ".join(parts)
+
+
+def run_identify(
+    model: nn.Module,
+    processor,
+    out: str | Path,
+    *,
+    top: float = 0.05,
+    method: str = "attribution",
+    n_items: int = 64,
+    batch_size: int = 16,
+    seed: int = 0,
+    exact: bool = True,
+    learned: bool = True,
+    learned_steps: int = LearnedMaskOptions.steps,
+    model_name: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Rank every head on `n_items` shapes validation items; write `out`; return identify.json's content.
+
+    Writes heads_<method>.png per ranking, spec_top<percent>.json (the `method` ranking's top heads
+    blocked, for `hf-modarb` with --model_args spec=...) and, last, identify.json: every file goes
+    through a temporary name and a rename, so identify.json exists only once the rest is written.
+    The test split stays untouched: it is for scoring the interventions with lm-eval.
+    """
+    from interventions.analysis.heatmap import plot_head_scores
+    from interventions.files import write_atomic
+
+    check_fraction(top)
+    if method not in METHODS:
+        raise ModarbError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if not {"ablation": exact, "learned": learned}.get(method, True):
+        raise ModarbError(f"method {method!r} needs its ranking; do not skip it")
+    start = time.perf_counter()
+    result = identify(
+        model, processor, shapes_docs(n_items, SPLIT), fraction=top, batch_size=batch_size, exact=exact,
+        learned=learned, learned_options=LearnedMaskOptions(steps=learned_steps), seed=seed, progress=progress,
+    )
+    out = Path(out)
+    fingerprint = model_fingerprint(model)
+    command = command_line(model, model_name, out, top=top, method=method, n_items=n_items, batch_size=batch_size,
+                           seed=seed, exact=exact, learned=learned, learned_steps=learned_steps)
+    provenance = {"method": method, "fraction": top, "split": SPLIT, "n_items": n_items, "data_seed": DATA_SEED,
+                  "seed": seed, "command": command}
+    chosen = top_heads(result.rankings[method].scores, top)
+    out.mkdir(parents=True, exist_ok=True)
+    block_spec(model, chosen, provenance).save(out / spec_name(top))
+    for name, ranking in result.rankings.items():
+        plot_head_scores(
+            ranking.scores, out / f"heads_{name}.png", boxed=top_heads(ranking.scores, top), label=SCORE_LABELS[name],
+            title=f"{name}: {model_name or fingerprint.name or fingerprint.family}\n(top {top * 100:g}% boxed)",
+        )
+    document = {
+        "schema": SCHEMA_VERSION,
+        "model_name": model_name or fingerprint.name,
+        "model": asdict(fingerprint),
+        **provenance,
+        "batch_size": batch_size,
+        "metric": "logit difference log p(F) - log p(C) of the first answer token at the last position, "
+        "on follow_image and follow_text docs; score = drop of its mean when the head is blocked",
+        "spec": spec_name(top),
+        "spec_heads": [list(head) for head in chosen],
+        **result.to_dict(),
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    write_atomic(out / "identify.json", (json.dumps(document, indent=1) + "\n").encode())
+    return document

@@ -1,0 +1,71 @@
+"""`modarb identify`: rank every decoder head's role in modality arbitration and write a block spec.
+
+The work and the output folder are `identify.run_identify`'s; this module reads the flags and
+turns bad ones into one line before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from interventions.analysis.identify import METHODS, LearnedMaskOptions, check_fraction
+from interventions.errors import ModarbError
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "identify",
+        help="rank every attention head's role in modality arbitration (attribution, exact ablation, learned mask) "
+        "and write a spec blocking the top heads",
+        description="Score every decoder attention head by its effect on the following-minus-competitor logit "
+        "difference of the first answer token, on the shapes validation split (the test split stays for lm-eval). "
+        "Writes identify.json, heads_<method>.png heat-maps and spec_top<percent>.json for hf-modarb.",
+    )
+    parser.add_argument("--model", default=None, help="model folder or cached hub id (default: the bundled organism)")
+    parser.add_argument("--out", type=Path, default=Path("reports/identify"), help="output folder (default: %(default)s)")
+    parser.add_argument("--top", type=float, default=0.05, help="fraction of heads in the spec (default: %(default)s)")
+    parser.add_argument("--method", choices=METHODS, default="attribution",
+                        help="which ranking makes the spec (default: %(default)s)")
+    parser.add_argument("--no-exact", action="store_true", help="skip the exact ablation sweep (L*H forwards per batch)")
+    parser.add_argument("--no-learned", action="store_true", help="skip the learned mask")
+    parser.add_argument("--learned-steps", type=int, default=LearnedMaskOptions.steps,
+                        help="optimisation steps of the learned mask (default: %(default)s)")
+    parser.add_argument("--n-items", type=int, default=64,
+                        help="shapes items; each gives one doc per task kind (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=16, help="docs per forward (default: %(default)s)")
+    parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the learned mask (default: %(default)s)")
+    parser.set_defaults(func=run)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """One-line errors for flags that cannot work, before any model is loaded."""
+    try:
+        check_fraction(args.top)
+    except ModarbError:
+        raise ModarbError(f"--top {args.top} must be a fraction in (0, 1), e.g. 0.05 for the top 5% of heads") from None
+    skipped = {"ablation": "--no-exact" if args.no_exact else None, "learned": "--no-learned" if args.no_learned else None}
+    if skipped.get(args.method):
+        raise ModarbError(f"--method {args.method} needs that ranking; drop {skipped[args.method]}")
+    for flag, value in (("--learned-steps", args.learned_steps), ("--n-items", args.n_items),
+                        ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise ModarbError(f"{flag} {value} must be at least 1")
+
+
+def run(args: argparse.Namespace) -> int:
+    from interventions.analysis.identify import run_identify
+    from interventions.loading import load_model
+
+    check_args(args)
+    model, processor = load_model(args.model, device=args.device, dtype=args.dtype)
+    document = run_identify(
+        model, processor, args.out, top=args.top, method=args.method, n_items=args.n_items,
+        batch_size=args.batch_size, seed=args.seed, exact=not args.no_exact, learned=not args.no_learned,
+        learned_steps=args.learned_steps, model_name=args.model,
+    )
+    heads = ", ".join(f"L{l}H{h}" for l, h in document["spec_heads"])
+    print(f"identify: wrote {args.out / 'identify.json'}; {args.out / document['spec']} blocks {heads} ({args.method})")
+    return 0

@@ -1,0 +1,255 @@
+"""Head identification: gates, attribution vs derivative, exact sweep vs direct block, spec and CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from interventions import cli
+from interventions.analysis.batches import candidate_log_mass, iter_batches
+from interventions.analysis.gates import gate_heads
+from interventions.analysis.identify import (
+    LearnedMaskOptions,
+    ablation_scores,
+    attribution_scores,
+    block_spec,
+    identify,
+    last_logits,
+    learned_mask_scores,
+    logit_difference,
+    rank_correlation,
+    shapes_docs,
+    split_docs,
+    top_heads,
+    top_overlap,
+)
+from interventions.errors import ModarbError
+from interventions.heads import scale_heads
+from interventions.locate import InterventionError
+from interventions.organism.model import Architecture, build_model, build_processor
+from interventions.spec import InterventionSpec
+
+TINY = Architecture(hidden=32, layers=2, heads=4, intermediate=64, vision_hidden=32, vision_layers=1, vision_heads=2,
+                    vision_intermediate=64)
+IDENTIFY_CLI = "interventions.analysis.identify_cli"
+
+
+@pytest.fixture(scope="session")
+def organism_folder(tmp_path_factory):
+    """An untrained organism-architecture LLaVA (2 layers x 4 heads) with its processor, saved to disk."""
+    processor = build_processor(TINY)
+    model = build_model(processor, TINY, seed=0)
+    folder = tmp_path_factory.mktemp("tiny_organism")
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def loaded(organism_folder):
+    from interventions.loading import load_model
+
+    return load_model(organism_folder)
+
+
+@pytest.fixture(scope="session")
+def docs():
+    return shapes_docs(2)  # 2 items x 4 task kinds
+
+
+@pytest.fixture(scope="session")
+def follow_batches(loaded, docs):
+    model, processor = loaded
+    return list(iter_batches(model, processor, split_docs(docs)[0], batch_size=3))  # batches of 3 and 1
+
+
+def _logits(model, batch):
+    return model(**batch.inputs, use_cache=False).logits
+
+
+def test_gates_at_one_are_bit_identical(loaded, follow_batches):
+    model, _ = loaded
+    batch = follow_batches[0]
+    with gate_heads(model, torch.ones(2, 4)):
+        gated = _logits(model, batch)
+    assert torch.equal(gated, _logits(model, batch))
+
+
+def test_gate_zero_equals_block(loaded, follow_batches):
+    model, _ = loaded
+    batch = follow_batches[0]
+    gates = torch.ones(2, 4)
+    gates[1, 2] = 0.0
+    with gate_heads(model, gates):
+        gated = _logits(model, batch)
+    with scale_heads(model, {(1, 2): 0.0}):
+        blocked = _logits(model, batch)
+    assert torch.allclose(gated, blocked, atol=1e-6, rtol=0)
+    assert not torch.allclose(gated, _logits(model, batch), atol=1e-4)  # the gate did something
+
+
+def test_gates_of_wrong_shape_name_the_fix(loaded):
+    model, _ = loaded
+    with pytest.raises(InterventionError, match=r"make gates of shape \(2, 4\)"):
+        with gate_heads(model, torch.ones(4, 2)):
+            pass
+
+
+def test_attribution_is_the_derivative_of_the_mean_difference(loaded, follow_batches):
+    model, _ = loaded
+    rows = sum(len(b) for b in follow_batches)
+
+    def mean_difference(gate: float, layer: int, head: int) -> float:
+        """following_scores' logit difference, all in float64."""
+        gates = torch.ones(2, 4, dtype=torch.float64)
+        gates[layer, head] = gate
+        total = 0.0
+        with gate_heads(model, gates):
+            for batch in follow_batches:
+                log_probs = torch.log_softmax(last_logits(model, batch).double(), dim=-1)
+                difference = candidate_log_mass(log_probs, batch.follow_ids) - candidate_log_mass(
+                    log_probs, batch.compete_ids)
+                total += float(difference.sum())
+        return total / rows
+
+    model.double()  # float64 (but RoPE, computed in float32): ~1e-8 noise on the mean difference
+    try:
+        ranking = attribution_scores(model, follow_batches, progress=False)
+        assert ranking.scores.shape == (2, 4) and ranking.passes == 2 * len(follow_batches)
+        layer, head, score = ranking.ranked[0]
+        eps = 0.05  # the noise above costs < 1e-6 of the derivative; curvature over +-eps ~1e-4 here
+        derivative = (mean_difference(1 + eps, layer, head) - mean_difference(1 - eps, layer, head)) / (2 * eps)
+        # score = estimated drop when the gate goes 1 -> 0 = +derivative of the mean
+        assert abs(score) > 1e-4
+        assert score == pytest.approx(derivative, rel=1e-3)
+    finally:
+        model.float()
+
+
+def test_ablation_score_is_the_measured_drop(loaded, follow_batches):
+    model, _ = loaded
+    ranking = ablation_scores(model, follow_batches, progress=False)
+    assert ranking.passes == len(follow_batches) * (2 * 4 + 1)
+    rows = sum(len(b) for b in follow_batches)
+    with torch.no_grad():
+        base = sum(float(logit_difference(model, b).sum()) for b in follow_batches) / rows
+        with scale_heads(model, {(0, 3): 0.0}):
+            blocked = sum(float(logit_difference(model, b).sum()) for b in follow_batches) / rows
+    assert float(ranking.scores[0, 3]) == pytest.approx(base - blocked, abs=1e-6)
+    assert float(ranking.scores.abs().max()) > 1e-4  # blocking heads does move the difference
+
+
+def test_learned_mask_is_deterministic_and_lowers_its_loss(loaded, docs):
+    model, processor = loaded
+    follow, control = split_docs(docs)
+    follow_batches = list(iter_batches(model, processor, follow, 2))
+    control_batches = list(iter_batches(model, processor, control, 2))
+    options = LearnedMaskOptions(steps=12, lr=0.2)
+    first = learned_mask_scores(model, follow_batches, control_batches, options, seed=3, progress=False)
+    again = learned_mask_scores(model, follow_batches, control_batches, options, seed=3, progress=False)
+    assert torch.equal(first.scores, again.scores)
+    assert first.details["last_step"][0] < first.details["first_step"][0]
+    assert first.passes == len(follow_batches) + len(control_batches) + 4 * 12
+
+
+def test_top_heads_count_and_order():
+    scores = torch.zeros(6, 8)
+    scores[3, 5], scores[0, 1], scores[5, 7] = 3.0, 2.0, 1.0
+    assert top_heads(scores, 0.05) == [(3, 5), (0, 1)]  # k = round(0.05 * 48) = 2
+    assert top_heads(scores, 0.001) == [(3, 5)]  # never fewer than one head
+    other = torch.zeros(6, 8)
+    other[3, 5], other[2, 2] = 5.0, 4.0
+    assert top_overlap(scores, other, 0.05) == 0.5
+    with pytest.raises(ModarbError, match=r"must be in \(0, 1\)"):
+        top_heads(scores, 1.5)
+
+
+def test_rank_correlation():
+    a = torch.arange(12.0).reshape(3, 4)
+    assert rank_correlation(a, 2 * a + 1) == pytest.approx(1.0)
+    assert rank_correlation(a, -a) == pytest.approx(-1.0)
+    assert rank_correlation(a, torch.zeros(3, 4)) is None
+
+
+def test_identify_needs_follow_docs(loaded, docs):
+    model, processor = loaded
+    controls = [d for d in docs if d["kind"].endswith("control")]
+    with pytest.raises(ModarbError, match="no follow docs"):
+        identify(model, processor, controls, progress=False)
+
+
+def test_identify_result_and_block_spec(loaded, docs, tmp_path):
+    model, processor = loaded
+    result = identify(model, processor, docs, fraction=0.25, batch_size=4, progress=False,
+                      learned_options=LearnedMaskOptions(steps=2))
+    assert set(result.rankings) == {"attribution", "ablation", "learned"}
+    summary = result.to_dict()
+    assert summary["k"] == 2 and summary["n_follow_docs"] == 4 and summary["n_control_docs"] == 4
+    assert set(summary["overlaps"]) == {"attribution~ablation", "attribution~learned", "ablation~learned"}
+    assert summary["top_overlap"] == summary["overlaps"]["attribution~ablation"]
+    heads = top_heads(result.rankings["attribution"].scores, 0.25)
+    spec = block_spec(model, heads, {"method": "attribution", "fraction": 0.25, "command": "test"})
+    loaded_spec = InterventionSpec.load(spec.save(tmp_path / "spec.json"))
+    loaded_spec.validate_against(model)
+    assert loaded_spec.scales() == {head: 0.0 for head in heads}
+    assert loaded_spec.positions == "all" and loaded_spec.provenance["method"] == "attribution"
+
+
+@pytest.fixture
+def modarb(monkeypatch):
+    """`modarb` main with the identify subcommand registered (the lead wires it into cli.py)."""
+    if IDENTIFY_CLI not in cli.SUBCOMMAND_MODULES:
+        monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", [*cli.SUBCOMMAND_MODULES, IDENTIFY_CLI])
+    return cli.main
+
+
+def test_cli_writes_outputs(modarb, organism_folder, tmp_path, capsys):
+    out = tmp_path / "identify"
+    code = modarb(["identify", "--model", str(organism_folder), "--out", str(out), "--top", "0.25", "--n-items", "2",
+                   "--batch-size", "4", "--learned-steps", "2", "--method", "ablation"])
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "heads_ablation.png", "heads_attribution.png", "heads_learned.png", "identify.json", "spec_top25.json",
+    ]
+    report = json.loads((out / "identify.json").read_text())
+    spec = InterventionSpec.load(out / "spec_top25.json")
+    assert [[h.layer, h.head] for h in spec.heads] == report["spec_heads"] == report["rankings"]["ablation"]["top"]
+    assert spec.provenance["split"] == "validation" and spec.provenance["n_items"] == 2
+    assert spec.provenance["command"] == report["command"] == (
+        f"modarb identify --model {organism_folder} --out {out} --top 0.25 --method ablation --n-items 2 "
+        "--batch-size 4 --device cpu --dtype float32 --seed 0 --learned-steps 2")
+    assert len(report["rankings"]["attribution"]["ranked"]) == 8
+    assert report["rankings"]["ablation"]["heads"][:2] == report["spec_heads"]
+    assert report["model"]["num_layers"] == 2 and report["model"]["num_heads"] == 4
+    assert (out / "heads_learned.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("top", ["0", "1.5"])
+def test_cli_rejects_bad_top(modarb, tmp_path, capsys, top):
+    code = modarb(["identify", "--top", top, "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err == [f"modarb: error: --top {float(top)} must be a fraction in (0, 1), e.g. 0.05 for the top 5% of heads"]
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_rejects_method_it_skips(modarb, capsys):
+    assert modarb(["identify", "--method", "learned", "--no-learned"]) == 2
+    assert "drop --no-learned" in capsys.readouterr().err
+
+
+def test_failed_run_leaves_no_identify_json(loaded, tmp_path, monkeypatch):
+    from interventions.analysis import heatmap
+    from interventions.analysis.identify import run_identify
+
+    def broken_plot(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(heatmap, "plot_head_scores", broken_plot)
+    model, processor = loaded
+    with pytest.raises(RuntimeError, match="disk full"):
+        run_identify(model, processor, tmp_path, top=0.25, n_items=1, exact=False, learned=False, progress=False)
+    assert not (tmp_path / "identify.json").exists()
+    assert not list(tmp_path.glob("*.tmp"))

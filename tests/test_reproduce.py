@@ -1,0 +1,84 @@
+"""`modarb reproduce` on the bundled organism, shrunk: the report is complete and recomputable."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from interventions.analysis.reproduce import ReproduceConfig, reproduce
+
+SCORES = ("follow_image", "follow_text", "mf_ratio", "visual_control", "language_control")
+
+
+@pytest.fixture(scope="module")
+def small_report(tmp_path_factory, organism_dir) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("reproduce") / "report"
+    config = ReproduceConfig(
+        out=out, limit=12, batch_size=16, fractions=(0.05, 0.10), draws=2, alphas=(2.0, 4.0),
+        analysis_items=6, seed=0,
+    )
+    return out, reproduce(config)
+
+
+def test_summary_carries_every_promised_key(small_report):
+    out, summary = small_report
+    assert json.loads((out / "summary.json").read_text())["model"] == summary["model"] == "modarb-organism"
+    for key in ("baseline", "block_top", "block_random"):
+        assert set(SCORES) <= set(summary[key])
+        assert all(0.0 <= summary[key][score] <= 1.0 for score in SCORES)
+    assert len(summary["block_top"]["heads"]) == 2  # 5% of 48 heads
+    assert summary["amplify"]["best_alpha"] in (2.0, 4.0)
+    assert 0.0 <= summary["amplify"]["restoration_rate"] <= 1.0 or summary["amplify"]["failed_items"] == 0
+    assert {"top_overlap", "rank_correlation"} <= set(summary["identify"])
+    assert summary["seconds"] > 0
+    assert len(summary["blocking_curve"]) == 2 and all(len(p["random"]) == 2 for p in summary["blocking_curve"])
+    assert len(summary["targets"]) == 5
+
+
+def test_random_mean_is_the_mean_of_the_draws(small_report):
+    _, summary = small_report
+    draws = summary["block_random"]["draws"]
+    for score in SCORES:
+        assert summary["block_random"][score] == pytest.approx(sum(d[score] for d in draws) / len(draws))
+
+
+def test_report_lists_figures_and_commands_that_exist(small_report):
+    out, summary = small_report
+    report = (out / "report.md").read_text()
+    for figure in ("figures/blocking_curve.png", "figures/amplification.png"):
+        assert figure in report and (out / figure).stat().st_size > 1000
+    assert summary["block_top"]["command"] in report
+    assert (out / "flow" / "flow.json").is_file() and (out / "identify" / "identify.json").is_file()
+    assert not list(out.parent.glob(".reproduce-*")), "the work folder must be renamed into place"
+
+
+def test_block_top_number_is_recomputed_by_its_command(small_report):
+    """Run the recorded `modarb eval` command and compare its scores with the summary's."""
+    out, summary = small_report
+    command = summary["block_top"]["command"].split(" ", 1)[1]  # drop the leading "modarb"
+    results_dir = out.parent / "recompute"
+    completed = subprocess.run(
+        f"{sys.executable} -m interventions {command} --output_path {results_dir}",
+        shell=True, capture_output=True, text=True, cwd=Path.cwd(),
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    results = json.loads(next(results_dir.rglob("results_*.json")).read_text())["results"]
+    assert results["mf_follow_image"]["mf_ratio,none"] == pytest.approx(summary["block_top"]["follow_image"])
+    assert results["mf_follow_text"]["mf_ratio,none"] == pytest.approx(summary["block_top"]["follow_text"])
+    assert results["mf_visual_control"]["acc,none"] == pytest.approx(summary["block_top"]["visual_control"])
+
+
+def test_bad_top_fraction_is_one_line_and_writes_nothing(tmp_path):
+    completed = subprocess.run(
+        [sys.executable, "-m", "interventions", "reproduce", "--out", str(tmp_path / "r"), "--top", "0.07"],
+        capture_output=True, text=True,
+    )
+    assert completed.returncode == 2
+    assert completed.stderr.strip().splitlines() == [
+        "modarb: error: --top 0.07 must be one of the blocking fractions [0.01, 0.02, 0.05, 0.1, 0.15, 0.2]"
+    ]
+    assert not (tmp_path / "r").exists()
