@@ -27,6 +27,7 @@ from tqdm import tqdm
 from interventions.apply import apply_spec
 from interventions.errors import ModarbError
 from interventions.organism import ORGANISM_NAME, organism_path
+from interventions.processors import load_processor
 from interventions.spec import InterventionSpec
 from interventions.token_groups import image_token_id, token_groups
 
@@ -53,6 +54,13 @@ class ModarbVLM(HFMultimodalLM):
         self.spec = load_spec(self.model, spec=spec, block=block, amplify=amplify, alpha=alpha, positions=positions)
         self._docs_by_context: dict[str, dict] = {}
         self._batch_groups: dict[str, torch.Tensor] | None = None
+
+    def _create_tokenizer(self, pretrained, tokenizer, revision="main", trust_remote_code=False, **kwargs) -> None:
+        """The stock processor loader, through `load_processor`: without torchvision the Qwen2-VL,
+        Qwen2.5-VL, LLaVA-OneVision and SmolVLM processors fail AutoProcessor's video check."""
+        name = pretrained if isinstance(pretrained, str) else self.model.name_or_path
+        self.processor = load_processor(name, trust_remote_code=bool(trust_remote_code), revision=revision, **self.pixels)
+        self.tokenizer = self.processor.tokenizer
 
     # --- what the results JSON records ------------------------------------------------------
     def get_model_info(self) -> dict:
@@ -101,14 +109,23 @@ class ModarbVLM(HFMultimodalLM):
     # --- likelihood with images -------------------------------------------------------------
     def loglikelihood(self, requests: list[Instance], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         self._docs_by_context = {request.args[0]: request.doc for request in requests}
-        text_only = super().loglikelihood
         with _frozen_gc():
             return _by_modality(
                 requests,
                 lambda subset: self._image_loglikelihood(subset, disable_tqdm)
                 if _has_images(subset[0])
-                else text_only(subset, disable_tqdm=disable_tqdm),
+                else self._text_loglikelihood(subset, disable_tqdm),
             )
+
+    def _text_loglikelihood(self, requests: list[Instance], disable_tqdm: bool) -> list[tuple[float, bool]]:
+        """Stock text-only scoring. It encodes request by request, so no token groups exist for it:
+        refuse a spec that needs them rather than reuse the previous batch's masks."""
+        if self.spec is not None and self.spec.groups_needed():
+            raise ModarbError(
+                f"spec {self.spec.identity()} needs token groups {sorted(self.spec.groups_needed())}, which hf-modarb "
+                "builds for generation and image loglikelihood only; use positions=all for text-only loglikelihood tasks"
+            )
+        return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
 
     def _image_loglikelihood(self, requests: list[Instance], disable_tqdm: bool) -> list[tuple[float, bool]]:
         """Score each continuation after its context+image: one processor call and forward per batch."""

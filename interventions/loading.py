@@ -9,10 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoModelForImageTextToText
 
 from interventions.errors import ModarbError
 from interventions.organism import organism_path
+from interventions.processors import load_processor
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -30,7 +31,7 @@ def load_model(
     if dtype not in DTYPES:
         raise ModarbError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     try:
-        processor = AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
+        processor = load_processor(source, trust_remote_code=trust_remote_code)
         model = AutoModelForImageTextToText.from_pretrained(
             source,
             dtype=DTYPES[dtype],
