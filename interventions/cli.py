@@ -64,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
 
             run_lm_eval(argv[1:])
             return 0
+        if argv == ["tasks-path"]:  # answered before the parser imports every subcommand
+            _print_tasks_path(None)
+            return 0
         parser = build_parser()
         args = parser.parse_args(argv)
         if not hasattr(args, "func"):

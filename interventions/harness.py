@@ -11,6 +11,7 @@ import functools
 import inspect
 import sys
 
+from interventions.errors import ModarbError
 from modarb_tasks import TASKS_PATH
 
 DEFAULT_MODEL = "hf-modarb"
@@ -58,4 +59,9 @@ def run_lm_eval(argv: list[str]) -> None:
 
     register_modarb()
     sys.argv = ["modarb eval", *with_default_model(argv)]
-    cli_evaluate()
+    try:
+        cli_evaluate()
+    except ValueError as error:
+        if str(error).startswith("Tasks not found"):
+            raise ModarbError(f"{error}; list the tasks with `modarb eval ls tasks`") from None
+        raise

@@ -91,3 +91,14 @@ def _greedy(model, batch: dict, steps: int, cached: bool) -> tuple[torch.Tensor,
 def greedy():
     """_greedy: greedy decoding with a KV cache (generate) or by uncached full forwards."""
     return _greedy
+
+
+@pytest.fixture(scope="session")
+def organism_dir():
+    """The bundled organism's weights folder (a Path); skips, naming the folder, until it is trained."""
+    from interventions.organism import organism_path
+
+    try:
+        return organism_path()
+    except FileNotFoundError as error:
+        pytest.skip(f"bundled organism not available: {error}")
