@@ -26,9 +26,9 @@ from tqdm import tqdm
 
 from interventions.apply import apply_spec
 from interventions.errors import ModarbError
-from interventions.organism import ORGANISM_NAME, organism_path
+from interventions.organism import organism_path
 from interventions.processors import load_processor
-from interventions.spec import InterventionSpec
+from interventions.spec import InterventionSpec, model_name
 from interventions.token_groups import image_token_id, token_groups
 
 MODARB_VERSION = "0.1.0"
@@ -65,11 +65,10 @@ class ModarbVLM(HFMultimodalLM):
     # --- what the results JSON records ------------------------------------------------------
     def get_model_info(self) -> dict:
         """Model facts for the results' config, without asking the hub (everything is local)."""
-        name = getattr(self.model.config, "_name_or_path", "") or ""
         return {
             "model_num_parameters": sum(p.numel() for p in self.model.parameters()),
             "model_dtype": str(self.model.dtype),
-            "model_name": ORGANISM_NAME if _is_organism(name) else name,
+            "model_name": model_name(self.model),
             "modarb_version": MODARB_VERSION,
             "modarb_spec_identity": self.spec.identity() if self.spec else "none",
             "modarb_spec_name": spec_name(self.spec),
@@ -223,13 +222,6 @@ def _by_modality(requests: list[Instance], run) -> list:
             for index, result in zip(indices, run([requests[i] for i in indices]), strict=True):
                 results[index] = result
     return results
-
-
-def _is_organism(name: str) -> bool:
-    try:
-        return name == str(organism_path())
-    except FileNotFoundError:
-        return False
 
 
 def _split_trailing_space(context: str, continuation: str) -> tuple[str, str]:

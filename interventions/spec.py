@@ -23,6 +23,7 @@ from torch import nn
 
 from interventions.files import write_atomic
 from interventions.locate import InterventionError, locate_heads
+from interventions.organism import ORGANISM_DIR, ORGANISM_NAME
 from interventions.token_groups import GROUP_NAMES
 
 SCHEMA_VERSION = "modarb.intervention/v1"
@@ -124,10 +125,13 @@ class KnockoutSpec:
 
 
 def model_fingerprint(model: nn.Module) -> ModelFingerprint:
-    """The fingerprint of `model`: name from its config's name_or_path, geometry from its decoder."""
+    """The fingerprint of `model`: name from its config's name_or_path, geometry from its decoder.
+
+    The bundled organism is named `modarb-organism`, not by the folder it is installed in.
+    """
     layout = locate_heads(model)
     return ModelFingerprint(
-        name=str(getattr(model.config, "_name_or_path", "") or ""),
+        name=model_name(model),
         family=layout.family,
         num_layers=layout.num_layers,
         num_heads=layout.num_heads,
@@ -292,6 +296,14 @@ def _parse_heads(arg: str, text: str | None) -> list[tuple[int, int]]:
             raise SpecError(f"cannot read head {token!r} in {arg}=: write heads as L<layer>H<head> separated by ';'")
         heads.append((int(match[1]), int(match[2])))
     return heads
+
+
+def model_name(model: nn.Module) -> str:
+    """The model's name_or_path, or ORGANISM_NAME for the bundled organism wherever it is installed."""
+    name = str(getattr(model.config, "_name_or_path", "") or "")
+    if name and Path(name).resolve() == ORGANISM_DIR:
+        return ORGANISM_NAME
+    return name
 
 
 def _short_name(name: str) -> str:
