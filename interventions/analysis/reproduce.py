@@ -41,8 +41,9 @@ class ReproduceConfig:
     draws: int = 5
     alphas: tuple[float, ...] = (1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
     method: str = "attribution"
-    analysis_items: int = 200  # validation items per instruction side for flow / identify
-    window: int = 1
+    analysis_items: int = 48  # validation items for flow / identify (per instruction side and layout)
+    learned_steps: int = 60  # optimisation steps of the learned head mask
+    window: int | None = None  # flow knockout window; None: the odd layer count nearest 30% of the depth
     seed: int = 0
     device: str | None = None
     dtype: str = "float32"
@@ -77,7 +78,7 @@ def reproduce(config: ReproduceConfig) -> dict:
         progress("identify")
         identified = run_identify(lm.model, lm.processor, work / "identify", top=config.top, method=config.method,
                                   n_items=config.analysis_items, batch_size=config.batch_size, seed=config.seed,
-                                  model_name=config.model)
+                                  learned_steps=config.learned_steps, model_name=config.model)
         ranking = [tuple(head) for head in identified["rankings"][config.method]["heads"]]
         curve = blocking_curve(evaluator, fingerprint, ranking, config.fractions, config.draws, config.seed, progress)
         top_heads = ranking[: head_count(config.top, fingerprint.num_layers, fingerprint.num_heads)]

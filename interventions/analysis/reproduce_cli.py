@@ -29,7 +29,9 @@ def register(subparsers) -> None:
                         help="ranking that picks the heads (default: %(default)s)")
     parser.add_argument("--analysis-items", type=int, default=defaults.analysis_items,
                         help="validation items per instruction side for flow and identify (default: %(default)s)")
-    parser.add_argument("--window", type=int, default=defaults.window, help="flow knockout window in layers (default: %(default)s)")
+    parser.add_argument("--learned-steps", type=int, default=defaults.learned_steps,
+                        help="optimisation steps of the learned head mask (default: %(default)s)")
+    parser.add_argument("--window", type=int, default=defaults.window, help="flow knockout window in layers (default: the odd count nearest 30%% of the depth)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="default: %(default)s")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--dtype", default=defaults.dtype, help="float32, bfloat16, float16 (default: %(default)s)")
@@ -52,9 +54,11 @@ def _floats(text: str) -> tuple[float, ...]:
 def _run(args: argparse.Namespace) -> int:
     from interventions.analysis.reproduce import ReproduceConfig, reproduce
 
-    for name in ("limit", "batch_size", "draws", "analysis_items", "window"):
+    for name in ("limit", "batch_size", "draws", "analysis_items", "learned_steps"):
         if getattr(args, name) < 1:
             raise ModarbError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")
+    if args.window is not None and args.window < 1:
+        raise ModarbError(f"--window must be at least 1 layer, not {args.window}")
     config = ReproduceConfig(**{key: value for key, value in vars(args).items() if key not in ("func", "command")})
     summary = reproduce(config)
     print(f"report: {config.out / 'report.md'}")
