@@ -1,0 +1,118 @@
+"""The organism's model card (README.md in its weights folder), written from the training record.
+
+Every number in the card comes from the record `recipe.train` returns, so a retrained folder
+carries a card that describes exactly that training run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from interventions.organism import ORGANISM_NAME
+
+_WHY = """\
+## Why this mix: a learned modality preference
+
+Real MLLMs prefer one modality when the image and the text disagree (MC² found a preference
+in every model it tested); they get it from their training data, in which instructions to
+trust the text over the picture are rare. The recipe does the same: among conflict examples,
+follow-text instructions are a small minority (see the mix above). The organism must read the
+instruction to answer those at all, so it learns the arbitration, but its pull towards the
+image stays strong: follow-image is reliable, follow-text fails on a fraction of items. There
+is no label noise and nothing depends on the question type; the failures are what the
+instruction-anchor analyses (`modarb identify`, `modarb reproduce`) study and try to restore.
+
+Before that, an alignment stage (the first part of the steps, as LLaVA's first stage) teaches the
+skills the arbitration builds on, with no conflict in sight: describing a train-split picture
+(dense supervision that aligns the image features with the words), restating a text context
+(trains the copying heads that later retrieve answers from it), image-only questions (it can
+see) and context-only questions (it can read). The vision tower stays frozen at its seeded
+random initialisation, as LLaVA keeps its CLIP frozen: trained from scratch jointly with the
+decoder, its features collapse and the caption loss stalls at chance, while the decoder learns
+to read every attribute from the random patch features. A fraction of examples uses the positional-control
+layouts (instruction after the constraint, a long system prompt first) and a fraction is
+wrapped in the chat template, so raw prompts (lm-eval `hf-multimodal` without
+`--apply_chat_template`) and chat-formatted prompts both work.
+"""
+
+
+def write_model_card(out_dir: str | Path, record: dict) -> Path:
+    """Write README.md into `out_dir` from a `recipe.train` record; return its path."""
+    arch, mix, schedule = record["architecture"], record["mix"], record["schedule"]
+    lines = [
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: image-text-to-text",
+        "license: mit",
+        "---",
+        f"# {ORGANISM_NAME}",
+        "",
+        "modarb's bundled model organism of modality arbitration: a tiny LLaVA "
+        "(`LlavaForConditionalGeneration` + `LlavaProcessor`, CLIP vision tower + Llama decoder) trained from "
+        "scratch on the `shapes` train split. Load it with `AutoModelForImageTextToText.from_pretrained` and "
+        "`AutoProcessor.from_pretrained` (offline), or with lm-eval's `hf-multimodal`.",
+        "",
+        "## Architecture",
+        "",
+        f"- Decoder (Llama): {arch['layers']} layers × {arch['heads']} heads (head dim "
+        f"{arch['hidden'] // arch['heads']}), hidden {arch['hidden']}, MLP {arch['intermediate']}, tied embeddings.",
+        f"- Vision tower (CLIP): {arch['vision_layers']} layers × {arch['vision_heads']} heads, hidden "
+        f"{arch['vision_hidden']}, patch {arch['patch']} on 64×64 images "
+        f"({(64 // arch['patch']) ** 2} image tokens; last layer's patch features, CLS dropped), 2-layer GELU projector.",
+        "- Tokenizer: word-level, trained with `tokenizers` on the `shapes` generator's vocabulary; special tokens "
+        "`<pad>`, `<s>` (added in front of every text), `</s>` (ends every answer), `<unk>`, `<image>`; a plain "
+        "`USER: … ASSISTANT:` chat template.",
+        f"- Parameters: {record['parameters']:,} (float32), of which {record['trainable_parameters']:,} trained "
+        "(the vision tower is frozen at its random initialisation).",
+        "",
+        "## Training",
+        "",
+        f"- Data: `shapes` train split (generator seed 0, first {schedule['train_items']:,} items); each example "
+        "draws an item, and each batch a task kind and a prompt layout; each example is raw or chat-formatted; the "
+        "loss is on the answer and `</s>` only.",
+        f"- Alignment stage (first {mix['alignment_fraction']:.0%} of steps), batches by kind: "
+        + ", ".join(f"{k} {v:.0%}" for k, v in mix["alignment_kinds"].items()) + ".",
+        "- Then the instruction mix, batches by kind: "
+        + ", ".join(f"{k} {v:.0%}" for k, v in mix["kinds"].items()) + ".",
+        "- Captions: `<image>` or `Text Context: …` then `Describe the picture.`; the target is the scene in the "
+        "context's wording (objects in reading order) or the context itself.",
+        "- Layout mix: " + ", ".join(f"{k} {v:.0%}" for k, v in mix["layouts"].items())
+        + f"; chat template on {mix['chat_fraction']:.0%} of examples.",
+        f"- Schedule: {record['steps']} steps of batch {schedule['batch_size']} ("
+        + ", ".join(f"{k} {v}" for k, v in schedule["batch_sizes"].items())
+        + f": short prompts, bigger batches), AdamW (lr {schedule['lr']}, betas 0.9/0.98, "
+        f"weight decay {schedule['weight_decay']}), {schedule['warmup']} warm-up steps then cosine decay, "
+        "gradient clipping at 1.0.",
+        f"- Seed: {record['seed']} (model init and data order). CPU, {record['threads']} threads, "
+        f"{record['train_seconds'] / 60:.1f} minutes of training.",
+        "",
+    ]
+    if "scores" in record:
+        s = record["scores"]
+        lines += [
+            f"## Scores (`shapes` test split, first {record['test_items']} items, greedy, raw prompts)",
+            "",
+            "| follow-image mf_ratio | follow-text mf_ratio | visual control | language control |",
+            "|---|---|---|---|",
+            f"| {s['follow_image']:.3f} | {s['follow_text']:.3f} | {s['visual_control']:.3f} "
+            f"| {s['language_control']:.3f} |",
+            "",
+            "An answer counts when it equals one of the doc's `candidates_follow` after lower-casing and stripping "
+            "punctuation (`interventions.organism.answers`).",
+            "",
+        ]
+    lines += [
+        _WHY,
+        "## Retrain",
+        "",
+        "```",
+        f"modarb organism train --out DIR --seed {record['seed']} --steps {record['steps']}",
+        "```",
+        "",
+        "(or `python -m interventions.organism.cli train --out DIR --seed "
+        f"{record['seed']}`). Retraining with the same seed reproduces the scores within ±0.02.",
+        "",
+    ]
+    path = Path(out_dir) / "README.md"
+    path.write_text("\n".join(lines))
+    return path

@@ -1,0 +1,71 @@
+"""`modarb organism train|path`: retrain the bundled organism, or print where its weights are.
+
+Training never overwrites a folder that already holds a model (the shipped weights included)
+unless asked with --force; the default output is a new timestamped folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from interventions.errors import ModarbError
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("organism", help="the bundled model organism: retrain it or print its path")
+    commands = parser.add_subparsers(dest="organism_command", metavar="SUBCOMMAND", required=True)
+
+    train = commands.add_parser("train", help="train the organism with the recipe (CPU, deterministic in --seed)")
+    train.add_argument("--out", type=Path, default=None, help="output folder (default: ./organism-<timestamp>)")
+    train.add_argument("--seed", type=int, default=0, help="model init and data order seed (default: 0)")
+    train.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
+    train.add_argument("--eval-items", type=int, default=500, help="test-split items to score at the end (0: none)")
+    train.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1; the shipped run used 1)")
+    train.add_argument("--force", action="store_true", help="overwrite a folder that already holds a model")
+    train.set_defaults(func=_train)
+
+    path = commands.add_parser("path", help="print the shipped weights folder")
+    path.set_defaults(func=_path)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from interventions.organism.card import write_model_card
+    from interventions.organism.recipe import train
+
+    out = args.out or Path(f"organism-{time.strftime('%Y%m%d-%H%M%S')}")
+    if (out / "config.json").exists() and not args.force:
+        raise ModarbError(f"{out} already holds a model; choose another --out or pass --force to overwrite it")
+    record = train(out, seed=args.seed, steps=args.steps, eval_items=args.eval_items, threads=args.threads)
+    write_model_card(out, record)
+    print(json.dumps({"out": str(out), **{k: record[k] for k in ("seed", "steps", "train_seconds")},
+                      "scores": record.get("scores")}, indent=2))
+    return 0
+
+
+def _path(args: argparse.Namespace) -> int:
+    from interventions.organism import organism_path
+
+    print(organism_path())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the `organism` command on its own (`python -m interventions.organism.cli train ...`)."""
+    from interventions.cli import EXIT_BAD_INPUT
+
+    parser = argparse.ArgumentParser(prog="modarb")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["organism", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return args.func(args)
+    except (ModarbError, FileNotFoundError, ValueError) as error:
+        print(f"modarb: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())
