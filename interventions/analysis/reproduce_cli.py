@@ -61,6 +61,13 @@ def _run(args: argparse.Namespace) -> int:
         raise ModarbError(f"--window must be at least 1 layer, not {args.window}")
     config = ReproduceConfig(**{key: value for key, value in vars(args).items() if key not in ("func", "command")})
     summary = reproduce(config)
+    columns = ("follow_image", "follow_text", "mf_ratio", "visual_control", "language_control")
+    print(f"\n{'run':<26}" + "".join(f"{c:>18}" for c in columns))
+    for name, key in (("baseline", "baseline"), ("block top heads", "block_top"), ("block random (mean)", "block_random")):
+        print(f"{name:<26}" + "".join(f"{summary[key][c]:>18.3f}" for c in columns))
+    amplify = summary["amplify"]
+    print(f"amplify x{amplify['best_alpha']:g}: restored {amplify['restoration_rate']:.3f} of "
+          f"{amplify['failed_items']} failed items\n")
     print(f"report: {config.out / 'report.md'}")
     for target in summary["targets"]:
         print(f"  {'met   ' if target['met'] else 'MISSED'} {target['check']}: {target['value']:.3f} (bar {target['bar']})")
