@@ -50,7 +50,7 @@ def test_shipped_weights_load_offline_with_enough_heads(shipped):
     assert {"model.safetensors", "README.md", "config.json"} <= {f.name for f in files}
     assert not [f for f in files if f.suffix in (".bin", ".pkl", ".pt")]
     ids = processor(text=["<image>\nWhat color is the circle?"], images=[make_items("test", 1)[0].image])["input_ids"]
-    assert ids[0].tolist().count(model.config.image_token_index) == model.config.image_seq_length
+    assert list(ids[0]).count(model.config.image_token_index) == model.config.image_seq_length
 
 
 @pytest.mark.xfail(

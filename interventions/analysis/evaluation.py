@@ -137,6 +137,6 @@ def _headline_scores(task_results: dict) -> dict[str, float]:
 
 
 def quiet_lm_eval() -> None:
-    """lm-eval logs every task build at INFO; the report is what the user reads."""
+    """lm-eval logs every task build, and warns about --metadata on each; the report is what the user reads."""
     for name in ("lm_eval", "lm-eval"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger(name).setLevel(logging.ERROR)

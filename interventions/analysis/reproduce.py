@@ -88,6 +88,7 @@ def reproduce(config: ReproduceConfig) -> dict:
         summary = _summary(config, fingerprint, baseline, curve, amplify, top_heads, identified, flow,
                            seconds=time.perf_counter() - started)
         report.write(work, summary, config)
+        _relocate(work, Path(config.out))
         _replace_folder(work, config.out)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
@@ -147,6 +148,14 @@ def _heads(run) -> list[list[int]]:
 def _mean(values) -> float:
     values = list(values)
     return sum(values) / len(values)
+
+
+def _relocate(work: Path, out: Path) -> None:
+    """Name the final report folder, not the work folder, in the commands the reports record."""
+    for path in [*work.glob("*.json"), *work.glob("*.md"), *work.glob("*/*.json")]:
+        text = path.read_text()
+        if str(work) in text:
+            path.write_text(text.replace(str(work), str(out)))
 
 
 def _parent(out: Path) -> Path:
