@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
+from interventions.encoding import encode_docs_text
 from interventions.errors import ModarbError
 from interventions.token_groups import image_token_id, token_groups
-from modarb_tasks.prompts import IMAGE_PLACEHOLDER
 
 
 @dataclass
@@ -35,12 +35,7 @@ def encode_docs(model, processor, docs: Sequence[dict]) -> DocBatch:
     """Encode `docs` (lm-eval docs from modarb_tasks.docs.to_doc) for one forward pass."""
     tokenizer = processor.tokenizer
     prompts = [doc["prompt"] for doc in docs]
-    images = [doc["image"] for doc in docs if IMAGE_PLACEHOLDER in doc["prompt"]]
-    old_side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    try:
-        inputs = processor(text=prompts, images=images or None, padding="longest", return_tensors="pt")
-    finally:
-        tokenizer.padding_side = old_side
+    inputs = encode_docs_text(processor, prompts, docs, padding_side="left")
     inputs = {key: value.to(model.device) for key, value in inputs.items()}
     if "pixel_values" in inputs:
         inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
+from interventions.encoding import encode_docs_text
 from modarb_tasks.prompts import IMAGE_PLACEHOLDER
 
 
@@ -38,26 +39,21 @@ def generate_answers(
 ) -> list[str]:
     """The model's greedy answer to each doc's `prompt` (with its `image` where the prompt has one)."""
     tokenizer = processor.tokenizer
-    old_side, tokenizer.padding_side = tokenizer.padding_side, "left"
     answers: list[str] = []
-    try:
-        for start in range(0, len(docs), batch_size):
-            batch = docs[start : start + batch_size]
-            prompts = [chat_prompt(processor, d["prompt"]) if apply_chat_template else d["prompt"] for d in batch]
-            images = [d["image"] for d in batch if IMAGE_PLACEHOLDER in d["prompt"]]
-            inputs = processor(text=prompts, images=images or None, padding="longest", return_tensors="pt")
-            output = model.generate(
-                **inputs.to(model.device),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-            new_tokens = output[:, inputs["input_ids"].shape[1] :]
-            texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-            answers.extend(text.split("\n")[0].strip() for text in texts)
-    finally:
-        tokenizer.padding_side = old_side
+    for start in range(0, len(docs), batch_size):
+        batch = docs[start : start + batch_size]
+        prompts = [chat_prompt(processor, d["prompt"]) if apply_chat_template else d["prompt"] for d in batch]
+        inputs = encode_docs_text(processor, prompts, batch, padding_side="left")
+        output = model.generate(
+            **inputs.to(model.device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        answers.extend(text.split("\n")[0].strip() for text in texts)
     return answers
 
 

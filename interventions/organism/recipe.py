@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from interventions.encoding import encode_docs_text
 from interventions.organism.captions import CAPTION_KINDS, caption_doc
 from interventions.organism.answers import accuracy, chat_prompt, generate_answers
 from interventions.organism.model import Architecture, build_model, build_processor
 from interventions.organism.tokenizer import EOS
 from modarb_tasks.docs import TASK_KINDS, ConflictItem, to_doc
-from modarb_tasks.prompts import IMAGE_PLACEHOLDER
 from modarb_tasks.shapes import SPLIT_SIZES, make_items
 
 DATA_SEED = 0  # the `shapes` generator seed of the benchmark's own splits
@@ -203,12 +203,7 @@ def _training_batch(processor, docs: list[dict]) -> dict:
     texts = [
         (chat_prompt(processor, d["prompt"]) if d["chat"] else d["prompt"]) + " " + d["target"] + EOS for d in docs
     ]
-    images = [d["image"] for d in docs if IMAGE_PLACEHOLDER in d["prompt"]]
-    old_side, tokenizer.padding_side = tokenizer.padding_side, "right"
-    try:
-        batch = processor(text=texts, images=images or None, padding="longest", return_tensors="pt")
-    finally:
-        tokenizer.padding_side = old_side
+    batch = encode_docs_text(processor, texts, docs, padding_side="right")
     labels = torch.full_like(batch["input_ids"], IGNORE_INDEX)
     lengths = batch["attention_mask"].sum(dim=1).tolist()
     for row, (doc, length) in enumerate(zip(docs, lengths, strict=True)):
