@@ -46,7 +46,7 @@ from transformers import (
 from transformers.utils import cached_file
 
 from interventions.errors import ModarbError
-from interventions.organism.tokenizer import BOS, CHAT_TEMPLATE, EOS, PAD, UNK, train_tokenizer
+from interventions.organism.tokenizer import BOS, CHAT_TEMPLATE, EOS, PAD, UNK, train_word_tokenizer
 from interventions.random_init import TINY_FAMILIES, build_tiny_model
 from interventions.token_groups import image_token_id
 from modarb_tasks.prompts import IMAGE_PLACEHOLDER
@@ -250,7 +250,7 @@ def _family_tokens(family: str) -> FamilyTokens:
 def tiny_tokenizer(family: str, config) -> PreTrainedTokenizerFast:
     """The `shapes` word-level tokenizer with every id where `config` expects it.
 
-    The words come from the organism's trained tokenizer; PAD/BOS/EOS and the family's special
+    The words come from the organism's word-level twin tokenizer; PAD/BOS/EOS and the family's special
     tokens take the ids the config names, other tokens the free ids, and the rest of the
     model's vocabulary is filled with `<unused_N>` so that every id the model can emit decodes.
     """
@@ -263,7 +263,7 @@ def tiny_tokenizer(family: str, config) -> PreTrainedTokenizerFast:
         tokens.image: image_token_id(config),
         **{text: getattr(config, attr) for text, attr in tokens.with_ids.values()},
     }
-    trained = train_tokenizer().get_vocab()
+    trained = train_word_tokenizer().get_vocab()
     words = [w for w in sorted(trained, key=trained.get) if w not in fixed and w != IMAGE_PLACEHOLDER]
     vocab = _lay_out(fixed, [*words, *tokens.free.values()], text_config.vocab_size)
     backend = Tokenizer(models.WordLevel(vocab, unk_token=UNK))

@@ -26,6 +26,7 @@ from interventions.analysis.identify import (
     top_overlap,
 )
 from interventions.errors import ModarbError
+from interventions.organism import organism_path
 from interventions.heads import scale_heads
 from interventions.locate import InterventionError
 from interventions.spec import InterventionSpec
@@ -133,8 +134,11 @@ def test_ablation_score_is_the_measured_drop(loaded, follow_batches):
     assert float(ranking.scores.abs().max()) > 1e-4  # blocking heads does move the difference
 
 
-def test_learned_mask_is_deterministic_and_lowers_its_loss(loaded, docs):
-    model, processor = loaded
+def test_learned_mask_is_deterministic_and_lowers_its_loss(docs):
+    """On the trained organism: an untrained model has no following circuit for the mask to break."""
+    from interventions.loading import load_model
+
+    model, processor = load_model(str(organism_path()))
     follow, control = split_docs(docs)
     follow_batches = list(iter_batches(model, processor, follow, 2))
     control_batches = list(iter_batches(model, processor, control, 2))

@@ -12,6 +12,7 @@ from interventions.organism.answers import accuracy, generate_answers, normalise
 from interventions.organism.cli import main as organism_main
 from interventions.organism.model import Architecture
 from interventions.organism.recipe import Schedule, score, train
+from interventions.organism.tokenizer import train_tokenizer
 from modarb_tasks.docs import to_doc
 from modarb_tasks.shapes import make_items
 
@@ -33,7 +34,7 @@ def shipped_scores(shipped):
 def test_recipe_runs_and_loss_falls(tmp_path):
     tiny = Architecture(hidden=32, layers=2, heads=4, intermediate=64, vision_hidden=32, vision_layers=1,
                         vision_heads=2, vision_intermediate=64)
-    schedule = Schedule(steps=40, batch_size=8, batch_sizes={}, lr=3e-3, warmup=5, train_items=100)
+    schedule = Schedule(steps=40, batch_size=8, lr=3e-3, warmup=5, train_items=100)
     record = train(tmp_path, seed=3, arch=tiny, schedule=schedule, eval_items=0, progress=False)
     assert record["final_loss"] < 0.6 * record["first_loss"], record
     assert json.loads((tmp_path / "training.json").read_text())["steps"] == 40
@@ -53,11 +54,6 @@ def test_shipped_weights_load_offline_with_enough_heads(shipped):
     assert list(ids[0]).count(model.config.image_token_index) == model.config.image_seq_length
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the shipped organism misses issue 3's bars: test split follow-image 0.706, follow-text 0.390, "
-    "visual control 0.580, language control 0.716 (the recipe learns too slowly for its CPU budget; see the model card)",
-)
 def test_shipped_organism_meets_the_bars(shipped_scores):
     s = shipped_scores
     assert s["visual_control"] >= 0.90 and s["language_control"] >= 0.90, s
@@ -79,7 +75,22 @@ def test_chat_template_prompts_are_answered_as_well_as_raw_ones(shipped):
     docs = [to_doc(item, "visual_control") for item in make_items("test", 128)]
     raw = accuracy(generate_answers(*shipped, docs, batch_size=64), docs)
     chat = accuracy(generate_answers(*shipped, docs, batch_size=64, apply_chat_template=True), docs)
-    assert raw > 0.4 and chat >= raw - 0.1, (raw, chat)
+    assert raw >= 0.85 and chat >= raw - 0.05, (raw, chat)
+
+
+def test_tokenizer_makes_each_generator_sentence_and_answer_one_token():
+    tokenizer = train_tokenizer()
+    doc = to_doc(make_items("test", 1)[0], "follow_text")
+    encoded = tokenizer(doc["prompt"], return_offsets_mapping=True)
+    assert tokenizer.unk_token_id not in encoded["input_ids"]
+    for part in ("instruction", "question", "constraint"):
+        start, end = doc["spans"][part]
+        assert [span for span in encoded["offset_mapping"] if start <= span[0] < end] == [(start, end)], part
+    context_tokens = [span for span in encoded["offset_mapping"] if doc["spans"]["context"][0] <= span[0] < doc["spans"]["context"][1]]
+    assert len(context_tokens) == 2 + doc["context"].count(" is at the ")  # "Text Context:", the header, one per object
+    for answer in ("purple", "triangle", "small", "3", "three"):
+        assert len(tokenizer(answer, add_special_tokens=False)["input_ids"]) == 1
+    assert tokenizer("Hello there, what is this?", add_special_tokens=False)["input_ids"] == [tokenizer.unk_token_id]
 
 
 def test_normalise_ignores_case_space_and_punctuation():

@@ -13,7 +13,7 @@ from transformers.utils import is_torchvision_available
 
 from interventions.errors import ModarbError
 from interventions.loading import load_model
-from interventions.organism.tokenizer import train_tokenizer
+from interventions.organism.tokenizer import train_tokenizer, train_word_tokenizer
 from interventions.processors import (
     FAMILY_TOKENS,
     IMAGES_ONLY_PROCESSORS,
@@ -72,7 +72,7 @@ def test_saved_folder_loads_back_with_the_same_weights_and_token_ids(family, sav
         text_config.pad_token_id, text_config.bos_token_id, text_config.eos_token_id)
     # Every id the model can emit is a token, and every word of the shapes tokenizer keeps its text.
     assert None not in tokenizer.convert_ids_to_tokens(list(range(text_config.vocab_size)))
-    words = set(train_tokenizer().get_vocab()) - {IMAGE_PLACEHOLDER}
+    words = set(train_word_tokenizer().get_vocab()) - {IMAGE_PLACEHOLDER}
     assert words <= set(tokenizer.get_vocab())
 
 

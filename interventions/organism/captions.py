@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 
 from modarb_tasks.prompts import CONTEXT_PREFIX, IMAGE_PLACEHOLDER
-from modarb_tasks.shapes.questions import NUMBER_WORDS
+from modarb_tasks.shapes.questions import object_sentence, scene_header
 from modarb_tasks.shapes.render import render
 from modarb_tasks.shapes.scenes import Scene, random_scene
 
@@ -23,9 +23,7 @@ CAPTION_KINDS = ("caption_image", "caption_text")
 
 def caption(scene: Scene) -> str:
     """The scene in the context's own wording, objects in reading order (top left first)."""
-    count = len(scene.objects)
-    head = f"The picture shows {NUMBER_WORDS[count]} object{'s' if count > 1 else ''}."
-    return " ".join([head] + [f"A {o.phrase()} is at the {o.position}." for o in scene.objects])
+    return " ".join([scene_header(len(scene.objects))] + [object_sentence(o) for o in scene.objects])
 
 
 def caption_doc(kind: str, context: str, rng: random.Random) -> dict:

@@ -16,16 +16,19 @@ _WHY = """\
 Real MLLMs prefer one modality when the image and the text disagree (MC² found a preference
 in every model it tested); they get it from their training data, in which instructions to
 trust the text over the picture are rare. The recipe does the same: among conflict examples,
-follow-text instructions are a small minority (see the mix above). The organism must read the
-instruction to answer those at all, so it learns the arbitration, but its pull towards the
-image stays strong: follow-image is reliable, follow-text fails on a fraction of items. There
+follow-text instructions are a small minority (1.5% of batches against 36.5% follow-image). How
+small matters: measured with this recipe at seed 0, 6% follow-text batches (32% follow-image) gave
+test scores 0.936 / 0.956 / 0.932 / 0.980 (follow-image / follow-text / visual / language), no
+preference at all, because one instruction token is easy to read; 1.5% gives the scores above.
+The organism must read the instruction to answer those at all, so it learns the arbitration,
+but its pull towards the image stays strong: follow-image is reliable, follow-text fails on a fraction of items. There
 is no label noise and nothing depends on the question type; the failures are what the
 instruction-anchor analyses (`modarb identify`, `modarb reproduce`) study and try to restore.
 
 Before that, an alignment stage (the first part of the steps, as LLaVA's first stage) teaches the
 skills the arbitration builds on, with no conflict in sight: describing a train-split picture
 (dense supervision that aligns the image features with the words), restating a text context
-(trains the copying heads that later retrieve answers from it), image-only questions (it can
+(trains the heads that retrieve context sentences), image-only questions (it can
 see) and context-only questions (it can read). The vision tower stays frozen at its seeded
 random initialisation, as LLaVA keeps its CLIP frozen: trained from scratch jointly with the
 decoder, its features collapse and the caption loss stalls at chance, while the decoder learns
@@ -55,11 +58,12 @@ def write_model_card(out_dir: str | Path, record: dict) -> Path:
         "## Architecture",
         "",
         f"- Decoder (Llama): {arch['layers']} layers × {arch['heads']} heads (head dim "
-        f"{arch['hidden'] // arch['heads']}), hidden {arch['hidden']}, MLP {arch['intermediate']}, tied embeddings.",
+        f"{arch['head_dim']}), hidden {arch['hidden']}, MLP {arch['intermediate']}, tied embeddings.",
         f"- Vision tower (CLIP): {arch['vision_layers']} layers × {arch['vision_heads']} heads, hidden "
         f"{arch['vision_hidden']}, patch {arch['patch']} on 64×64 images "
         f"({(64 // arch['patch']) ** 2} image tokens; last layer's patch features, CLS dropped), 2-layer GELU projector.",
-        "- Tokenizer: word-level, trained with `tokenizers` on the `shapes` generator's vocabulary; special tokens "
+        "- Tokenizer: sentence-level (one token per generator sentence, one per lone answer word), trained with "
+        "`tokenizers` on the `shapes` generator's vocabulary (why: `interventions/organism/tokenizer.py`); special tokens "
         "`<pad>`, `<s>` (added in front of every text), `</s>` (ends every answer), `<unk>`, `<image>`; a plain "
         "`USER: … ASSISTANT:` chat template.",
         f"- Parameters: {record['parameters']:,} (float32), of which {record['trainable_parameters']:,} trained "
@@ -73,14 +77,12 @@ def write_model_card(out_dir: str | Path, record: dict) -> Path:
         f"- Alignment stage (first {mix['alignment_fraction']:.0%} of steps), batches by kind: "
         + ", ".join(f"{k} {v:.0%}" for k, v in mix["alignment_kinds"].items()) + ".",
         "- Then the instruction mix, batches by kind: "
-        + ", ".join(f"{k} {v:.0%}" for k, v in mix["kinds"].items()) + ".",
+        + ", ".join(f"{k} {v:.1%}" for k, v in mix["kinds"].items()) + ".",
         "- Captions: `<image>` or `Text Context: …` then `Describe the picture.`; the target is the scene in the "
         "context's wording (objects in reading order) or the context itself.",
         "- Layout mix: " + ", ".join(f"{k} {v:.0%}" for k, v in mix["layouts"].items())
         + f"; chat template on {mix['chat_fraction']:.0%} of examples.",
-        f"- Schedule: {record['steps']} steps of batch {schedule['batch_size']} ("
-        + ", ".join(f"{k} {v}" for k, v in schedule["batch_sizes"].items())
-        + f": short prompts, bigger batches), AdamW (lr {schedule['lr']}, betas 0.9/0.98, "
+        f"- Schedule: {record['steps']} steps of batch {schedule['batch_size']}, AdamW (lr {schedule['lr']}, betas 0.9/0.98, "
         f"weight decay {schedule['weight_decay']}), {schedule['warmup']} warm-up steps then cosine decay, "
         "gradient clipping at 1.0.",
         f"- Seed: {record['seed']} (model init and data order). CPU, {record['threads']} threads, "
@@ -99,6 +101,16 @@ def write_model_card(out_dir: str | Path, record: dict) -> Path:
             "",
             "An answer counts when it equals one of the doc's `candidates_follow` after lower-casing and stripping "
             "punctuation (`interventions.organism.answers`).",
+            "",
+        ]
+    if "validation_curve" in record:
+        lines += [
+            "## Learning curve (first 100 `shapes` validation items)",
+            "",
+            "| step | follow-image | follow-text | visual control | language control |",
+            "|---|---|---|---|---|",
+            *(f"| {p['step']} | {p['follow_image']:.2f} | {p['follow_text']:.2f} | {p['visual_control']:.2f} "
+              f"| {p['language_control']:.2f} |" for p in record["validation_curve"]),
             "",
         ]
     lines += [

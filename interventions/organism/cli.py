@@ -23,8 +23,9 @@ def register(subparsers) -> None:
     train.add_argument("--out", type=Path, default=None, help="output folder (default: ./organism-<timestamp>)")
     train.add_argument("--seed", type=int, default=0, help="model init and data order seed (default: 0)")
     train.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
+    train.add_argument("--eval-every", type=int, default=2000, help="score 100 validation items every N steps (0: never)")
     train.add_argument("--eval-items", type=int, default=500, help="test-split items to score at the end (0: none)")
-    train.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1; the shipped run used 1)")
+    train.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2; the shipped run used 2)")
     train.add_argument("--force", action="store_true", help="overwrite a folder that already holds a model")
     train.set_defaults(func=_train)
 
@@ -39,7 +40,7 @@ def _train(args: argparse.Namespace) -> int:
     out = args.out or Path(f"organism-{time.strftime('%Y%m%d-%H%M%S')}")
     if (out / "config.json").exists() and not args.force:
         raise ModarbError(f"{out} already holds a model; choose another --out or pass --force to overwrite it")
-    record = train(out, seed=args.seed, steps=args.steps, eval_items=args.eval_items, threads=args.threads)
+    record = train(out, seed=args.seed, steps=args.steps, eval_items=args.eval_items, threads=args.threads, eval_every=args.eval_every)
     write_model_card(out, record)
     print(json.dumps({"out": str(out), **{k: record[k] for k in ("seed", "steps", "train_seconds")},
                       "scores": record.get("scores")}, indent=2))

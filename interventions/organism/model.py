@@ -34,6 +34,7 @@ class Architecture:
     hidden: int = 64
     layers: int = 6
     heads: int = 8
+    head_dim: int = 8
     intermediate: int = 192
     vision_hidden: int = 64
     vision_layers: int = 2
@@ -84,7 +85,7 @@ def build_model(processor: LlavaProcessor, arch: Architecture, seed: int) -> Lla
         num_hidden_layers=arch.layers,
         num_attention_heads=arch.heads,
         num_key_value_heads=arch.heads,
-        head_dim=arch.hidden // arch.heads,
+        head_dim=arch.head_dim,
         max_position_embeddings=tokenizer.model_max_length,
         pad_token_id=ids["pad"],
         bos_token_id=ids["bos"],

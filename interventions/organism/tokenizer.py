@@ -1,25 +1,41 @@
-"""The organism's word-level tokenizer, trained with `tokenizers` on the `shapes` vocabulary.
+"""The organism's sentence-level tokenizer, trained with `tokenizers` on the `shapes` vocabulary.
 
-Word-level keeps prompts short (one token per word or punctuation mark), so a tiny decoder
-reads the whole prompt cheaply. The post-processor adds BOS only: a prompt must end where
-the answer starts, and the answer ends with EOS, which is what stops generation.
+One token per sentence ("A small red circle is at the top left.", "What color is the
+circle?", the instruction, the constraint) and one per lone word (the answers). Why: with
+one token per word, a tiny decoder must chain three attention hops to answer (question word
+-> matching context word -> the attribute word beside it) and it does not find that chain
+in a CPU budget. Measured here, training a Llama decoder alone on the context-only questions
+(batch 48): with word tokens, 2 and 6 layers, head dims 8-32, with and without attention
+biases, learning rates 1e-3 to 1.5e-2, word-order curricula and multi-question examples all
+sat at 0.6-0.7 validation accuracy after 1500 steps; with this tokenizer the 6-layer decoder
+reached 0.92 in 3000 steps (110 s on one thread). A context sentence then carries one whole object, as an image token does, so the
+text and the image present the same structure, and the prompt parts the analyses knock out
+(instruction, question, constraint) are single tokens. Text outside the generator's
+vocabulary becomes <unk>: the organism reads `shapes` prompts only.
+
+The post-processor adds BOS only: a prompt must end where the answer starts, and the answer
+ends with EOS, which is what stops generation.
 """
 
 from __future__ import annotations
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
 from interventions.organism.captions import CAPTION_REQUEST
 from modarb_tasks.prompts import IMAGE_PLACEHOLDER
-from modarb_tasks.shapes import vocabulary
+from modarb_tasks.shapes import sentences, vocabulary, words
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK, IMAGE_PLACEHOLDER)
 MODEL_MAX_LENGTH = 512
+# A piece is a sentence (up to its closing "." "?" or ":") or a lone word; whitespace between
+# pieces is dropped.
+PIECE = Regex(r"[^\s.?:][^.?:\n]*[.?:]|[^\s.?:]+")
 
 # Roles the chat template writes; they are words the tokenizer must know.
 USER_ROLE, ASSISTANT_ROLE, SYSTEM_ROLE = "USER:", "ASSISTANT:", "SYSTEM:"
+_CHAT_TEXTS = (CAPTION_REQUEST, USER_ROLE, ASSISTANT_ROLE, SYSTEM_ROLE)
 
 # Plain "ROLE: text" turns, one per line; images become the literal <image> placeholder the
 # processor expands. Content may be a string or a list of typed parts (lm-eval sends parts).
@@ -40,11 +56,24 @@ CHAT_TEMPLATE = (
 
 
 def train_tokenizer() -> PreTrainedTokenizerFast:
-    """A word-level tokenizer over every text the generator and the chat template can emit."""
+    """The organism's tokenizer: sentence-level over every text the generator and the chat template can emit."""
+    corpus = [*words(), *sentences(), *_CHAT_TEXTS]
+    return _train(pre_tokenizers.Split(PIECE, behavior="removed", invert=True), corpus)
+
+
+def train_word_tokenizer() -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over the same texts: the vocabulary of the tiny random-init families."""
+    return _train(pre_tokenizers.Whitespace(), _word_corpus())
+
+
+def _word_corpus() -> list[str]:
+    return [*vocabulary(), *_CHAT_TEXTS]
+
+
+def _train(pre_tokenizer, corpus: list[str]) -> PreTrainedTokenizerFast:
     tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.pre_tokenizer = pre_tokenizer
     tokenizer.decoder = decoders.WordPiece(prefix="##", cleanup=True)
-    corpus = [*vocabulary(), CAPTION_REQUEST, USER_ROLE, ASSISTANT_ROLE, SYSTEM_ROLE]
     tokenizer.train_from_iterator(corpus, trainers.WordLevelTrainer(special_tokens=list(SPECIAL_TOKENS)))
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, tokenizer.token_to_id(BOS))]

@@ -14,21 +14,27 @@ from modarb_tasks.prompts import CONSTRAINT, CONTEXT_PREFIX, INSTRUCTIONS, LONG_
 from modarb_tasks.shapes.questions import (
     NUMBER_WORDS,
     QUESTION_TYPES,
+    all_question_texts,
     answer,
     candidates,
     describe,
+    object_sentence,
     plural,
     sample_question,
+    scene_header,
 )
 from modarb_tasks.shapes.render import IMAGE_SIZE, render
-from modarb_tasks.shapes.scenes import COLORS, POSITIONS, SHAPES, SIZES, SPLITS, Scene, mutate, random_scene
+from modarb_tasks.shapes.scenes import (
+    COLORS, MAX_OBJECTS, POSITIONS, SHAPES, SIZES, SPLITS, Scene, SceneObject, mutate, random_scene,
+)
 
 GENERATOR_VERSION = "shapes-v1"
 SPLIT_SIZES = {"train": 20000, "validation": 500, "test": 500}
 _MAX_CONTEXT_TRIES = 100
+_PROMPT_TEXTS = (CONTEXT_PREFIX, CONSTRAINT, LONG_SYSTEM_PROMPT, *INSTRUCTIONS.values())
 
 __all__ = [
-    "GENERATOR_VERSION", "IMAGE_SIZE", "QUESTION_TYPES", "SPLITS", "SPLIT_SIZES", "make_items", "vocabulary",
+    "GENERATOR_VERSION", "IMAGE_SIZE", "QUESTION_TYPES", "SPLITS", "SPLIT_SIZES", "make_items", "sentences", "vocabulary", "words",
 ]
 
 
@@ -90,10 +96,13 @@ def _conflicting_scene(scene: Scene, question, image_answer: str, rng: random.Ra
     return None
 
 
+def words() -> list[str]:
+    """Every attribute, position and count word: the answers the generator can ask for."""
+    return [*COLORS, *SHAPES, *map(plural, SHAPES), *SIZES, *POSITIONS, *NUMBER_WORDS, *map(str, range(len(NUMBER_WORDS)))]
+
+
 def vocabulary() -> list[str]:
-    """Every text the generator can emit, for training a tokenizer that covers it all."""
-    words = [*COLORS, *SHAPES, *map(plural, SHAPES), *SIZES, *POSITIONS, *NUMBER_WORDS]
-    words += [str(i) for i in range(len(NUMBER_WORDS))]
+    """Every word the generator can emit, in sample sentences, for training a word-level tokenizer."""
     templates = [
         "The picture shows one object. A big red circle is at the top left.",
         "The picture shows two objects.",
@@ -101,4 +110,11 @@ def vocabulary() -> list[str]:
         "What color is the object at the top left? What shape is the object at the top left?",
         "What size is the red circle?",
     ]
-    return [*words, *templates, CONTEXT_PREFIX, CONSTRAINT, LONG_SYSTEM_PROMPT, *INSTRUCTIONS.values()]
+    return [*words(), *templates, *_PROMPT_TEXTS]
+
+
+def sentences() -> list[str]:
+    """Every context sentence and question the generator can emit, for a sentence-level tokenizer."""
+    objects = [SceneObject(c, s, z, p) for z in SIZES for c in COLORS for s in SHAPES for p in POSITIONS]
+    headers = [scene_header(n) for n in range(1, MAX_OBJECTS + 1)]
+    return [*headers, *map(object_sentence, objects), *all_question_texts(), *_PROMPT_TEXTS]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from modarb_tasks.shapes.scenes import COLORS, SHAPES, Scene
+from modarb_tasks.shapes.scenes import COLORS, POSITIONS, SHAPES, Scene, SceneObject
 
 QUESTION_TYPES = ("color", "counting", "object_recognition", "positional_reasoning", "attribute")
 NUMBER_WORDS = ("zero", "one", "two", "three", "four")
@@ -30,29 +30,50 @@ def plural(shape: str) -> str:
     return shape + "s"
 
 
+# The wording of each question type, given what it asks about.
+_TEMPLATES = {
+    "color": lambda q: f"What color is the {q.shape}?",
+    "counting": lambda q: f"How many {plural(q.shape)} are there?",
+    "object_recognition": lambda q: f"What shape is the {q.color} object?",
+    "positional_reasoning": lambda q: f"What {q.asks} is the object at the {q.position}?",
+    "attribute": lambda q: f"What size is the {q.color} {q.shape}?",
+}
+
+
+def _question(qtype: str, **fields) -> Question:
+    return Question(qtype, _TEMPLATES[qtype](Question(qtype, "", **fields)), **fields)
+
+
 def sample_question(qtype: str, scene: Scene, rng: random.Random) -> Question | None:
     """A question of `qtype` about `scene` that the scene answers, or None if it has none."""
     objs = scene.objects
     if qtype == "color":
         shapes = [s for s in SHAPES if sum(o.shape == s for o in objs) == 1]
-        return Question(qtype, f"What color is the {(s := rng.choice(shapes))}?", shape=s) if shapes else None
+        return _question(qtype, shape=rng.choice(shapes)) if shapes else None
     if qtype == "counting":
-        s = rng.choice(sorted({o.shape for o in objs}))
-        return Question(qtype, f"How many {plural(s)} are there?", shape=s)
+        return _question(qtype, shape=rng.choice(sorted({o.shape for o in objs})))
     if qtype == "object_recognition":
         colors = [c for c in COLORS if sum(o.color == c for o in objs) == 1]
-        return Question(qtype, f"What shape is the {(c := rng.choice(colors))} object?", color=c) if colors else None
+        return _question(qtype, color=rng.choice(colors)) if colors else None
     if qtype == "positional_reasoning":
-        p = rng.choice([o.position for o in objs])
-        asks = rng.choice(("color", "shape"))
-        return Question(qtype, f"What {asks} is the object at the {p}?", position=p, asks=asks)
+        position = rng.choice([o.position for o in objs])
+        return _question(qtype, position=position, asks=rng.choice(("color", "shape")))
     if qtype == "attribute":
         pairs = sorted({(o.color, o.shape) for o in objs if sum((x.color, x.shape) == (o.color, o.shape) for x in objs) == 1})
         if not pairs:
             return None
-        c, s = rng.choice(pairs)
-        return Question(qtype, f"What size is the {c} {s}?", color=c, shape=s)
+        color, shape = rng.choice(pairs)
+        return _question(qtype, color=color, shape=shape)
     raise ValueError(f"unknown question type {qtype!r}; choose one of {QUESTION_TYPES}")
+
+
+def all_question_texts() -> list[str]:
+    """Every question the generator can ask, in a fixed order."""
+    asked = [_question("color", shape=s) for s in SHAPES] + [_question("counting", shape=s) for s in SHAPES]
+    asked += [_question("object_recognition", color=c) for c in COLORS]
+    asked += [_question("positional_reasoning", position=p, asks=a) for a in ("color", "shape") for p in POSITIONS]
+    asked += [_question("attribute", color=c, shape=s) for c in COLORS for s in SHAPES]
+    return [q.text for q in asked]
 
 
 def answer(question: Question, scene: Scene) -> str | None:
@@ -83,11 +104,17 @@ def candidates(question: Question, answer_text: str) -> list[str]:
     return [answer_text]
 
 
+def scene_header(count: int) -> str:
+    """The context's first sentence: how many objects the picture shows."""
+    return f"The picture shows {NUMBER_WORDS[count]} object{'s' if count > 1 else ''}."
+
+
+def object_sentence(obj: SceneObject) -> str:
+    return f"A {obj.phrase()} is at the {obj.position}."
+
+
 def describe(scene: Scene, rng: random.Random) -> str:
     """The text context: every object of the scene, in a random order."""
     objs = list(scene.objects)
     rng.shuffle(objs)
-    count = len(objs)
-    head = f"The picture shows {NUMBER_WORDS[count]} object{'s' if count > 1 else ''}."
-    return " ".join([head] + [f"A {o.phrase()} is at the {o.position}." for o in objs])
-
+    return " ".join([scene_header(len(objs))] + [object_sentence(o) for o in objs])
