@@ -68,7 +68,6 @@ class Schedule:
     steps: int = 16000
     batch_size: int = 64
     lr: float = 4e-3
-    vision_lr: float = 0.0  # 0 keeps the vision tower frozen at its seeded initialisation
     warmup: int = 200
     weight_decay: float = 0.01
     # Five times the benchmark's train split (the same generator and split, more scenes): the
@@ -116,15 +115,9 @@ def train(
     # trained with the decoder's learning rate its patch embedding (init std 0.02) is rewritten by
     # every Adam step and the caption loss stalls at chance; its random features hold the shapes
     # (an MLP probe reads an occupied cell's shape from them at 94%).
-    vision = list(model.model.vision_tower.parameters())
-    model.model.vision_tower.requires_grad_(schedule.vision_lr > 0)
-    vision_ids = {id(param) for param in vision}
-    decoder = [param for param in model.parameters() if param.requires_grad and id(param) not in vision_ids]
-    groups = [{"params": decoder, "lr_scale": 1.0}]
-    if schedule.vision_lr > 0:
-        groups.append({"params": vision, "lr_scale": schedule.vision_lr / schedule.lr})
-    trainable = [param for group in groups for param in group["params"]]
-    optimizer = torch.optim.AdamW(groups, lr=schedule.lr, betas=(0.9, 0.98), weight_decay=schedule.weight_decay)
+    model.model.vision_tower.requires_grad_(False)
+    trainable = [param for param in model.parameters() if param.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=schedule.lr, betas=(0.9, 0.98), weight_decay=schedule.weight_decay)
     lr_at = _warmup_cosine(schedule)
     losses: list[float] = []
     curve: list[dict] = []
@@ -133,7 +126,7 @@ def train(
     bar = tqdm(range(schedule.steps), desc="training organism", disable=not progress)
     for step in bar:
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step) * group["lr_scale"]
+            group["lr"] = lr_at(step)
         # One kind and one layout per batch: short batches (image only) then cost little, and a long
         # layout pads only its own batches.
         stage_kinds = mix.alignment_kinds if step < mix.alignment_fraction * schedule.steps else mix.kinds

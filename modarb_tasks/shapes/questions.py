@@ -32,16 +32,16 @@ def plural(shape: str) -> str:
 
 # The wording of each question type, given what it asks about.
 _TEMPLATES = {
-    "color": lambda q: f"What color is the {q.shape}?",
-    "counting": lambda q: f"How many {plural(q.shape)} are there?",
-    "object_recognition": lambda q: f"What shape is the {q.color} object?",
-    "positional_reasoning": lambda q: f"What {q.asks} is the object at the {q.position}?",
-    "attribute": lambda q: f"What size is the {q.color} {q.shape}?",
+    "color": lambda shape, **_: f"What color is the {shape}?",
+    "counting": lambda shape, **_: f"How many {plural(shape)} are there?",
+    "object_recognition": lambda color, **_: f"What shape is the {color} object?",
+    "positional_reasoning": lambda asks, position, **_: f"What {asks} is the object at the {position}?",
+    "attribute": lambda color, shape, **_: f"What size is the {color} {shape}?",
 }
 
 
 def _question(qtype: str, **fields) -> Question:
-    return Question(qtype, _TEMPLATES[qtype](Question(qtype, "", **fields)), **fields)
+    return Question(qtype, _TEMPLATES[qtype](**fields), **fields)
 
 
 def sample_question(qtype: str, scene: Scene, rng: random.Random) -> Question | None:
