@@ -10,11 +10,14 @@ import torch
 from interventions import cli
 from interventions.analysis.batches import candidate_log_mass, iter_batches
 from interventions.analysis.gates import gate_heads
+from interventions.analysis.gate_response import GATES, describe, gate_response
 from interventions.analysis.identify import (
     LearnedMaskOptions,
+    Ranking,
     ablation_scores,
     attribution_scores,
     block_spec,
+    curve_heads,
     identify,
     last_logits,
     learned_mask_scores,
@@ -177,6 +180,55 @@ def test_identify_needs_follow_docs(loaded, docs):
         identify(model, processor, controls, progress=False)
 
 
+def test_gate_response_meets_the_model_the_sweep_and_amplification(loaded, follow_batches):
+    model, _ = loaded
+    sweep = ablation_scores(model, follow_batches, progress=False)
+    heads = [(0, 3), (1, 0)]
+    curves = gate_response(model, follow_batches, heads, progress=False)
+    kinds = [doc["kind"] for batch in follow_batches for doc in batch.docs]
+    with torch.no_grad():
+        differences = torch.cat([logit_difference(model, b) for b in follow_batches]).double()
+    one, zero = GATES.index(1.0), GATES.index(0.0)
+    for curve, head in zip(curves, heads, strict=True):
+        assert curve["head"] == list(head)
+        assert curve["mean"][one] == pytest.approx(float(differences.mean()), abs=1e-5)  # gate 1: the model
+        assert curve["mean"][one] - curve["mean"][zero] == pytest.approx(float(sweep.scores[head]), abs=1e-4)
+        n_image = kinds.count("follow_image")
+        combined = [(n_image * i + (len(kinds) - n_image) * t) / len(kinds)
+                    for i, t in zip(curve["follow_image"], curve["follow_text"])]
+        assert combined == pytest.approx(curve["mean"], abs=1e-4)
+    assert max(abs(c["mean"][GATES.index(8.0)] - c["mean"][one]) for c in curves) > 1e-3  # amplifying moves it
+
+
+def test_gate_response_needs_block_and_model_gates(loaded, follow_batches):
+    with pytest.raises(ModarbError, match="include 0"):
+        gate_response(loaded[0], follow_batches, [(0, 0)], gates=(0.5, 1.0), progress=False)
+
+
+def test_describe_reads_a_saturated_curve():
+    curve = {"head": [0, 5], "mean": [1.0, 3.0, 5.0, 6.5, 6.75, 6.0, 4.0, 2.0],
+             "follow_image": [9.0] * 7 + [5.0], "follow_text": [-7.0, -3, 1, 4, 4.5, 3, 0, -1]}
+    numbers = describe(curve, GATES, attribution_estimate=-0.05)
+    assert numbers["exact_drop"] == pytest.approx(5.75)
+    assert numbers["first_quarter_share"] == pytest.approx(0.25 / 5.75, abs=1e-3)  # flat near 1
+    assert numbers["amplify_gain"] == {"mean": -4.75, "follow_image": -4.0, "follow_text": -5.5}
+    assert numbers["attribution_estimate"] == -0.05
+
+
+def test_curve_heads_takes_each_rankings_top_once():
+    def ranking(method, best):
+        scores = torch.zeros(2, 4, dtype=torch.float64)
+        for rank, head in enumerate(best):
+            scores[head] = 10.0 - rank
+        return Ranking(method, scores, passes=1, seconds=0.0)
+
+    rankings = {"attribution": ranking("attribution", [(1, 1), (0, 2)]),
+                "ablation": ranking("ablation", [(0, 2), (1, 3)])}
+    assert curve_heads(rankings, fraction=0.25, per_ranking=3) == [(0, 2), (1, 3), (1, 1)]  # k = 2 each
+    assert curve_heads(rankings, fraction=0.25, per_ranking=1) == [(0, 2), (1, 1)]
+    assert curve_heads(rankings, fraction=0.25, per_ranking=0) == []
+
+
 def test_identify_result_and_block_spec(loaded, docs, tmp_path):
     model, processor = loaded
     result = identify(model, processor, docs, fraction=0.25, batch_size=4, progress=False,
@@ -208,7 +260,8 @@ def test_cli_writes_outputs(modarb, organism_folder, tmp_path, capsys):
                    "--batch-size", "4", "--learned-steps", "2", "--method", "ablation"])
     assert code == 0
     assert sorted(p.name for p in out.iterdir()) == [
-        "heads_ablation.png", "heads_attribution.png", "heads_learned.png", "identify.json", "spec_top25.json",
+        "gate_response.png", "heads_ablation.png", "heads_attribution.png", "heads_learned.png", "identify.json",
+        "spec_top25.json",
     ]
     report = json.loads((out / "identify.json").read_text())
     spec = InterventionSpec.load(out / "spec_top25.json")
@@ -216,11 +269,23 @@ def test_cli_writes_outputs(modarb, organism_folder, tmp_path, capsys):
     assert spec.provenance["split"] == "validation" and spec.provenance["n_items"] == 2
     assert spec.provenance["command"] == report["command"] == (
         f"modarb identify --model {organism_folder} --out {out} --top 0.25 --method ablation --n-items 2 "
-        "--batch-size 4 --device cpu --dtype float32 --seed 0 --learned-steps 2")
+        "--batch-size 4 --device cpu --dtype float32 --seed 0 --learned-steps 2 --curve-heads 3")
     assert len(report["rankings"]["attribution"]["ranked"]) == 8
     assert report["rankings"]["ablation"]["heads"][:2] == report["spec_heads"]
     assert report["model"]["num_layers"] == 2 and report["model"]["num_heads"] == 4
     assert (out / "heads_learned.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    curves = report["gate_response"]["heads"]
+    assert [c["head"] for c in curves][:2] == report["rankings"]["ablation"]["top"]  # the sweep's top heads first
+    for curve in curves:
+        ablation = report["rankings"]["ablation"]["scores"][curve["head"][0]][curve["head"][1]]
+        attribution = report["rankings"]["attribution"]["scores"][curve["head"][0]][curve["head"][1]]
+        assert curve["exact_drop"] == pytest.approx(ablation, abs=1e-4)
+        assert curve["attribution_estimate"] == pytest.approx(attribution, abs=1e-5)
+
+
+def test_cli_rejects_negative_curve_heads(modarb, capsys):
+    assert modarb(["identify", "--curve-heads", "-1"]) == 2
+    assert "--curve-heads -1 must be 0 (no curves) or more" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("top", ["0", "1.5"])

@@ -39,6 +39,22 @@ def test_summary_carries_every_promised_key(small_report):
     assert len(summary["targets"]) == 5
 
 
+def test_each_rankings_top_set_is_blocked_and_recorded(small_report):
+    out, summary = small_report
+    identified = json.loads((out / "identify" / "identify.json").read_text())
+    by_ranking = summary["block_top_by_ranking"]
+    assert set(by_ranking) == {"attribution", "ablation", "learned"}
+    assert by_ranking["attribution"] == summary["block_top"]  # the chosen ranking is the headline run
+    report = (out / "report.md").read_text()
+    for method, run in by_ranking.items():
+        assert run["heads"] == identified["rankings"][method]["top"]
+        assert run["command"] in report
+        assert all(0.0 <= run[score] <= 1.0 for score in SCORES)
+    curves = summary["identify"]["gate_response"]
+    assert curves and curves[0]["head"] == identified["rankings"]["ablation"]["top"][0]
+    assert "identify/gate_response.png" in report and (out / "identify" / "gate_response.png").stat().st_size > 1000
+
+
 def test_random_mean_is_the_mean_of_the_draws(small_report):
     _, summary = small_report
     draws = summary["block_random"]["draws"]

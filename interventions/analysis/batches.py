@@ -86,3 +86,13 @@ def following_scores(last_logits: torch.Tensor, batch: DocBatch) -> tuple[torch.
     compete = candidate_log_mass(log_probs, batch.compete_ids)
     difference = follow - compete
     return difference, torch.sigmoid(difference)
+
+
+def last_logits(model, batch: DocBatch) -> torch.Tensor:
+    """The logits at every row's last prompt position (left padding puts it in the last column)."""
+    return model(**batch.inputs, use_cache=False, logits_to_keep=1).logits[:, -1]
+
+
+def logit_difference(model, batch: DocBatch) -> torch.Tensor:
+    """Per row, log p(F) - log p(C) of the first answer token."""
+    return following_scores(last_logits(model, batch), batch)[0]

@@ -75,6 +75,24 @@ def blocking_curve(
     return points
 
 
+def block_each_ranking(
+    evaluator: Evaluator,
+    fingerprint: ModelFingerprint,
+    rankings: dict[str, Sequence[Head]],
+    fraction: float,
+    progress: Callable[[str], None] = lambda _: None,
+) -> dict[str, Run]:
+    """Block the top `fraction` of heads of each ranking (e.g. the exact sweep's beside attribution's)."""
+    k = head_count(fraction, fingerprint.num_layers, fingerprint.num_heads)
+    label = f"{fraction * 100:g}pct"
+    runs = {}
+    for method, ranking in rankings.items():
+        progress(f"block top {label} ({method})")
+        provenance = {"name": f"block top {label} ({method})", "method": method, "k": k}
+        runs[method] = evaluator.run(f"block_top_{label}_{method}", scaled_spec(fingerprint, ranking[:k], 0.0, provenance))
+    return runs
+
+
 def failed_items(baseline: Run) -> dict[str, list[int]]:
     """Doc ids of each follow task that the baseline did not follow."""
     return {

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from interventions.analysis.batches import DocBatch, following_scores, iter_batches
+from interventions.analysis.batches import DocBatch, following_scores, iter_batches, last_logits
 from interventions.errors import ModarbError
 from interventions.knockout import knockout, layer_window
 from interventions.locate import locate_heads
@@ -181,8 +181,7 @@ def why_inapplicable(batches: Iterable[DocBatch], edge: str, layout: str) -> str
 @torch.no_grad()
 def following_probability(model, batch: DocBatch) -> torch.Tensor:
     """P_F per row of `batch`, from one forward that keeps only the last position's logits."""
-    logits = model(**batch.inputs, logits_to_keep=1).logits[:, -1]
-    return following_scores(logits, batch)[1].double().cpu()
+    return following_scores(last_logits(model, batch), batch)[1].double().cpu()
 
 
 def sweep_batch(

@@ -31,7 +31,14 @@ from scipy.stats import spearmanr
 from torch import nn
 from tqdm.auto import tqdm
 
-from interventions.analysis.batches import DocBatch, candidate_log_mass, following_scores, iter_batches
+from interventions.analysis.batches import (
+    DocBatch,
+    candidate_log_mass,
+    iter_batches,
+    last_logits,
+    logit_difference,
+)
+from interventions.analysis.gate_response import GATES, describe, gate_response
 from interventions.analysis.gates import gate_heads
 from interventions.errors import ModarbError
 from interventions.heads import scale_heads
@@ -84,6 +91,7 @@ class IdentifyResult:
     fraction: float
     n_follow_docs: int
     n_control_docs: int
+    gate_response: list[dict] = field(default_factory=list)  # curves of the top heads (gate_response.py)
 
     def pairs(self) -> list[tuple[str, str]]:
         return list(combinations([m for m in METHODS if m in self.rankings], 2))
@@ -118,6 +126,7 @@ class IdentifyResult:
             # attribution checked against the exact sweep: the headline agreement numbers
             "top_overlap": overlaps.get("attribution~ablation"),
             "rank_correlation": correlations.get("attribution~ablation"),
+            "gate_response": {"gates": list(GATES), "heads": self.gate_response},
         }
 
 
@@ -190,15 +199,6 @@ def shapes_docs(n_items: int, split: str = SPLIT) -> list[dict]:
 
 
 # --- the three methods -------------------------------------------------------------------------
-def last_logits(model: nn.Module, batch: DocBatch) -> torch.Tensor:
-    return model(**batch.inputs, use_cache=False, logits_to_keep=1).logits[:, -1]
-
-
-def logit_difference(model: nn.Module, batch: DocBatch) -> torch.Tensor:
-    """Per row, log p(F) - log p(C) of the first answer token."""
-    return following_scores(last_logits(model, batch), batch)[0]
-
-
 @contextmanager
 def frozen(model: nn.Module) -> Iterator[None]:
     """Weights stop requiring grad for the block: only the gates get gradients (no memory for weight grads)."""
@@ -337,10 +337,14 @@ def identify_batches(
     exact: bool = True,
     learned: bool = True,
     learned_options: LearnedMaskOptions = LearnedMaskOptions(),
+    response_heads: int = 3,
     seed: int = 0,
     progress: bool = True,
 ) -> IdentifyResult:
-    """The rankings on already-encoded batches (random inputs work too: the 7B benchmark uses them)."""
+    """The rankings on already-encoded batches (random inputs work too: the 7B benchmark uses them).
+
+    Then the gate-response curves of up to `response_heads` top heads of each ranking (0: none).
+    """
     check_fraction(fraction)
     torch.manual_seed(seed)
     rankings = {"attribution": attribution_scores(model, follow_batches, progress)}
@@ -349,12 +353,28 @@ def identify_batches(
     if learned:
         rankings["learned"] = learned_mask_scores(model, follow_batches, control_batches, learned_options, seed,
                                                   progress)
+    heads = curve_heads(rankings, fraction, response_heads)
+    slopes = rankings["attribution"].scores
+    curves = [curve | describe(curve, GATES, float(slopes[tuple(curve["head"])]))
+              for curve in gate_response(model, follow_batches, heads, GATES, progress)] if heads else []
     return IdentifyResult(
         rankings=rankings,
         fraction=fraction,
         n_follow_docs=sum(len(b) for b in follow_batches),
         n_control_docs=sum(len(b) for b in control_batches),
+        gate_response=curves,
     )
+
+
+def curve_heads(rankings: dict[str, Ranking], fraction: float, per_ranking: int) -> list[Head]:
+    """The top min(k, per_ranking) heads of each ranking, in order of first appearance (exact sweep first)."""
+    heads: list[Head] = []
+    for method in ("ablation", "attribution", "learned"):
+        if method in rankings:
+            for head in top_heads(rankings[method].scores, fraction)[:per_ranking]:
+                if head not in heads:
+                    heads.append(head)
+    return heads
 
 
 def identify(
@@ -367,6 +387,7 @@ def identify(
     exact: bool = True,
     learned: bool = True,
     learned_options: LearnedMaskOptions = LearnedMaskOptions(),
+    response_heads: int = 3,
     seed: int = 0,
     progress: bool = True,
 ) -> IdentifyResult:
@@ -381,7 +402,7 @@ def identify(
     control_batches = list(iter_batches(model, processor, control, batch_size)) if learned else []
     return identify_batches(
         model, follow_batches, control_batches, fraction=fraction, exact=exact, learned=learned,
-        learned_options=learned_options, seed=seed, progress=progress,
+        learned_options=learned_options, response_heads=response_heads, seed=seed, progress=progress,
     )
 
 
@@ -399,12 +420,13 @@ def spec_name(fraction: float) -> str:
 
 
 def command_line(model: nn.Module, model_name: str | None, out: Path, *, top: float, method: str, n_items: int,
-                 batch_size: int, seed: int, exact: bool, learned: bool, learned_steps: int) -> str:
+                 batch_size: int, seed: int, exact: bool, learned: bool, learned_steps: int, curve_heads: int) -> str:
     """The `modarb identify` command that repeats the run, every option explicit."""
     parts = ["modarb identify"] + ([f"--model {model_name}"] if model_name else [])
     parts += [f"--out {out}", f"--top {top:g}", f"--method {method}", f"--n-items {n_items}",
               f"--batch-size {batch_size}", f"--device {model.device.type}",
-              f"--dtype {str(model.dtype).removeprefix('torch.')}", f"--seed {seed}", f"--learned-steps {learned_steps}"]
+              f"--dtype {str(model.dtype).removeprefix('torch.')}", f"--seed {seed}", f"--learned-steps {learned_steps}",
+              f"--curve-heads {curve_heads}"]
     parts += [flag for flag, skip in (("--no-exact", not exact), ("--no-learned", not learned)) if skip]
     return " ".join(parts)
 
@@ -422,16 +444,19 @@ def run_identify(
     exact: bool = True,
     learned: bool = True,
     learned_steps: int = LearnedMaskOptions.steps,
+    curve_heads: int = 3,
     model_name: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Rank every head on `n_items` shapes validation items; write `out`; return identify.json's content.
 
-    Writes heads_<method>.png per ranking, spec_top<percent>.json (the `method` ranking's top heads
+    Writes heads_<method>.png per ranking, gate_response.png (how the top `curve_heads` heads of
+    each ranking act as their gate goes from 0 to 8), spec_top<percent>.json (the `method` ranking's top heads
     blocked, for `hf-modarb` with --model_args spec=...) and, last, identify.json: every file goes
     through a temporary name and a rename, so identify.json exists only once the rest is written.
     The test split stays untouched: it is for scoring the interventions with lm-eval.
     """
+    from interventions.analysis.gate_response import plot_gate_response
     from interventions.analysis.heatmap import plot_head_scores
     from interventions.files import write_atomic
 
@@ -443,12 +468,14 @@ def run_identify(
     start = time.perf_counter()
     result = identify(
         model, processor, shapes_docs(n_items, SPLIT), fraction=top, batch_size=batch_size, exact=exact,
-        learned=learned, learned_options=LearnedMaskOptions(steps=learned_steps), seed=seed, progress=progress,
+        learned=learned, learned_options=LearnedMaskOptions(steps=learned_steps), response_heads=curve_heads,
+        seed=seed, progress=progress,
     )
     out = Path(out)
     fingerprint = model_fingerprint(model)
     command = command_line(model, model_name, out, top=top, method=method, n_items=n_items, batch_size=batch_size,
-                           seed=seed, exact=exact, learned=learned, learned_steps=learned_steps)
+                           seed=seed, exact=exact, learned=learned, learned_steps=learned_steps,
+                           curve_heads=curve_heads)
     provenance = {"method": method, "fraction": top, "split": SPLIT, "n_items": n_items, "data_seed": DATA_SEED,
                   "seed": seed, "command": command}
     chosen = top_heads(result.rankings[method].scores, top)
@@ -459,6 +486,10 @@ def run_identify(
             ranking.scores, out / f"heads_{name}.png", boxed=top_heads(ranking.scores, top), label=SCORE_LABELS[name],
             title=f"{name}: {model_name or fingerprint.name or fingerprint.family}\n(top {top * 100:g}% boxed)",
         )
+    if result.gate_response:
+        slopes = {tuple(c["head"]): c["attribution_estimate"] for c in result.gate_response}
+        plot_gate_response(result.gate_response, GATES, out / "gate_response.png", slopes,
+                           title=f"gate response: {model_name or fingerprint.name or fingerprint.family}")
     document = {
         "schema": SCHEMA_VERSION,
         "model_name": model_name or fingerprint.name,

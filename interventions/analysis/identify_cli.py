@@ -31,6 +31,9 @@ def register(subparsers) -> None:
     parser.add_argument("--no-learned", action="store_true", help="skip the learned mask")
     parser.add_argument("--learned-steps", type=int, default=LearnedMaskOptions.steps,
                         help="optimisation steps of the learned mask (default: %(default)s)")
+    parser.add_argument("--curve-heads", type=int, default=3,
+                        help="gate-response curves (gate 0..8) for this many top heads of each ranking; 0: none "
+                        "(default: %(default)s)")
     parser.add_argument("--n-items", type=int, default=64,
                         help="shapes items; each gives one doc per task kind (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=16, help="docs per forward (default: %(default)s)")
@@ -53,6 +56,8 @@ def check_args(args: argparse.Namespace) -> None:
                         ("--batch-size", args.batch_size)):
         if value < 1:
             raise ModarbError(f"{flag} {value} must be at least 1")
+    if args.curve_heads < 0:
+        raise ModarbError(f"--curve-heads {args.curve_heads} must be 0 (no curves) or more")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     document = run_identify(
         model, processor, args.out, top=args.top, method=args.method, n_items=args.n_items,
         batch_size=args.batch_size, seed=args.seed, exact=not args.no_exact, learned=not args.no_learned,
-        learned_steps=args.learned_steps, model_name=args.model,
+        learned_steps=args.learned_steps, curve_heads=args.curve_heads, model_name=args.model,
     )
     heads = ", ".join(f"L{l}H{h}" for l, h in document["spec_heads"])
     print(f"identify: wrote {args.out / 'identify.json'}; {args.out / document['spec']} blocks {heads} ({args.method})")

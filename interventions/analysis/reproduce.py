@@ -21,9 +21,9 @@ from tqdm import tqdm
 
 from interventions.analysis import report
 from interventions.analysis.evaluation import Evaluator, quiet_lm_eval
-from interventions.analysis.experiments import amplification_sweep, blocking_curve, head_count, scaled_spec
+from interventions.analysis.experiments import amplification_sweep, block_each_ranking, blocking_curve, head_count
 from interventions.analysis.flow_cli import run_flow
-from interventions.analysis.identify import run_identify
+from interventions.analysis.identify import METHODS, run_identify
 from interventions.errors import ModarbError
 from interventions.spec import model_fingerprint
 
@@ -64,7 +64,9 @@ def reproduce(config: ReproduceConfig) -> dict:
         fingerprint = model_fingerprint(lm.model)
         model_arg = f"pretrained={config.model}" if config.model else ""
         evaluator = Evaluator(lm, model_arg, work / "runs", config.limit, config.batch_size, Path(config.out) / "runs")
-        steps = tqdm(total=4 + len(config.fractions) * (1 + config.draws) + len(config.alphas), desc="reproduce", unit="step")
+        other_rankings = len(METHODS) - 1  # their top sets are blocked beside the chosen ranking's
+        steps = tqdm(total=4 + other_rankings + len(config.fractions) * (1 + config.draws) + len(config.alphas),
+                     desc="reproduce", unit="step")
 
         def progress(what: str) -> None:
             steps.set_postfix_str(what)
@@ -82,10 +84,13 @@ def reproduce(config: ReproduceConfig) -> dict:
         ranking = [tuple(head) for head in identified["rankings"][config.method]["heads"]]
         curve = blocking_curve(evaluator, fingerprint, ranking, config.fractions, config.draws, config.seed, progress)
         top_heads = ranking[: head_count(config.top, fingerprint.num_layers, fingerprint.num_heads)]
+        others = {method: [tuple(head) for head in found["heads"]]
+                  for method, found in identified["rankings"].items() if method != config.method}
+        by_ranking = block_each_ranking(evaluator, fingerprint, others, config.top, progress)
         amplify = amplification_sweep(evaluator, fingerprint, top_heads, config.alphas, baseline,
                                       control_ids=range(config.limit), progress=progress)
         steps.close()
-        summary = _summary(config, fingerprint, baseline, curve, amplify, top_heads, identified, flow,
+        summary = _summary(config, fingerprint, baseline, curve, amplify, top_heads, by_ranking, identified, flow,
                            seconds=time.perf_counter() - started)
         report.write(work, summary, config)
         _relocate(work, Path(config.out))
@@ -96,7 +101,7 @@ def reproduce(config: ReproduceConfig) -> dict:
     return summary
 
 
-def _summary(config, fingerprint, baseline, curve, amplify, top_heads, identified, flow, seconds) -> dict:
+def _summary(config, fingerprint, baseline, curve, amplify, top_heads, by_ranking, identified, flow, seconds) -> dict:
     at_top = next(point for point in curve if point.fraction == config.top)
     mean_random = {key: _mean(run.scores[key] for run in at_top.random) for key in SCORE_KEYS}
     best = max(amplify, key=lambda point: (point.restoration_rate, -point.alpha))
@@ -106,6 +111,9 @@ def _summary(config, fingerprint, baseline, curve, amplify, top_heads, identifie
         "limit": config.limit,
         "baseline": _scores(baseline) | {"command": baseline.command},
         "block_top": _scores(at_top.top) | {"heads": [list(h) for h in top_heads], "command": at_top.top.command},
+        "block_top_by_ranking": {config.method: _scores(at_top.top) | {"heads": [list(h) for h in top_heads],
+                                                                        "command": at_top.top.command}} | {
+            method: _scores(run) | {"heads": _heads(run), "command": run.command} for method, run in by_ranking.items()},
         "block_random": mean_random | {"draws": [
             _scores(run) | {"heads": _heads(run), "command": run.command} for run in at_top.random]},
         "blocking_curve": [
@@ -127,8 +135,13 @@ def _summary(config, fingerprint, baseline, curve, amplify, top_heads, identifie
         },
         "identify": {
             "method": config.method,
+            "fraction": config.top,
             "top_overlap": identified["top_overlap"],
             "rank_correlation": identified["rank_correlation"],
+            "gate_response": [{key: curve[key] for key in ("head", "exact_drop", "attribution_estimate",
+                                                            "first_quarter_share", "amplify_gain", "mean")}
+                              for curve in identified["gate_response"]["heads"]],
+            "gates": identified["gate_response"]["gates"],
             "command": identified["command"],
         },
         "flow": {"command": flow["command"], "window": flow["window"]},
