@@ -63,8 +63,12 @@ def _run(args: argparse.Namespace) -> int:
     summary = reproduce(config)
     columns = ("follow_image", "follow_text", "mf_ratio", "visual_control", "language_control")
     print(f"\n{'run':<26}" + "".join(f"{c:>18}" for c in columns))
-    for name, key in (("baseline", "baseline"), ("block top heads", "block_top"), ("block random (mean)", "block_random")):
-        print(f"{name:<26}" + "".join(f"{summary[key][c]:>18.3f}" for c in columns))
+    rows = [("baseline", summary["baseline"]), (f"block top ({config.method})", summary["block_top"])]
+    rows += [(f"block top ({method})", run) for method, run in summary["block_top_by_ranking"].items()
+             if method != config.method]
+    rows += [("block random (mean)", summary["block_random"])]
+    for name, scores in rows:
+        print(f"{name:<26}" + "".join(f"{scores[c]:>18.3f}" for c in columns))
     amplify = summary["amplify"]
     print(f"amplify x{amplify['best_alpha']:g}: restored {amplify['restoration_rate']:.3f} of "
           f"{amplify['failed_items']} failed items\n")
