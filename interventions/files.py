@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -21,6 +22,17 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+def write_png(figure, path: Path, dpi: int = 120) -> Path:
+    """Render a matplotlib figure to PNG, close it, and write it atomically to `path`."""
+    import matplotlib.pyplot as plt
+
+    png = io.BytesIO()
+    figure.savefig(png, format="png", dpi=dpi)
+    plt.close(figure)
+    write_atomic(Path(path), png.getvalue())
+    return Path(path)
 
 
 def _umask() -> int:

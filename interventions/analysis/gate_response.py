@@ -9,7 +9,6 @@ attribution and the sweep disagree on a head, and for how far amplification can 
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +19,7 @@ from tqdm.auto import tqdm
 
 from interventions.analysis.batches import DocBatch, logit_difference
 from interventions.errors import ModarbError
-from interventions.files import write_atomic
+from interventions.files import write_png
 from interventions.heads import scale_heads
 
 GATES = (0.0, 0.25, 0.5, 0.75, 1.0, 2.0, 4.0, 8.0)
@@ -136,8 +135,4 @@ def plot_gate_response(curves: Sequence[dict], gates: Sequence[float], path: Pat
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=120)
-    plt.close(fig)
-    write_atomic(Path(path), png.getvalue())
-    return Path(path)
+    return write_png(fig, Path(path))

@@ -6,7 +6,6 @@ centred on 0: the eye finds the heads that matter in either direction.
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from interventions.files import write_atomic  # noqa: E402
+from interventions.files import write_png  # noqa: E402
 
 
 def plot_head_scores(
@@ -39,8 +38,4 @@ def plot_head_scores(
     ax.set_yticks(range(layers) if layers <= 32 else range(0, layers, 4))
     ax.set_title(title, fontsize=10)
     fig.colorbar(image, ax=ax, label=label)
-    png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=120)
-    plt.close(fig)
-    write_atomic(Path(path), png.getvalue())
-    return Path(path)
+    return write_png(fig, Path(path))
