@@ -24,6 +24,9 @@ def register_modarb() -> None:
     from lm_eval.tasks import manager
 
     import interventions.lm  # noqa: F401  (registers hf-modarb)
+    from interventions import cache
+
+    cache.install()  # --use_cache keys answers by model and spec too
 
     original = manager.TaskManager.__init__
     if getattr(original, "_modarb", False):

@@ -25,6 +25,7 @@ from lm_eval.models.hf_vlms import HFMultimodalLM
 from tqdm import tqdm
 
 from interventions.apply import apply_spec
+from interventions.cache import cache_record, model_fingerprint
 from interventions.errors import ModarbError
 from interventions.organism import organism_path
 from interventions.processors import load_processor
@@ -52,6 +53,8 @@ class ModarbVLM(HFMultimodalLM):
             kwargs["device"] = "cuda" if torch.cuda.is_available() else "cpu"
         super().__init__(str(organism_path()) if pretrained is None else pretrained, **kwargs)
         self.spec = load_spec(self.model, spec=spec, block=block, amplify=amplify, alpha=alpha, positions=positions)
+        self._model_fingerprint = model_fingerprint(self.model)
+        self.cache_path: str | None = None  # set by the scoped --use_cache wrapper (interventions/cache.py)
         self._docs_by_context: dict[str, dict] = {}
         self._batch_groups: dict[str, torch.Tensor] | None = None
 
@@ -73,6 +76,16 @@ class ModarbVLM(HFMultimodalLM):
             "modarb_spec_identity": self.spec.identity() if self.spec else "none",
             "modarb_spec_name": spec_name(self.spec),
             "modarb_spec": self.spec.to_dict() if self.spec else None,
+            "modarb_cache": cache_record(self),
+        }
+
+    def cache_scope(self) -> dict:
+        """What a cached answer depends on besides the request: the model, the spec, the image resolution."""
+        return {
+            "lm": "hf-modarb",
+            "model": self._model_fingerprint,
+            "spec": self.spec.identity() if self.spec else "none",
+            "pixels": dict(self.pixels),
         }
 
     # --- generation -----------------------------------------------------------------------

@@ -162,9 +162,23 @@ def entry_from_results(data: dict[str, Any], path: Path, source_sha256: str, *,
         "lm_eval_model": config.get("model"),
         "model_args": dict(sorted(model_args.items())),
         "limit": config.get("limit"),
+        "cache": cache_used(config),
         "tasks": tasks,
         "source": {"file": path.name, "sha256": source_sha256},
     }
+
+
+def cache_used(config: dict[str, Any]) -> dict[str, Any] | None:
+    """Whether the run answered from lm-eval's --use_cache and what its keys covered (None: no cache).
+
+    modarb's scoped cache keys by request, model and spec; a stock lm-eval cache by the request only,
+    so an entry built from one may hold another model's or intervention's answers."""
+    if not config.get("use_cache"):
+        return None
+    scoped = config.get("modarb_cache")
+    if isinstance(scoped, dict):
+        return {"key_scope": ["request", *scoped.get("key_scope", [])], "scope_id": scoped.get("scope_id")}
+    return {"key_scope": ["request"], "scope_id": None}
 
 
 def read_results_entry(path: Path, *, kind: str = "result", model_name: str | None = None) -> dict[str, Any]:

@@ -53,6 +53,7 @@ class Evaluator:
         limit: int | None,
         batch_size: int,
         display_dir: Path | None = None,
+        use_cache: Path | None = None,
     ):
         self.lm = lm
         self.model_arg = model_arg  # how `modarb eval` names the model ("pretrained=..." or "" for the default)
@@ -60,7 +61,13 @@ class Evaluator:
         self.display_dir = display_dir or out_dir  # where the runs will be when the user reads the commands
         self.limit = limit
         self.batch_size = batch_size
+        # lm-eval's request cache, scoped by model and spec (interventions/cache.py): a rerun resumes
+        self.use_cache = str(Path(use_cache) / "requests") if use_cache is not None else None
         from lm_eval.tasks import TaskManager
+
+        from interventions import cache
+
+        cache.install()
 
         self.task_manager = TaskManager(include_path=TASKS_PATH)
 
@@ -94,6 +101,7 @@ class Evaluator:
             batch_size=self.batch_size,
             log_samples=True,
             task_manager=self.task_manager,
+            use_cache=self.use_cache,
             verbosity="WARNING",
         )
         logged = results.pop("samples")
@@ -119,6 +127,8 @@ class Evaluator:
         parts = ["modarb", "eval", "--model", "hf-modarb"] + (["--model_args", model_args] if model_args else [])
         parts += ["--tasks", ",".join(tasks)]
         parts += ["--batch_size", str(self.batch_size)]
+        if self.use_cache is not None:
+            parts += ["--use_cache", self.use_cache]
         if limit is not None:
             parts += ["--limit", str(limit)]
         if samples is not None:

@@ -47,6 +47,7 @@ class ReproduceConfig:
     seed: int = 0
     device: str | None = None
     dtype: str = "float32"
+    use_cache: Path | None = None  # lm-eval's request cache folder: a rerun answers finished runs from it
     steps: list[str] = field(default_factory=list)
 
 
@@ -63,7 +64,8 @@ def reproduce(config: ReproduceConfig) -> dict:
         lm = ModarbVLM(pretrained=config.model, batch_size=config.batch_size, device=config.device, dtype=config.dtype)
         fingerprint = model_fingerprint(lm.model)
         model_arg = f"pretrained={config.model}" if config.model else ""
-        evaluator = Evaluator(lm, model_arg, work / "runs", config.limit, config.batch_size, Path(config.out) / "runs")
+        evaluator = Evaluator(lm, model_arg, work / "runs", config.limit, config.batch_size, Path(config.out) / "runs",
+                              use_cache=config.use_cache)
         other_rankings = len(METHODS) - 1  # their top sets are blocked beside the chosen ranking's
         steps = tqdm(total=4 + other_rankings + len(config.fractions) * (1 + config.draws) + len(config.alphas),
                      desc="reproduce", unit="step")

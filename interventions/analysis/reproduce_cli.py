@@ -35,6 +35,9 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=defaults.seed, help="default: %(default)s")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--dtype", default=defaults.dtype, help="float32, bfloat16, float16 (default: %(default)s)")
+    parser.add_argument("--use-cache", type=Path, default=None, metavar="DIR",
+                        help="keep lm-eval's answers in DIR (keyed by model and spec): an interrupted run "
+                        "started again with the same DIR resumes instead of recomputing")
     parser.set_defaults(func=_run)
 
 
