@@ -1,9 +1,5 @@
-"""The one exception type for bad input anywhere in modarb.
+"""Re-export: the error type lives in `modarb_tasks.errors`, the base layer every package may import."""
 
-Its message is a single line naming the problem and the fix; the `modarb` CLI prints it as
-`modarb: error: <message>` and exits with status 2, without a traceback.
-"""
+from modarb_tasks.errors import ModarbError
 
-
-class ModarbError(ValueError):
-    """Bad input from the user (a path, a file, an argument, a spec): one line, problem and fix."""
+__all__ = ["ModarbError"]

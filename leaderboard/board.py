@@ -16,7 +16,7 @@ from typing import Any
 
 from leaderboard.entries import (BASELINE, ENTRIES_DIR, SLOTS, Metric, headline, load_entries,
                                  suite_task, task_slot)
-from interventions.files import write_atomic
+from modarb_tasks.files import write_atomic
 
 BOARD_DIR = ENTRIES_DIR.parent
 COLUMNS = ("model", "intervention", "suite", "follow_image", "follow_text", "mf_ratio",

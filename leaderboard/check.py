@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from interventions.errors import ModarbError
+from modarb_tasks.errors import ModarbError
 from leaderboard.entries import HEADLINE_METRIC, SLOTS, Metric, headline, load_scores, task_slot
 
 DEFAULT_TOLERANCE = 0.02

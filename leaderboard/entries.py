@@ -16,8 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-from interventions.errors import ModarbError
-from interventions.files import write_atomic
+from modarb_tasks.errors import ModarbError
+from modarb_tasks.files import write_atomic
 
 ENTRY_SCHEMA = "modarb-leaderboard-entry/1"
 KINDS = ("result", "smoke")

@@ -27,7 +27,7 @@ import json
 import os
 from pathlib import Path
 
-from interventions.errors import ModarbError
+from modarb_tasks.errors import ModarbError
 from modarb_tasks.docs import ConflictItem
 from modarb_tasks.prompts import CONSTRAINT, INSTRUCTIONS
 

@@ -25,7 +25,7 @@ from interventions.processors import (
 )
 from interventions.random_init import TINY_FAMILIES, build_tiny_model
 from interventions.token_groups import image_token_id, token_groups
-from leaderboard.smoke import make_smoke_entries, model_args
+from interventions.testing.smoke import make_smoke_entries, model_args
 from modarb_tasks.docs import to_doc
 from modarb_tasks.prompts import IMAGE_PLACEHOLDER, INSTRUCTIONS
 from modarb_tasks.shapes import make_items

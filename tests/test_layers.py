@@ -1,0 +1,42 @@
+"""The layers import downwards only: modarb_tasks <- leaderboard, modarb_tasks <- interventions.
+
+Each check runs in a fresh interpreter, imports every module of a package, and reads what
+`sys.modules` then holds: the boundary is what really gets loaded, not what a grep finds.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+import sys
+
+import pytest
+
+_LOADED = """
+import importlib, json, pkgutil, sys
+package = importlib.import_module({package!r})
+for module in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+    importlib.import_module(module.name)
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+@functools.cache
+def loaded_after_importing(package: str) -> set[str]:
+    done = subprocess.run([sys.executable, "-c", _LOADED.format(package=package)], capture_output=True, text=True,
+                          check=True, timeout=300)
+    return set(json.loads(done.stdout))
+
+
+def _ours(modules: set[str], prefix: str) -> list[str]:
+    return sorted(m for m in modules if m == prefix or m.startswith(prefix + "."))
+
+
+def test_tasks_are_the_base_layer():
+    assert _ours(loaded_after_importing("modarb_tasks"), "interventions") == []
+
+
+@pytest.mark.parametrize("forbidden", ["interventions", "torch"])
+def test_the_leaderboard_needs_neither_the_model_code_nor_torch(forbidden):
+    assert _ours(loaded_after_importing("leaderboard"), forbidden) == []
