@@ -21,9 +21,11 @@ EVAL_SPLIT = "test"
 SHAPES_EVAL_SIZE = 200  # items in the shapes evaluation split; lm-eval's --limit cuts it further
 
 
-def docs_dataset(items: tuple[ConflictItem, ...], kind: str, layout: str = "standard") -> datasets.Dataset:
+def docs_dataset(
+    items: tuple[ConflictItem, ...], kind: str, layout: str = "standard", wording: str = "paper"
+) -> datasets.Dataset:
     """One task's docs as a Dataset; the image column decodes to PIL (absent for language control)."""
-    dataset = datasets.Dataset.from_list([to_doc(item, kind, layout) for item in items])
+    dataset = datasets.Dataset.from_list([to_doc(item, kind, layout, wording) for item in items])
     if kind != "language_control":
         dataset = dataset.cast_column("image", datasets.Image())
     return dataset
@@ -35,9 +37,11 @@ def shapes_items(n: int = SHAPES_EVAL_SIZE, seed: int = 0) -> tuple[ConflictItem
 
 
 @lru_cache(maxsize=None)
-def shapes_dataset(kind: str, layout: str = "standard", n: int = SHAPES_EVAL_SIZE, seed: int = 0) -> dict:
-    """The shapes evaluation docs (first `n` test items of `seed`) for one task kind and layout."""
-    return {EVAL_SPLIT: docs_dataset(shapes_items(n, seed), kind, layout)}
+def shapes_dataset(
+    kind: str, layout: str = "standard", n: int = SHAPES_EVAL_SIZE, seed: int = 0, wording: str = "paper"
+) -> dict:
+    """The shapes evaluation docs (first `n` test items of `seed`) for one task kind, layout and wording."""
+    return {EVAL_SPLIT: docs_dataset(shapes_items(n, seed), kind, layout, wording)}
 
 
 @lru_cache(maxsize=None)

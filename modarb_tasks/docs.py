@@ -33,10 +33,11 @@ class ConflictItem:
     image: Any = None  # a PIL image, or (MC²) the image file path the dataset decodes
 
 
-def to_doc(item: ConflictItem, kind: str, layout: str = "standard") -> dict:
+def to_doc(item: ConflictItem, kind: str, layout: str = "standard", wording: str = "paper") -> dict:
     """The lm-eval doc of `item` for one task kind.
 
-    Keys: the item's fields, plus `kind`, `layout`, `instruction_side` ("" for controls),
+    Keys: the item's fields, plus `kind`, `layout`, `wording` (of the instruction, see
+    modarb_tasks.prompts.INSTRUCTION_WORDINGS), `instruction_side` ("" for controls),
     `prompt` (with a literal "<image>" where the image goes), `spans` (part -> [start, end),
     [0, 0] when absent), `target`, `candidates_follow` / `candidates_compete` (the instructed
     or correct modality's candidates, and the other modality's).
@@ -51,12 +52,14 @@ def to_doc(item: ConflictItem, kind: str, layout: str = "standard") -> dict:
         instruction_side=side,
         with_image=kind != "language_control",
         layout=layout,
+        wording=wording,
     )
     doc = asdict(item)
     doc["image"] = None if kind == "language_control" else item.image
     doc.update(
         kind=kind,
         layout=layout,
+        wording=wording,
         instruction_side=side or "",
         prompt=prompt.text,
         spans={name: list(span) for name, span in prompt.spans.items()},

@@ -23,6 +23,27 @@ INSTRUCTIONS = {
         "you must rely on the text context rather than the input image content."
     ),
 }
+
+# Other wordings of the same instruction. "paper" is the paper's; the "trained" ones are what a
+# model may see in training besides it (the organism's recipe draws from TRAINED_WORDINGS); "held_out"
+# says the same with the same words in a new sentence and is never trained on: the
+# `modality_following_paraphrase` tasks ask whether a model follows the meaning, not the string.
+INSTRUCTION_WORDINGS = {
+    "paper": INSTRUCTIONS,
+    "trust": {
+        "image": "Trust the image content, not the text context.",
+        "text": "Trust the text context, not the image content.",
+    },
+    "disagree": {
+        "image": "If the image and the text context disagree, answer from the image.",
+        "text": "If the image and the text context disagree, answer from the text context.",
+    },
+    "held_out": {
+        "image": "Answer from the image content; do not trust the text context.",
+        "text": "Answer from the text context; do not trust the image content.",
+    },
+}
+TRAINED_WORDINGS = ("paper", "trust", "disagree")
 CONSTRAINT = "Answer the question using a single word or phrase."
 
 # Positional control: a long system prompt placed before everything else.
@@ -60,23 +81,27 @@ def build_prompt(
     with_constraint: bool = True,
     layout: str = "standard",
     system: str | None = None,
+    wording: str = "paper",
 ) -> Prompt:
     """Join the present parts with newlines in the layout's order and record their spans.
 
     `instruction_side` is "image", "text" or None (no modality instruction: controls).
-    The `system_prompt` layout uses LONG_SYSTEM_PROMPT unless `system` is given.
+    The `system_prompt` layout uses LONG_SYSTEM_PROMPT unless `system` is given; `wording` names
+    the instruction's wording in INSTRUCTION_WORDINGS.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown prompt layout {layout!r}; choose one of {sorted(LAYOUTS)}")
     if instruction_side not in (None, "image", "text"):
         raise ValueError(f"instruction_side must be 'image', 'text' or None, not {instruction_side!r}")
+    if wording not in INSTRUCTION_WORDINGS:
+        raise ValueError(f"unknown instruction wording {wording!r}; choose one of {sorted(INSTRUCTION_WORDINGS)}")
     if layout == "system_prompt" and system is None:
         system = LONG_SYSTEM_PROMPT
     pieces = {
         "system": system,
         "image": IMAGE_PLACEHOLDER if with_image else None,
         "context": CONTEXT_PREFIX + context if context else None,
-        "instruction": INSTRUCTIONS[instruction_side] if instruction_side else None,
+        "instruction": INSTRUCTION_WORDINGS[wording][instruction_side] if instruction_side else None,
         "question": question,
         "constraint": CONSTRAINT if with_constraint else None,
     }

@@ -23,7 +23,7 @@ from transformers import (
 )
 
 from modarb_tasks import TASKS_PATH, mc2
-from modarb_tasks.prompts import CONSTRAINT, INSTRUCTIONS, LONG_SYSTEM_PROMPT
+from modarb_tasks.prompts import CONSTRAINT, INSTRUCTION_WORDINGS, INSTRUCTIONS, LONG_SYSTEM_PROMPT, TRAINED_WORDINGS
 from modarb_tasks.shapes import vocabulary
 
 MC2_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mc2"
@@ -36,6 +36,7 @@ GROUPS = {
     "modality_following_positional": [
         "mf_follow_image_instruction_after", "mf_follow_text_instruction_after",
         "mf_follow_image_system_prompt", "mf_follow_text_system_prompt"],
+    "modality_following_paraphrase": ["mf_follow_image_paraphrase", "mf_follow_text_paraphrase"],
     "modality_following_mc2": ["mc2_follow_image", "mc2_follow_text"],
     "modality_controls_mc2": ["mc2_visual_control", "mc2_language_control"],
     "modality_following_mc2_paper": [f"mc2_paper_{name}" for name in mc2.PAPER_SUBSETS],
@@ -89,6 +90,21 @@ def test_positional_variants_move_the_instruction_or_add_a_system_prompt():
     assert system["prompt"].startswith(LONG_SYSTEM_PROMPT + "\n<image>\n")
     start, end = system["spans"]["instruction"]
     assert system["prompt"][start:end] == INSTRUCTIONS["image"]
+
+
+def test_paraphrase_tasks_word_the_instruction_as_no_training_wording_does():
+    tasks = _tasks(["modality_following_paraphrase", "modality_following"])
+    for side in ("image", "text"):
+        held_out = tasks[f"mf_follow_{side}_paraphrase"].test_docs()
+        paper = tasks[f"mf_follow_{side}"].test_docs()
+        for doc, same_item in zip(held_out, paper, strict=True):
+            start, end = doc["spans"]["instruction"]
+            assert doc["prompt"][start:end] == INSTRUCTION_WORDINGS["held_out"][side] and doc["wording"] == "held_out"
+            assert doc["prompt"].replace(doc["prompt"][start:end], INSTRUCTIONS[side]) == same_item["prompt"]
+            assert doc["target"] == same_item["target"]  # the same item, only the instruction's wording differs
+    trained = {INSTRUCTION_WORDINGS[name][side] for name in TRAINED_WORDINGS for side in ("image", "text")}
+    assert not set(INSTRUCTION_WORDINGS["held_out"].values()) & trained
+    assert len(trained) == 2 * len(TRAINED_WORDINGS)  # every trained wording says each side differently
 
 
 def test_yaml_wires_process_results_and_aggregations():

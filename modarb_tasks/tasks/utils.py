@@ -18,8 +18,16 @@ from modarb_tasks.metrics import answer_choices, conditional_ratio, score_choice
 __all__ = ["answer_choices", "conditional_ratio", "mc2", "score_choice", "score_control", "score_generation", "shapes"]
 
 
-def shapes(kind: str, layout: str = "standard", shapes_n: int | None = None, shapes_seed: int = 0, **_metadata) -> dict:
-    return shapes_dataset(kind, layout, SHAPES_EVAL_SIZE if shapes_n is None else int(shapes_n), int(shapes_seed))
+def shapes(
+    kind: str,
+    layout: str = "standard",
+    wording: str = "paper",
+    shapes_n: int | None = None,
+    shapes_seed: int = 0,
+    **_metadata,
+) -> dict:
+    return shapes_dataset(kind, layout, SHAPES_EVAL_SIZE if shapes_n is None else int(shapes_n), int(shapes_seed),
+                          wording)
 
 
 def mc2(
