@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from PIL import Image
 
-from interventions.encoding import encode_docs_text
+from interventions.encoding import encode_multimodal, encode_text, image_string
 from interventions.errors import ModarbError
-from interventions.token_groups import image_token_id, token_groups
+from interventions.token_groups import doc_token_groups, image_token_id
 
 
 @dataclass
@@ -32,24 +34,35 @@ class DocBatch:
 
 
 def encode_docs(model, processor, docs: Sequence[dict]) -> DocBatch:
-    """Encode `docs` (lm-eval docs from modarb_tasks.docs.to_doc) for one forward pass."""
+    """Encode `docs` (lm-eval docs from modarb_tasks.docs.to_doc) for one forward pass, as hf-modarb
+    encodes them (interventions.encoding): the model's image string, one processor call."""
     tokenizer = processor.tokenizer
+    images = [[load_image(doc["image"])] if doc.get("image") is not None else [] for doc in docs]
     prompts = [doc["prompt"] for doc in docs]
-    inputs = encode_docs_text(processor, prompts, docs, padding_side="left")
+    if any(images):
+        inputs, texts = encode_multimodal(processor, model.config.model_type, prompts, images,
+                                          image_text=image_string(model.config, tokenizer))
+    else:  # language-control docs: hf-modarb's text-only path
+        inputs, texts = encode_text(tokenizer, prompts), prompts
     inputs = {key: value.to(model.device) for key, value in inputs.items()}
     if "pixel_values" in inputs:
         inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-    groups = token_groups(
-        inputs["input_ids"], inputs["attention_mask"], prompts, [doc["spans"] for doc in docs],
-        tokenizer, image_token_id(model.config),
-    )
+    groups = doc_token_groups(inputs, texts, docs, tokenizer, image_token_id(model.config))
     return DocBatch(
         docs=list(docs),
         inputs=inputs,
         groups=groups,
-        follow_ids=[answer_token_ids(tokenizer, doc["prompt"], doc["candidates_follow"]) for doc in docs],
-        compete_ids=[answer_token_ids(tokenizer, doc["prompt"], doc["candidates_compete"]) for doc in docs],
+        follow_ids=[answer_token_ids(tokenizer, text, doc["candidates_follow"]) for text, doc in zip(texts, docs)],
+        compete_ids=[answer_token_ids(tokenizer, text, doc["candidates_compete"]) for text, doc in zip(texts, docs)],
     )
+
+
+def load_image(image):
+    """A doc's image as PIL: MC² docs hold the file path, decoded here, one batch at a time."""
+    if isinstance(image, (str, Path)):
+        with Image.open(image) as opened:
+            return opened.convert("RGB")
+    return image
 
 
 def iter_batches(model, processor, docs: Sequence[dict], batch_size: int) -> Iterator[DocBatch]:

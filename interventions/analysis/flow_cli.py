@@ -46,6 +46,8 @@ def register(subparsers) -> None:
                         help="prompt layouts, comma-separated (default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 (default: %(default)s)")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="allow the model folder's own Python code (needed by some families; off by default: it runs code from the folder)")
     parser.set_defaults(func=_run)
 
 
@@ -140,7 +142,8 @@ def _run(args: argparse.Namespace) -> int:
 
     layouts = parse_layouts(args.layouts)
     check_counts(args.window, args.n_items, args.batch_size)
-    model, processor = load_model(args.model, device=args.device, dtype=args.dtype)
+    model, processor = load_model(args.model, device=args.device, dtype=args.dtype,
+                                  trust_remote_code=args.trust_remote_code)
     document = run_flow(model, processor, args.out, n_items=args.n_items, window=args.window,
                         batch_size=args.batch_size, split=args.split, layouts=layouts, model_name=args.model)
     print(f"flow: wrote {Path(args.out) / 'flow.json'} and {len(document['figures'])} figures "

@@ -40,6 +40,8 @@ def register(subparsers) -> None:
     parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the learned mask (default: %(default)s)")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="allow the model folder's own Python code (needed by some families; off by default: it runs code from the folder)")
     parser.set_defaults(func=run)
 
 
@@ -65,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     from interventions.loading import load_model
 
     check_args(args)
-    model, processor = load_model(args.model, device=args.device, dtype=args.dtype)
+    model, processor = load_model(args.model, device=args.device, dtype=args.dtype,
+                                  trust_remote_code=args.trust_remote_code)
     document = run_identify(
         model, processor, args.out, top=args.top, method=args.method, n_items=args.n_items,
         batch_size=args.batch_size, seed=args.seed, exact=not args.no_exact, learned=not args.no_learned,

@@ -47,6 +47,7 @@ class ReproduceConfig:
     seed: int = 0
     device: str | None = None
     dtype: str = "float32"
+    trust_remote_code: bool = False  # run the model folder's own code (some families need it)
     steps: list[str] = field(default_factory=list)
 
 
@@ -60,9 +61,11 @@ def reproduce(config: ReproduceConfig) -> dict:
     quiet_lm_eval()
     work = Path(tempfile.mkdtemp(prefix=".reproduce-", dir=_parent(config.out)))
     try:
-        lm = ModarbVLM(pretrained=config.model, batch_size=config.batch_size, device=config.device, dtype=config.dtype)
+        lm = ModarbVLM(pretrained=config.model, batch_size=config.batch_size, device=config.device, dtype=config.dtype,
+                       trust_remote_code=config.trust_remote_code)
         fingerprint = model_fingerprint(lm.model)
-        model_arg = f"pretrained={config.model}" if config.model else ""
+        model_arg = ",".join([f"pretrained={config.model}"] * bool(config.model)
+                             + ["trust_remote_code=True"] * config.trust_remote_code)
         evaluator = Evaluator(lm, model_arg, work / "runs", config.limit, config.batch_size, Path(config.out) / "runs")
         other_rankings = len(METHODS) - 1  # their top sets are blocked beside the chosen ranking's
         steps = tqdm(total=4 + other_rankings + len(config.fractions) * (1 + config.draws) + len(config.alphas),
