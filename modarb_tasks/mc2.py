@@ -13,6 +13,13 @@ Images are COCO-2014 files named by image_id, `COCO_val2014_<id>.jpg` or `<id>.j
 folder the user gives. Items keep the image *path* (decoded lazily by the dataset builder), so
 loading 2,000 items reads no image.
 
+MC² has no splits, so modarb makes two halves that never meet (`halves`): within each MC² task
+type, items are ordered by the SHA-256 of "<task>|<image_id>|<question>" and the first half
+(rounded down) is the *analysis* half (identify, flow, choosing alpha), the rest the *test* half
+(every lm-eval score; the mc2 tasks' default, `--metadata '{"mc2_half": "analysis"|"test"|"all"}'`).
+The split reads nothing but the items' own text: the same file gives the same halves on every
+run and machine, and every task type is split evenly.
+
 Where the paths come from, first found wins:
 - mc2_json: lm-eval `--metadata '{"mc2_json": "/data/mc2/evaluate_final.json"}'`, else the
   environment variable MODARB_MC2_JSON. Either the benchmark file (the paper's subset files are
@@ -23,8 +30,11 @@ Where the paths come from, first found wins:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 from interventions.errors import ModarbError
@@ -41,6 +51,8 @@ PAPER_SUBSETS = {
     "follow_image_internvl3_8b": "v3_following_vision_open_ended_internvl_3_8b_remaining.json",
     "follow_image_llava_v1_5_7b": "v3_following_vision_open_ended_llava-v1.5-7b_remaining.json",
 }
+HALVES = ("analysis", "test")
+ALL = "all"  # both halves: only for looking at the data, never for choosing and scoring together
 _BENCHMARK_FIELDS = ("image_id", "task", "question", "answer_vision", "answer_text", "context")
 _SUBSET_FIELDS = ("image_id", "task", "context", "answer_img", "answer_text", "question3")
 _CANDIDATE_FIELDS = ("answer_img_candidate_list", "answer_text_candidate_list")
@@ -92,13 +104,46 @@ def resolve_images(mc2_images: str | None) -> Path:
     return folder
 
 
-def load_items(json_file: Path, image_dir: Path | None = None, n: int | None = None) -> list[ConflictItem]:
-    """The first `n` (all if None) items of an MC² JSON file, with image paths if `image_dir`."""
-    records = _read_list(json_file)[:n]
+def load_items(
+    json_file: Path, image_dir: Path | None = None, n: int | None = None, half: str = ALL
+) -> list[ConflictItem]:
+    """The first `n` (all if None) items of one half (or all) of an MC² JSON file, in file order,
+    with image paths if `image_dir` (only the chosen items need an image)."""
+    records = _read_list(json_file)
     items = [_item(json_file, i, record) for i, record in enumerate(records)]
+    split = halves(items)  # labels every item's `split` with its half
+    items = (items if check_half(half) == ALL else split[half])[:n]
     if image_dir is not None:
         _attach_images(items, image_dir)
     return items
+
+
+def check_half(half: str) -> str:
+    if half not in (*HALVES, ALL):
+        raise MC2DataError(f"unknown MC² half {half!r}; choose analysis, test or all")
+    return half
+
+
+def split_key(item: ConflictItem) -> str:
+    """What decides an item's half: its task type, image id and question (never its position)."""
+    return hashlib.sha256(f"{item.question_type}|{item.scene_id}|{item.question}".encode()).hexdigest()
+
+
+def halves(items: Sequence[ConflictItem]) -> dict[str, list[ConflictItem]]:
+    """{"analysis": [...], "test": [...]}: per task type, the items ordered by split_key, first half
+    (rounded down) to analysis; each half keeps file order and each item's `split` names its half."""
+    by_task: dict[str, list[ConflictItem]] = defaultdict(list)
+    for item in items:
+        by_task[item.question_type].append(item)
+    analysis: set[int] = set()
+    for group in by_task.values():
+        ordered = sorted(group, key=lambda item: (split_key(item), item.item_id))
+        analysis.update(id(item) for item in ordered[: len(ordered) // 2])
+    result: dict[str, list[ConflictItem]] = {name: [] for name in HALVES}
+    for item in items:
+        item.split = "analysis" if id(item) in analysis else "test"
+        result[item.split].append(item)
+    return result
 
 
 def _read_list(path: Path) -> list:
