@@ -17,6 +17,8 @@ MC² has no splits, so modarb makes two halves that never meet (`halves`): withi
 type, items are ordered by the SHA-256 of "<task>|<image_id>|<question>" and the first half
 (rounded down) is the *analysis* half (identify, flow, choosing alpha), the rest the *test* half
 (every lm-eval score; the mc2 tasks' default, `--metadata '{"mc2_half": "analysis"|"test"|"all"}'`).
+Each half lists one item of each task type in turn, so its first n items (lm-eval's --limit,
+`mc2_n`, the analyses' item counts) cover every task type.
 The split reads nothing but the items' own text: the same file gives the same halves on every
 run and machine, and every task type is split evenly.
 
@@ -107,8 +109,8 @@ def resolve_images(mc2_images: str | None) -> Path:
 def load_items(
     json_file: Path, image_dir: Path | None = None, n: int | None = None, half: str = ALL
 ) -> list[ConflictItem]:
-    """The first `n` (all if None) items of one half (or all) of an MC² JSON file, in file order,
-    with image paths if `image_dir` (only the chosen items need an image)."""
+    """The first `n` (all if None) items of one half (round-robin over task types) or of the whole
+    file (file order), with image paths if `image_dir` (only the chosen items need an image)."""
     records = _read_list(json_file)
     items = [_item(json_file, i, record) for i, record in enumerate(records)]
     split = halves(items)  # labels every item's `split` with its half
@@ -131,7 +133,8 @@ def split_key(item: ConflictItem) -> str:
 
 def halves(items: Sequence[ConflictItem]) -> dict[str, list[ConflictItem]]:
     """{"analysis": [...], "test": [...]}: per task type, the items ordered by split_key, first half
-    (rounded down) to analysis; each half keeps file order and each item's `split` names its half."""
+    (rounded down) to analysis; each half in round-robin order of task types (see _round_robin);
+    each item's `split` names its half."""
     by_task: dict[str, list[ConflictItem]] = defaultdict(list)
     for item in items:
         by_task[item.question_type].append(item)
@@ -143,7 +146,17 @@ def halves(items: Sequence[ConflictItem]) -> dict[str, list[ConflictItem]]:
     for item in items:
         item.split = "analysis" if id(item) in analysis else "test"
         result[item.split].append(item)
-    return result
+    return {name: _round_robin(half) for name, half in result.items()}
+
+
+def _round_robin(items: list[ConflictItem]) -> list[ConflictItem]:
+    """One item of each task type in turn (types in order of first appearance, items in file
+    order), so that the first n items of a half cover every task type."""
+    by_task: dict[str, list[ConflictItem]] = defaultdict(list)
+    for item in items:
+        by_task[item.question_type].append(item)
+    queues = list(by_task.values())
+    return [queue[i] for i in range(max(map(len, queues), default=0)) for queue in queues if i < len(queue)]
 
 
 def _read_list(path: Path) -> list:
@@ -215,3 +228,16 @@ def _attach_images(items: list[ConflictItem], image_dir: Path) -> None:
                 f"set mc2_images or {MC2_IMAGES_ENV} to the folder holding all COCO images)"
             )
         item.image = str(image_dir / found[0])
+
+
+def corpus(folder: Path) -> list[str]:
+    """Every text of the MC² JSON files in `folder` and of the prompt layout: what a tokenizer for a
+    tiny test model is trained on, so that MC² prompts and answers tokenize as with a real one."""
+    from modarb_tasks.prompts import CONTEXT_PREFIX, LONG_SYSTEM_PROMPT
+
+    texts = [*INSTRUCTIONS.values(), CONSTRAINT, CONTEXT_PREFIX, LONG_SYSTEM_PROMPT, "USER: ASSISTANT: SYSTEM:"]
+    for path in sorted(Path(folder).glob("*.json")):
+        for record in _read_list(path):
+            texts += [value for value in record.values() if isinstance(value, str)]
+            texts += [value for f in _CANDIDATE_FIELDS for value in record.get(f, [])]
+    return texts

@@ -184,11 +184,20 @@ def test_halves_are_disjoint_cover_every_item_and_split_each_task_type_evenly(fi
         counts = {name: sum(item.question_type == task for item in half) for name, half in halves.items()}
         assert counts["test"] - counts["analysis"] in (0, 1)  # half of each task type, rounded down, analyses
     assert all(item.split == name for name, half in halves.items() for item in half)
+    types = len({item.question_type for item in items})
+    for half in halves.values():  # the first items of a half take one of each task type in turn
+        assert len({item.question_type for item in half[:types]}) == types
+
+
+# sha256 of the sorted item ids of the benchmark's analysis half, when the split was made
+# (2026-12-01): any change to the split rule or to evaluate_final.json shows here.
+BENCHMARK_ANALYSIS_DIGEST = "f87c135b0344a6d7e820e5adc112a12038e8479ce4d267e5f3be78a2b4468656"
 
 
 def test_halves_are_stable_across_runs_and_machines():
-    """The half of an item is a function of its text alone: SHA-256, not Python's salted hash,
-    not the file order (shuffling the file moves no item), pinned by digests computed here."""
+    """The half of an item is a function of its text alone (SHA-256, not Python's salted hash, not
+    the file order): shuffling the file moves no item, another process with another hash seed
+    lists the same half, and the benchmark's analysis half is the one recorded above."""
     items = mc2.load_items(BENCHMARK)
     first = {item.item_id: item.split for item in items}
     shuffled = list(reversed(items))
@@ -200,7 +209,10 @@ def test_halves_are_stable_across_runs_and_machines():
               "print(','.join(i.item_id for i in items))")
     other = subprocess.run([sys.executable, "-c", script, str(BENCHMARK)], capture_output=True, text=True, check=True,
                            env={**os.environ, "PYTHONHASHSEED": "12345"})
-    assert other.stdout.strip().split(",") == [i for i, half in first.items() if half == "test"]
+    assert other.stdout.strip().split(",") == [item.item_id for item in mc2.load_items(BENCHMARK, half="test")]
+    analysis = sorted(i for i, half in first.items() if half == "analysis")
+    assert len(analysis) == 1000
+    assert hashlib.sha256(",".join(analysis).encode()).hexdigest() == BENCHMARK_ANALYSIS_DIGEST
 
 
 def test_mc2_tasks_score_the_test_half_unless_told(tmp_path):

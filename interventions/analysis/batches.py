@@ -72,18 +72,32 @@ def iter_batches(model, processor, docs: Sequence[dict], batch_size: int) -> Ite
 
 def answer_token_ids(tokenizer, prompt: str, candidates: Sequence[str]) -> list[int]:
     """The distinct first tokens the model would emit to start each candidate after `prompt`."""
+    firsts = first_token_ids(tokenizer, prompt, candidates)
+    if not firsts:
+        raise ModarbError(
+            f"no candidate in {list(candidates)!r} gives a known first token; check the tokenizer covers the answers"
+        )
+    return firsts
+
+
+def first_token_ids(tokenizer, prompt: str, candidates: Sequence[str]) -> list[int]:
+    """Like answer_token_ids, but [] where no candidate has a known first token (e.g. Chinese
+    synonyms under a tokenizer without them: those candidates drop out).
+
+    A leading token that is only whitespace (a bare "Ġ" / "▁" that BPE tokenizers emit before a
+    word they have no space-joined token for) is skipped: it says nothing about the answer, and
+    both modalities' candidates would share it."""
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     firsts: list[int] = []
     for candidate in candidates:
         full = tokenizer(f"{prompt} {candidate}", add_special_tokens=False)["input_ids"]
         if len(full) > len(prompt_ids) and full[: len(prompt_ids)] == prompt_ids:
-            token = full[len(prompt_ids)]
+            answer = full[len(prompt_ids) :]
+            while len(answer) > 1 and not tokenizer.decode(answer[:1]).strip():
+                answer = answer[1:]
+            token = answer[0]
             if token not in firsts and token != tokenizer.unk_token_id:
                 firsts.append(token)
-    if not firsts:
-        raise ModarbError(
-            f"no candidate in {list(candidates)!r} gives a known first token; check the tokenizer covers the answers"
-        )
     return firsts
 
 

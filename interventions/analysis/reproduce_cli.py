@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from interventions.analysis.data import add_data_arguments
 from interventions.errors import ModarbError
 
 
@@ -35,6 +36,7 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=defaults.seed, help="default: %(default)s")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--dtype", default=defaults.dtype, help="float32, bfloat16, float16 (default: %(default)s)")
+    add_data_arguments(parser)
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow the model folder's own Python code (needed by some families; off by default: it runs code from the folder)")
     parser.set_defaults(func=_run)
