@@ -256,13 +256,7 @@ def tiny_tokenizer(family: str, config) -> PreTrainedTokenizerFast:
     """
     tokens = _family_tokens(family)
     text_config = config.get_text_config()
-    fixed = {
-        PAD: text_config.pad_token_id,
-        BOS: text_config.bos_token_id,
-        EOS: text_config.eos_token_id,
-        tokens.image: image_token_id(config),
-        **{text: getattr(config, attr) for text, attr in tokens.with_ids.values()},
-    }
+    fixed = _fixed_ids(tokens, config)
     trained = train_word_tokenizer().get_vocab()
     words = [w for w in sorted(trained, key=trained.get) if w not in fixed and w != IMAGE_PLACEHOLDER]
     vocab = _lay_out(fixed, [*words, *tokens.free.values()], text_config.vocab_size)
@@ -302,13 +296,7 @@ def trained_tokenizer(family: str, config, kind: str, texts: list[str]) -> PreTr
     (the vocabulary size is the config's; random_init models are resized to TRAINED_VOCAB first)."""
     tokens = _family_tokens(family)
     text_config = config.get_text_config()
-    fixed = {
-        PAD: text_config.pad_token_id,
-        BOS: text_config.bos_token_id,
-        EOS: text_config.eos_token_id,
-        tokens.image: image_token_id(config),
-        **{text: getattr(config, attr) for text, attr in tokens.with_ids.values()},
-    }
+    fixed = _fixed_ids(tokens, config)
     specials = list(dict.fromkeys([*fixed, UNK, *tokens.free.values()]))
     backend = Tokenizer(models.BPE(unk_token=None if kind == "byte_bpe" else UNK))
     if kind == "byte_bpe":
@@ -345,6 +333,18 @@ def trained_tokenizer(family: str, config, kind: str, texts: list[str]) -> PreTr
         extra_special_tokens=extra, padding_side="left", model_max_length=TRAINED_MAX_LENGTH,
         chat_template=CHAT_TEMPLATE.replace(IMAGE_PLACEHOLDER, tokens.image_prompt),
     )
+
+
+def _fixed_ids(tokens: FamilyTokens, config) -> dict[str, int]:
+    """PAD/BOS/EOS, the image token and the family's other special tokens at the ids `config` names."""
+    text_config = config.get_text_config()
+    return {
+        PAD: text_config.pad_token_id,
+        BOS: text_config.bos_token_id,
+        EOS: text_config.eos_token_id,
+        tokens.image: image_token_id(config),
+        **{text: getattr(config, attr) for text, attr in tokens.with_ids.values()},
+    }
 
 
 def _lay_out(fixed: dict[str, int], rest: list[str], vocab_size: int) -> dict[str, int]:

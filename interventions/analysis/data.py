@@ -249,3 +249,9 @@ def prepare_docs(source: DataSource, model: str | None, n_items: int, kinds: Seq
 def data_record(source: DataSource, dropped: dict[str, int], n_docs: int) -> dict:
     """What identify.json / flow.json / summary.json record about the data (and the flags that name it)."""
     return source.describe() | {"docs": n_docs, "dropped": dropped, "flags": "".join(f" {a}" for a in source.cli_args())}
+
+
+def docs_line(source: DataSource, docs: Sequence[dict], dropped: dict[str, int]) -> str:
+    """One line for the terminal: which data, how many docs, what was dropped and why."""
+    drops = "; ".join(f"{count} {reason}" for reason, count in dropped.items())
+    return f"data: {source.name} ({source.analysis_half}), {len(docs)} docs" + (f"; {drops}" if drops else "")

@@ -147,7 +147,7 @@ def run_flow(
 
 
 def _run(args: argparse.Namespace) -> int:
-    from interventions.analysis.data import data_record, prepare_docs, resolve_data
+    from interventions.analysis.data import data_record, docs_line, prepare_docs, resolve_data
     from interventions.loading import load_model
 
     layouts = parse_layouts(args.layouts)
@@ -155,6 +155,7 @@ def _run(args: argparse.Namespace) -> int:
     source = resolve_data(args.data, args.mc2_json, args.mc2_images, uses=[("analysis", args.n_items)])
     docs, dropped = prepare_docs(source, args.model, args.n_items, FOLLOW_KINDS, layouts, half=args.split,
                                  trust_remote_code=args.trust_remote_code)
+    print(docs_line(source, docs, dropped))
     model, processor = load_model(args.model, device=args.device, dtype=args.dtype,
                                   trust_remote_code=args.trust_remote_code)
     document = run_flow(model, processor, args.out, n_items=args.n_items, window=args.window,

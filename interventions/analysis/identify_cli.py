@@ -69,13 +69,14 @@ def run(args: argparse.Namespace) -> int:
     from interventions.analysis.identify import run_identify
     from interventions.loading import load_model
 
-    from interventions.analysis.data import data_record, prepare_docs, resolve_data
+    from interventions.analysis.data import data_record, docs_line, prepare_docs, resolve_data
     from interventions.analysis.identify import CONTROL_KINDS, FOLLOW_KINDS
 
     check_args(args)
     source = resolve_data(args.data, args.mc2_json, args.mc2_images, uses=[("analysis", args.n_items)])
     docs, dropped = prepare_docs(source, args.model, args.n_items, (*FOLLOW_KINDS, *CONTROL_KINDS),
                                  trust_remote_code=args.trust_remote_code)
+    print(docs_line(source, docs, dropped))
     model, processor = load_model(args.model, device=args.device, dtype=args.dtype,
                                   trust_remote_code=args.trust_remote_code)
     document = run_identify(
