@@ -106,3 +106,17 @@ def test_small_reproduce_runs_on_every_family(name, folders, tmp_path):
     written = json.loads((out / "summary.json").read_text())
     assert (out / "report.md").is_file() and written["baseline"] == summary["baseline"]
     assert all(0.0 <= summary["baseline"][key] <= 1.0 for key in ("mf_ratio", "visual_control"))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_hf_modarb_and_the_analyses_give_the_model_the_same_inputs(name, folders, layout_docs):
+    """The eval path (hf-modarb's encoder) and the analyses' encoder are one function: same ids, same pixels."""
+    from interventions.lm import ModarbVLM
+
+    lm = ModarbVLM(pretrained=str(folders[name]), batch_size=4, device="cpu")
+    docs = [d for d in layout_docs if d["image"] is not None][:4]
+    evaluated = lm.tok_batch_multimodal_encode([d["prompt"] for d in docs], [[d["image"]] for d in docs])
+    analysed = encode_docs(lm.model, lm.processor, docs).inputs
+    assert set(evaluated) == set(analysed)
+    for key, value in analysed.items():
+        assert torch.equal(evaluated[key], value), key
