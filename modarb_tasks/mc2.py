@@ -69,17 +69,30 @@ def image_file_names(image_id: str) -> tuple[str, str]:
     return f"COCO_val2014_{image_id}.jpg", f"{image_id}.jpg"
 
 
-def resolve_json(mc2_json: str | None, file_name: str | None = None) -> Path:
-    """The JSON file to read: the benchmark (file_name None) or a paper subset file by name."""
+# How the user gives each path: lm-eval's --metadata keys (tasks) or modarb's flags (analyses).
+HOW = {
+    "metadata": {
+        "json": ("pass --metadata '{\"mc2_json\": \"/path/to/evaluate_final.json\"}'", "set mc2_json or"),
+        "images": ("pass --metadata '{\"mc2_images\": \"/path/to/coco/val2014\"}'", "set mc2_images or"),
+    },
+    "flags": {
+        "json": ("pass --mc2-json /path/to/evaluate_final.json", "pass --mc2-json or set"),
+        "images": ("pass --mc2-images /path/to/coco/val2014", "pass --mc2-images or set"),
+    },
+}
+
+
+def resolve_json(mc2_json: str | None, file_name: str | None = None, via: str = "metadata") -> Path:
+    """The JSON file to read: the benchmark (file_name None) or a paper subset file by name;
+    `via` ("metadata" or "flags") words the error's fix."""
     given = mc2_json or os.environ.get(MC2_JSON_ENV)
     if not given:
         raise MC2DataError(
-            "MC² JSON not set: pass --metadata '{\"mc2_json\": \"/path/to/evaluate_final.json\"}' "
-            f"or set {MC2_JSON_ENV}"
+            f"MC² JSON not set: {HOW[via]['json'][0]} or set {MC2_JSON_ENV}"
         )
     path = Path(given).expanduser()
     if not path.exists():
-        raise MC2DataError(f"MC² JSON not found: {path} (set mc2_json or {MC2_JSON_ENV} to the file or its folder)")
+        raise MC2DataError(f"MC² JSON not found: {path} ({HOW[via]['json'][1]} {MC2_JSON_ENV} to the file or its folder)")
     folder = path if path.is_dir() else path.parent
     if file_name is None:
         path = folder / BENCHMARK_FILE if path.is_dir() else path
@@ -90,24 +103,23 @@ def resolve_json(mc2_json: str | None, file_name: str | None = None) -> Path:
     return path
 
 
-def resolve_images(mc2_images: str | None) -> Path:
-    """The COCO image folder given by metadata or environment; it must exist."""
+def resolve_images(mc2_images: str | None, via: str = "metadata") -> Path:
+    """The COCO image folder given by metadata (or flag) or environment; it must exist."""
     given = mc2_images or os.environ.get(MC2_IMAGES_ENV)
     if not given:
         raise MC2DataError(
-            "MC² image folder not set: pass --metadata '{\"mc2_images\": \"/path/to/coco/val2014\"}' "
-            f"or set {MC2_IMAGES_ENV}"
+            f"MC² image folder not set: {HOW[via]['images'][0]} or set {MC2_IMAGES_ENV}"
         )
     folder = Path(given).expanduser()
     if not folder.is_dir():
         raise MC2DataError(
-            f"MC² image folder not found: {folder} (set mc2_images or {MC2_IMAGES_ENV} to your COCO folder)"
+            f"MC² image folder not found: {folder} ({HOW[via]['images'][1]} {MC2_IMAGES_ENV} to your COCO folder)"
         )
     return folder
 
 
 def load_items(
-    json_file: Path, image_dir: Path | None = None, n: int | None = None, half: str = ALL
+    json_file: Path, image_dir: Path | None = None, n: int | None = None, half: str = ALL, via: str = "metadata"
 ) -> list[ConflictItem]:
     """The first `n` (all if None) items of one half (round-robin over task types) or of the whole
     file (file order), with image paths if `image_dir` (only the chosen items need an image)."""
@@ -116,7 +128,7 @@ def load_items(
     split = halves(items)  # labels every item's `split` with its half
     items = (items if check_half(half) == ALL else split[half])[:n]
     if image_dir is not None:
-        _attach_images(items, image_dir)
+        _attach_images(items, image_dir, via)
     return items
 
 
@@ -216,7 +228,7 @@ def _item(path: Path, index: int, record: object) -> ConflictItem:
     )
 
 
-def _attach_images(items: list[ConflictItem], image_dir: Path) -> None:
+def _attach_images(items: list[ConflictItem], image_dir: Path, via: str) -> None:
     """Set each item's image to its file's path; the first id without a file is an error."""
     present = set(os.listdir(image_dir))
     for item in items:
@@ -225,7 +237,7 @@ def _attach_images(items: list[ConflictItem], image_dir: Path) -> None:
             names = " or ".join(image_file_names(item.scene_id))
             raise MC2DataError(
                 f"MC² image {item.scene_id} not in {image_dir} (expected {names}; "
-                f"set mc2_images or {MC2_IMAGES_ENV} to the folder holding all COCO images)"
+                f"{HOW[via]['images'][1]} {MC2_IMAGES_ENV} to the folder holding all COCO images)"
             )
         item.image = str(image_dir / found[0])
 

@@ -136,28 +136,14 @@ def resolve_data(name: str, mc2_json: str | None = None, mc2_images: str | None 
     else:
         raise ModarbError(f"unknown --data {name!r}; choose shapes, mc2 or mc2_paper:<model> "
                           f"({', '.join(PAPER_MODELS)})")
-    source = DataSource(name, _flag_hint(lambda: mc2.resolve_json(mc2_json, file_name)),
-                        _flag_hint(lambda: mc2.resolve_images(mc2_images)))
+    source = DataSource(name, mc2.resolve_json(mc2_json, file_name, via="flags"),
+                        mc2.resolve_images(mc2_images, via="flags"))
     for half, n in uses:
-        _flag_hint(lambda half=half, n=n: mc2.load_items(source.json_file, source.image_dir, n, half))
+        mc2.load_items(source.json_file, source.image_dir, n, half, via="flags")
         if half == "test":  # reproduce's controls are the benchmark's test half
-            benchmark = _flag_hint(lambda: mc2.resolve_json(str(source.json_file)))
-            _flag_hint(lambda n=n: mc2.load_items(benchmark, source.image_dir, n, half))
+            benchmark = mc2.resolve_json(str(source.json_file), via="flags")
+            mc2.load_items(benchmark, source.image_dir, n, half, via="flags")
     return source
-
-
-def _flag_hint(call):
-    """MC² errors name lm-eval's metadata keys; the analysis commands take flags."""
-    try:
-        return call()
-    except mc2.MC2DataError as error:
-        message = str(error).replace("pass --metadata '{\"mc2_json\": \"/path/to/evaluate_final.json\"}'",
-                                     "pass --mc2-json /path/to/evaluate_final.json")
-        message = message.replace("pass --metadata '{\"mc2_images\": \"/path/to/coco/val2014\"}'",
-                                  "pass --mc2-images /path/to/coco/val2014")
-        message = message.replace("set mc2_json or", "pass --mc2-json or set").replace(
-            "set mc2_images or", "pass --mc2-images or set")
-        raise mc2.MC2DataError(message) from None
 
 
 def first_token_candidates(item: ConflictItem, image_side: bool) -> list[str]:
