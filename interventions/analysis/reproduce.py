@@ -3,8 +3,9 @@
 Baseline scores -> information flow -> head identification -> blocking curve (top vs random)
 -> amplification on failed items -> a report folder (Markdown, figures, summary.json, the
 specs and the lm-eval results of every run, with the command that recomputes each).
-Identification and flow use the validation split; every score comes from lm-eval on the
-test split, so the heads are never chosen on the items they are judged on.
+Identification and flow use the validation split (MC²: the analysis half); every score comes
+from lm-eval on the test split (MC²: the test half), so the heads are never chosen on the items
+they are judged on. `data` picks shapes, mc2 or mc2_paper:<model> (interventions.analysis.data).
 """
 
 from __future__ import annotations

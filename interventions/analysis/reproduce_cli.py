@@ -20,7 +20,7 @@ def register(subparsers) -> None:
     defaults = _defaults()
     parser.add_argument("--model", default=None, help="local folder or cached hub id (default: the bundled organism)")
     parser.add_argument("--out", type=Path, default=defaults.out, help="report folder (default: %(default)s)")
-    parser.add_argument("--limit", type=int, default=defaults.limit, help="test items per task scored by lm-eval (default: %(default)s)")
+    parser.add_argument("--limit", type=int, default=defaults.limit, help="test items (MC²: test-half items) per task scored by lm-eval (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="default: %(default)s")
     parser.add_argument("--top", type=float, default=defaults.top, help="fraction of heads in the top set (default: %(default)s)")
     parser.add_argument("--fractions", type=_floats, default=defaults.fractions, help="blocking curve fractions, comma-separated")
@@ -29,7 +29,8 @@ def register(subparsers) -> None:
     parser.add_argument("--method", choices=("attribution", "ablation", "learned"), default=defaults.method,
                         help="ranking that picks the heads (default: %(default)s)")
     parser.add_argument("--analysis-items", type=int, default=defaults.analysis_items,
-                        help="validation items per instruction side for flow and identify (default: %(default)s)")
+                        help="validation (MC²: analysis-half) items per instruction side for flow and identify "
+                        "(default: %(default)s)")
     parser.add_argument("--learned-steps", type=int, default=defaults.learned_steps,
                         help="optimisation steps of the learned head mask (default: %(default)s)")
     parser.add_argument("--window", type=int, default=defaults.window, help="flow knockout window in layers (default: the odd count nearest 30%% of the depth)")
