@@ -25,7 +25,7 @@ SCOPE_SCHEMA = "modarb.cache-scope/v1"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 
-def model_fingerprint(model) -> dict[str, Any]:
+def weights_fingerprint(model) -> dict[str, Any]:
     """What identifies a loaded transformers model's answers: where it came from and what it is."""
     config = getattr(model, "config", None)
     name = str(getattr(model, "name_or_path", "") or getattr(config, "_name_or_path", ""))
@@ -50,7 +50,7 @@ def cache_scope(lm) -> dict[str, Any]:
     """The scope of `lm`'s cached answers: its own `cache_scope()` (hf-modarb), else its model's fingerprint."""
     if hasattr(lm, "cache_scope"):
         return lm.cache_scope()
-    return {"lm": type(lm).__name__, "model": model_fingerprint(getattr(lm, "model", None))}
+    return {"lm": type(lm).__name__, "model": weights_fingerprint(getattr(lm, "model", None))}
 
 
 def scope_id(scope: dict[str, Any]) -> str:

@@ -25,12 +25,13 @@ from lm_eval.models.hf_vlms import HFMultimodalLM
 from tqdm import tqdm
 
 from interventions.apply import apply_spec
-from interventions.cache import cache_record, model_fingerprint
+from interventions.cache import cache_record, weights_fingerprint
+from interventions.encoding import encode_multimodal, image_string
 from interventions.errors import ModarbError
 from interventions.organism import organism_path
 from interventions.processors import load_processor
 from interventions.spec import InterventionSpec, model_name
-from interventions.token_groups import image_token_id, token_groups
+from interventions.token_groups import doc_token_groups, image_token_id
 
 MODARB_VERSION = "0.1.0"
 
@@ -52,8 +53,11 @@ class ModarbVLM(HFMultimodalLM):
         if kwargs.get("device") is None:  # HFLM's own default is "cuda", even on a CPU-only machine
             kwargs["device"] = "cuda" if torch.cuda.is_available() else "cpu"
         super().__init__(str(organism_path()) if pretrained is None else pretrained, **kwargs)
+        # the analyses' rule too (interventions.encoding): Qwen's vision start/end, Gemma 3's begin-of-image
+        self.image_token = image_string(self.config, self.tokenizer, kwargs.get("image_string"),
+                                        int(kwargs["image_token_id"]) if kwargs.get("image_token_id") else None)
         self.spec = load_spec(self.model, spec=spec, block=block, amplify=amplify, alpha=alpha, positions=positions)
-        self._model_fingerprint = model_fingerprint(self.model)
+        self._model_fingerprint = weights_fingerprint(self.model)
         self.cache_path: str | None = None  # set by the scoped --use_cache wrapper (interventions/cache.py)
         self._docs_by_context: dict[str, dict] = {}
         self._batch_groups: dict[str, torch.Tensor] | None = None
@@ -95,15 +99,30 @@ class ModarbVLM(HFMultimodalLM):
         with _frozen_gc():
             return _by_modality(requests, lambda subset: parent(subset, disable_tqdm=disable_tqdm))
 
-    def tok_batch_multimodal_encode(self, strings, images, *args, **kwargs):
-        encoding = super().tok_batch_multimodal_encode(strings, images, *args, **kwargs)
-        self._batch_groups = self._groups(encoding, [self._docs_by_context.get(s) for s in strings])
+    def tok_batch_multimodal_encode(self, strings, images, padding_side="left", left_truncate_len=None,
+                                    truncation=False):
+        docs = [self._docs_by_context.get(s) for s in strings]
+        return self._encode(strings, images, docs, padding_side, left_truncate_len, truncation)
+
+    def _encode(self, strings, images, docs, padding_side="left", left_truncate_len=None, truncation=False):
+        """The stock encoder's steps through interventions.encoding (the function the analyses call),
+        and the batch's token groups."""
+        encoding, texts = encode_multimodal(
+            self.processor, getattr(self.config, "model_type", ""), strings, images, image_text=self.image_token,
+            chat_applied=self.chat_applied, max_images=self.max_images, rgb=self.rgb, padding_side=padding_side,
+            truncation=truncation,
+        )
+        encoding.to(self.device, self.model.dtype)
+        if left_truncate_len:
+            encoding["input_ids"] = encoding["input_ids"][:, -left_truncate_len:]
+            encoding["attention_mask"] = encoding["attention_mask"][:, -left_truncate_len:]
+        self._batch_groups = self._groups(encoding, texts, docs)
         return encoding
 
     def tok_batch_encode(self, strings, *args, **kwargs):
         input_ids, attention_mask = super().tok_batch_encode(strings, *args, **kwargs)
         encoding = {"input_ids": input_ids, "attention_mask": attention_mask}
-        self._batch_groups = self._groups(encoding, [self._docs_by_context.get(s) for s in strings])
+        self._batch_groups = self._groups(encoding, strings, [self._docs_by_context.get(s) for s in strings])
         return input_ids, attention_mask
 
     def _model_multimodal_generate(self, inputs, max_length, stop, **generation_kwargs):
@@ -149,8 +168,7 @@ class ModarbVLM(HFMultimodalLM):
             pairs = [_split_trailing_space(*request.args[:2]) for request in batch]
             strings = [context + continuation for context, continuation in pairs]
             visuals = [list(request.args[2]["visual"]) for request in batch]
-            encoding = super().tok_batch_multimodal_encode(strings, visuals)
-            self._batch_groups = self._groups(encoding, [request.doc for request in batch])
+            encoding = self._encode(strings, visuals, [request.doc for request in batch])
             with torch.no_grad(), self._intervention():
                 logits = self.model(**encoding).logits
             log_probs = F.log_softmax(logits.float(), dim=-1)
@@ -167,8 +185,8 @@ class ModarbVLM(HFMultimodalLM):
         return results
 
     # --- the intervention around one batch ---------------------------------------------------
-    def _groups(self, encoding, docs: Sequence[dict | None]) -> dict[str, torch.Tensor] | None:
-        """Token-group masks for the batch, built only when the spec needs them."""
+    def _groups(self, encoding, texts: Sequence[str], docs: Sequence[dict | None]) -> dict[str, torch.Tensor] | None:
+        """Token-group masks for the batch (`texts`: what the processor got), built only when the spec needs them."""
         if self.spec is None or not self.spec.groups_needed():
             return None
         missing = next((i for i, doc in enumerate(docs) if not doc or "spans" not in doc or "prompt" not in doc), None)
@@ -177,14 +195,7 @@ class ModarbVLM(HFMultimodalLM):
                 f"spec {self.spec.identity()} needs token groups {sorted(self.spec.groups_needed())}, but the task's docs "
                 "record no prompt spans; run it on a modarb task (they record them)"
             )
-        return token_groups(
-            encoding["input_ids"],
-            encoding["attention_mask"],
-            [doc["prompt"] for doc in docs],
-            [doc["spans"] for doc in docs],
-            self.tokenizer,
-            image_token_id(self.model.config),
-        )
+        return doc_token_groups(encoding, texts, docs, self.tokenizer, image_token_id(self.model.config))
 
     def _intervention(self):
         if self.spec is None:

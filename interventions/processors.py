@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     AutoProcessor,
     CLIPImageProcessorPil,
@@ -256,13 +256,7 @@ def tiny_tokenizer(family: str, config) -> PreTrainedTokenizerFast:
     """
     tokens = _family_tokens(family)
     text_config = config.get_text_config()
-    fixed = {
-        PAD: text_config.pad_token_id,
-        BOS: text_config.bos_token_id,
-        EOS: text_config.eos_token_id,
-        tokens.image: image_token_id(config),
-        **{text: getattr(config, attr) for text, attr in tokens.with_ids.values()},
-    }
+    fixed = _fixed_ids(tokens, config)
     trained = train_word_tokenizer().get_vocab()
     words = [w for w in sorted(trained, key=trained.get) if w not in fixed and w != IMAGE_PLACEHOLDER]
     vocab = _lay_out(fixed, [*words, *tokens.free.values()], text_config.vocab_size)
@@ -288,6 +282,71 @@ def tiny_tokenizer(family: str, config) -> PreTrainedTokenizerFast:
     )
 
 
+# Tokenizer kinds of the tiny families: the shapes word-level one, and two trained on given texts
+# (e.g. MC²) the way real VLMs' are: byte-level BPE (Qwen, GPT-2 style: every string encodes) and
+# SentencePiece-style BPE over "▁"-marked words without byte fallback (Llama style: unseen
+# characters, e.g. Chinese synonyms, are <unk>).
+TOKENIZER_KINDS = ("word", "byte_bpe", "sentencepiece")
+TRAINED_VOCAB = 1024  # the model's vocabulary is resized to this for the trained kinds
+TRAINED_MAX_LENGTH = 2048  # MC² contexts are a paragraph long
+
+
+def trained_tokenizer(family: str, config, kind: str, texts: list[str]) -> PreTrainedTokenizerFast:
+    """A BPE tokenizer of `kind` trained on `texts`, with every special id where `config` expects it
+    (the vocabulary size is the config's; random_init models are resized to TRAINED_VOCAB first)."""
+    tokens = _family_tokens(family)
+    text_config = config.get_text_config()
+    fixed = _fixed_ids(tokens, config)
+    specials = list(dict.fromkeys([*fixed, UNK, *tokens.free.values()]))
+    backend = Tokenizer(models.BPE(unk_token=None if kind == "byte_bpe" else UNK))
+    if kind == "byte_bpe":
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        backend.decoder = decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+    elif kind == "sentencepiece":
+        backend.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Split(Regex("\n"), behavior="isolated"), pre_tokenizers.Metaspace(prepend_scheme="first")]
+        )
+        backend.decoder = decoders.Metaspace(prepend_scheme="first")
+        alphabet = [chr(c) for c in range(32, 127)] + ["\n", "▁"]
+    else:
+        raise ModarbError(f"unknown tokenizer kind {kind!r}; choose one of {', '.join(TOKENIZER_KINDS)}")
+    limit = {} if kind == "byte_bpe" else {"limit_alphabet": len(alphabet)}  # non-ASCII (CJK) stays unknown
+    trainer = trainers.BpeTrainer(vocab_size=text_config.vocab_size - len(specials), special_tokens=[],
+                                  initial_alphabet=alphabet, **limit)
+    backend.train_from_iterator(texts, trainer)
+    learned = json.loads(backend.to_str())["model"]
+    ordered = sorted(learned["vocab"], key=learned["vocab"].get)
+    vocab = _lay_out(fixed, [t for t in ordered if t not in fixed] + [t for t in specials if t not in fixed],
+                     text_config.vocab_size)
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in learned["merges"]]
+    model = models.BPE(vocab, merges, unk_token=None if kind == "byte_bpe" else UNK)
+    rebuilt = Tokenizer(model)
+    rebuilt.pre_tokenizer, rebuilt.decoder = backend.pre_tokenizer, backend.decoder
+    rebuilt.add_special_tokens(specials)
+    rebuilt.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, vocab[BOS])]
+    )
+    extra = {"image_token": tokens.image, **{k: t for k, (t, _) in tokens.with_ids.items()}, **tokens.free}
+    return PreTrainedTokenizerFast(
+        tokenizer_object=rebuilt, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK,
+        extra_special_tokens=extra, padding_side="left", model_max_length=TRAINED_MAX_LENGTH,
+        chat_template=CHAT_TEMPLATE.replace(IMAGE_PLACEHOLDER, tokens.image_prompt),
+    )
+
+
+def _fixed_ids(tokens: FamilyTokens, config) -> dict[str, int]:
+    """PAD/BOS/EOS, the image token and the family's other special tokens at the ids `config` names."""
+    text_config = config.get_text_config()
+    return {
+        PAD: text_config.pad_token_id,
+        BOS: text_config.bos_token_id,
+        EOS: text_config.eos_token_id,
+        tokens.image: image_token_id(config),
+        **{text: getattr(config, attr) for text, attr in tokens.with_ids.values()},
+    }
+
+
 def _lay_out(fixed: dict[str, int], rest: list[str], vocab_size: int) -> dict[str, int]:
     """token -> id: `fixed` as given, `rest` on the lowest free ids, `<unused_N>` on the others."""
     taken = set(fixed.values())
@@ -300,13 +359,15 @@ def _lay_out(fixed: dict[str, int], rest: list[str], vocab_size: int) -> dict[st
     return vocab
 
 
-def build_tiny_processor(family: str, model: PreTrainedModel) -> ProcessorMixin:
-    """A processor matching `model`, a tiny random-init model of `family` (see random_init.py).
+def build_tiny_processor(family: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast | None = None
+                         ) -> ProcessorMixin:
+    """A processor matching `model`, a tiny random-init model of `family` (see random_init.py),
+    with `tokenizer` (default: the shapes word-level one).
 
     Each image becomes exactly the image tokens the model's vision tower produces.
     """
     config = model.config
-    tokenizer = tiny_tokenizer(family, config)
+    tokenizer = tokenizer or tiny_tokenizer(family, config)
     vision = config.vision_config
     side, patch = getattr(vision, "image_size", None), vision.patch_size  # Qwen sizes images by pixel count
     square = {"height": side, "width": side}
@@ -369,13 +430,21 @@ def build_tiny_processor(family: str, model: PreTrainedModel) -> ProcessorMixin:
     raise ModarbError(f"no tiny processor for family {family!r}; choose one of {', '.join(TINY_FAMILIES)}")
 
 
-def save_tiny_family(family: str, out_dir: str | Path, seed: int = 0, attn_implementation: str = "sdpa") -> Path:
+def save_tiny_family(family: str, out_dir: str | Path, seed: int = 0, attn_implementation: str = "sdpa",
+                     tokenizer: str = "word", texts: list[str] | None = None) -> Path:
     """Save a tiny random-init model of `family` with its processor into `out_dir`.
 
-    The folder loads back with AutoModelForImageTextToText.from_pretrained + load_processor.
+    `tokenizer`: one of TOKENIZER_KINDS; the trained kinds learn `texts` (e.g. MC²'s) and get a
+    TRAINED_VOCAB vocabulary and TRAINED_MAX_LENGTH positions. The folder loads back with
+    AutoModelForImageTextToText.from_pretrained + load_processor.
     """
     model, _ = build_tiny_model(family, attn_implementation=attn_implementation, seed=seed)
-    processor = build_tiny_processor(family, model)
+    if tokenizer == "word":
+        processor = build_tiny_processor(family, model)
+    else:
+        model.resize_token_embeddings(TRAINED_VOCAB, mean_resizing=False)
+        model.config.get_text_config().max_position_embeddings = TRAINED_MAX_LENGTH
+        processor = build_tiny_processor(family, model, trained_tokenizer(family, model.config, tokenizer, texts or []))
     out = Path(out_dir)
     model.save_pretrained(out)
     processor.save_pretrained(out)

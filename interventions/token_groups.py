@@ -18,6 +18,7 @@ from difflib import SequenceMatcher
 import torch
 
 from interventions.locate import InterventionError
+from modarb_tasks.prompts import IMAGE_PLACEHOLDER
 
 TEXT_GROUPS = ("system", "context", "instruction", "question", "constraint")
 GROUP_NAMES = ("system", "image", "context", "instruction", "question", "constraint", "last")
@@ -70,6 +71,46 @@ def token_groups(
         if positions:
             groups["last"][row, positions[-1]] = True
     return {name: mask.to(input_ids.device) for name, mask in groups.items()}
+
+
+def doc_token_groups(
+    encoding, texts: Sequence[str], docs: Sequence[Mapping], tokenizer, image_id: int
+) -> dict[str, torch.Tensor]:
+    """Token groups of a processor batch made from `texts` (what the processor got, one per doc).
+
+    Each doc's spans are moved from its `prompt` onto its text (see `spans_in`) and the text is
+    aligned with the row's expanded ids, so image tokens, roles and delimiters stay out of the text groups.
+    """
+    spans = [spans_in(text, doc["prompt"], doc["spans"]) for text, doc in zip(texts, docs, strict=True)]
+    return token_groups(encoding["input_ids"], encoding["attention_mask"], list(texts), spans, tokenizer, image_id)
+
+
+def spans_in(text: str, prompt: str, spans: Mapping[str, Sequence[int]]) -> dict[str, list[int]]:
+    """`spans` (part -> [start, end) in `prompt`) as positions in `text`.
+
+    `text` is `prompt` with each "<image>" replaced by the model's image string and possibly a chat
+    template around it: the pieces between images appear in it verbatim, in order (a template
+    may strip a piece's outer whitespace). Parts never straddle an image, so each moves with its piece.
+    """
+    moved: dict[str, list[int]] = {name: [0, 0] for name in spans}
+    cursor, start = 0, 0
+    for piece in prompt.split(IMAGE_PLACEHOLDER):
+        end = start + len(piece)
+        stripped = piece.strip()
+        if stripped:
+            lead = len(piece) - len(piece.lstrip())
+            found = text.find(piece, cursor)
+            if found < 0:
+                found = text.find(stripped, cursor) - lead
+                if found + lead < 0:
+                    raise InterventionError(f"prompt text {stripped[:40]!r} is not in the text given to the processor")
+            shift = found - start
+            for name, (span_start, span_end) in spans.items():
+                if span_start < span_end and start <= span_start and span_end <= end:
+                    moved[name] = [span_start + shift, span_end + shift]
+            cursor = found + lead + len(stripped)
+        start = end + len(IMAGE_PLACEHOLDER)
+    return moved
 
 
 def _groups_overlapping(start: int, end: int, spans: Mapping[str, Sequence[int]]) -> Iterable[str]:

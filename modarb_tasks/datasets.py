@@ -45,8 +45,8 @@ def shapes_dataset(
 
 
 @lru_cache(maxsize=None)
-def mc2_items(json_file: Path, image_dir: Path | None, n: int | None) -> tuple[ConflictItem, ...]:
-    return tuple(mc2.load_items(json_file, image_dir, n))
+def mc2_items(json_file: Path, image_dir: Path | None, n: int | None, half: str = "test") -> tuple[ConflictItem, ...]:
+    return tuple(mc2.load_items(json_file, image_dir, n, half))
 
 
 def mc2_dataset(
@@ -55,17 +55,20 @@ def mc2_dataset(
     mc2_json: str | None = None,
     mc2_images: str | None = None,
     n: int | None = None,
+    half: str = "test",
 ) -> dict:
-    """MC² docs for one task kind: the benchmark, or the paper subset in `subset_file`.
+    """MC² docs for one task kind: the benchmark, or the paper subset in `subset_file`; the test
+    half unless told otherwise (the analysis half is for identify / flow, see modarb_tasks.mc2).
 
     `mc2_json` / `mc2_images` default to the environment (see modarb_tasks.mc2); the image folder
     is only required for kinds with an image.
     """
+    mc2.check_half(half)
     json_file = mc2.resolve_json(mc2_json, subset_file)
     image_dir = None if kind == "language_control" else mc2.resolve_images(mc2_images)
-    return _mc2_dataset(kind, json_file, image_dir, n)
+    return _mc2_dataset(kind, json_file, image_dir, n, half)
 
 
 @lru_cache(maxsize=None)
-def _mc2_dataset(kind: str, json_file: Path, image_dir: Path | None, n: int | None) -> dict:
-    return {EVAL_SPLIT: docs_dataset(mc2_items(json_file, image_dir, n), kind)}
+def _mc2_dataset(kind: str, json_file: Path, image_dir: Path | None, n: int | None, half: str) -> dict:
+    return {EVAL_SPLIT: docs_dataset(mc2_items(json_file, image_dir, n, half), kind)}

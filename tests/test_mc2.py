@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,8 +36,9 @@ def write_stand_in_images(folder: Path, image_ids: list[str]) -> None:
         Image.new("RGB", (20 + i, 10), (i * 40 % 256, 0, 0)).save(folder / name)
 
 
-def _first_ids(json_file: Path, n: int) -> list[str]:
-    return [r["image_id"] for r in json.loads(json_file.read_text())[:n]]
+def _first_ids(json_file: Path, n: int, half: str = "test") -> list[str]:
+    """Image ids of the first `n` items of a half (the mc2 tasks score the test half by default)."""
+    return [item.scene_id for item in mc2.load_items(json_file, n=n, half=half)]
 
 
 def test_benchmark_loads_all_2000_items():
@@ -80,9 +85,9 @@ def test_docs_load_with_stand_in_images(tmp_path):
     assert len(docs) == 3
     assert [doc["image"].size for doc in docs] == [(20, 10), (21, 10), (22, 10)]
     assert [doc["scene_id"] for doc in docs] == ids
-    items = mc2.load_items(BENCHMARK, n=3)
+    items = mc2.load_items(BENCHMARK, n=3, half="test")
     assert [doc["prompt"] for doc in docs] == [to_doc(i, "follow_image")["prompt"] for i in items]
-    assert docs[0]["target"] == "eating"
+    assert docs[0]["target"] == items[0].answer_image and docs[0]["split"] == "test"
 
 
 def test_environment_variables_are_used_and_metadata_wins(tmp_path, monkeypatch):
@@ -165,3 +170,60 @@ def test_error_malformed_json(tmp_path, content, problem):
     path = tmp_path / "evaluate_final.json"
     path.write_text(content)
     assert _error(lambda: mc2.load_items(mc2.resolve_json(str(path)))) == f"malformed MC² JSON {path}: {problem}"
+
+
+# --- the analysis and test halves -------------------------------------------------------------
+@pytest.mark.parametrize("file_name", [mc2.BENCHMARK_FILE, *mc2.PAPER_SUBSETS.values()])
+def test_halves_are_disjoint_cover_every_item_and_split_each_task_type_evenly(file_name):
+    items = mc2.load_items(MC2_DATA / file_name)
+    halves = mc2.halves(items)
+    ids = {name: {item.item_id for item in half} for name, half in halves.items()}
+    assert not ids["analysis"] & ids["test"]
+    assert ids["analysis"] | ids["test"] == {item.item_id for item in items}
+    for task in {item.question_type for item in items}:
+        counts = {name: sum(item.question_type == task for item in half) for name, half in halves.items()}
+        assert counts["test"] - counts["analysis"] in (0, 1)  # half of each task type, rounded down, analyses
+    assert all(item.split == name for name, half in halves.items() for item in half)
+    types = len({item.question_type for item in items})
+    for half in halves.values():  # the first items of a half take one of each task type in turn
+        assert len({item.question_type for item in half[:types]}) == types
+
+
+# sha256 of the sorted item ids of the benchmark's analysis half, when the split was made
+# (2026-12-01): any change to the split rule or to evaluate_final.json shows here.
+BENCHMARK_ANALYSIS_DIGEST = "f87c135b0344a6d7e820e5adc112a12038e8479ce4d267e5f3be78a2b4468656"
+
+
+def test_halves_are_stable_across_runs_and_machines():
+    """The half of an item is a function of its text alone (SHA-256, not Python's salted hash, not
+    the file order): shuffling the file moves no item, another process with another hash seed
+    lists the same half, and the benchmark's analysis half is the one recorded above."""
+    items = mc2.load_items(BENCHMARK)
+    first = {item.item_id: item.split for item in items}
+    shuffled = list(reversed(items))
+    assert {item.item_id: item.split for half in mc2.halves(shuffled).values() for item in half} == first
+    probe = items[0]
+    digest = hashlib.sha256(f"{probe.question_type}|{probe.scene_id}|{probe.question}".encode()).hexdigest()
+    assert mc2.split_key(probe) == digest
+    script = ("from modarb_tasks import mc2; import sys; items = mc2.load_items(mc2.Path(sys.argv[1]), half='test');"
+              "print(','.join(i.item_id for i in items))")
+    other = subprocess.run([sys.executable, "-c", script, str(BENCHMARK)], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": "12345"})
+    assert other.stdout.strip().split(",") == [item.item_id for item in mc2.load_items(BENCHMARK, half="test")]
+    analysis = sorted(i for i, half in first.items() if half == "analysis")
+    assert len(analysis) == 1000
+    assert hashlib.sha256(",".join(analysis).encode()).hexdigest() == BENCHMARK_ANALYSIS_DIGEST
+
+
+def test_mc2_tasks_score_the_test_half_unless_told(tmp_path):
+    data = {half: mc2_dataset("language_control", mc2_json=str(BENCHMARK), half=half)["test"]
+            for half in ("test", "analysis", "all")}
+    assert len(data["test"]) + len(data["analysis"]) == len(data["all"]) == 2000
+    assert set(data["test"]["split"]) == {"test"} and set(data["analysis"]["split"]) == {"analysis"}
+    from modarb_tasks.tasks import utils
+
+    assert utils.mc2("language_control", mc2_json=str(BENCHMARK))["test"]["item_id"] == data["test"]["item_id"]
+    assert utils.mc2("language_control", mc2_json=str(BENCHMARK), mc2_half="analysis")["test"]["item_id"] == (
+        data["analysis"]["item_id"])
+    assert "choose analysis, test or all" in _error(lambda: mc2_dataset("language_control", mc2_json=str(BENCHMARK),
+                                                                         half="train"))

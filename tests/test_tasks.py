@@ -132,7 +132,7 @@ def test_loglikelihood_variant_requests_both_answers_with_their_leading_space():
 @pytest.mark.skipif(not MC2_DATA.is_dir(), reason=f"real MC² files not found at {MC2_DATA}")
 def test_mc2_groups_build_from_metadata(tmp_path):
     for json_name in (mc2.BENCHMARK_FILE, *mc2.PAPER_SUBSETS.values()):
-        for record in mc2.load_items(MC2_DATA / json_name, n=2):
+        for record in mc2.load_items(MC2_DATA / json_name, n=2, half="test"):  # the tasks score the test half
             Image.new("RGB", (12, 12)).save(tmp_path / f"{record.scene_id}.jpg")
     metadata = {"mc2_json": str(MC2_DATA / mc2.BENCHMARK_FILE), "mc2_images": str(tmp_path), "mc2_n": 2}
     names = ["modality_following_mc2", "modality_controls_mc2", "modality_following_mc2_paper"]
@@ -143,7 +143,9 @@ def test_mc2_groups_build_from_metadata(tmp_path):
         assert task.doc_to_text(doc) == doc["prompt"]
         if name != "mc2_language_control":
             assert isinstance(task.doc_to_image(doc)[0], Image.Image)
-    assert tasks["mc2_paper_follow_text_qwen2_5_vl_7b"].test_docs()[0]["question"] == "What are the giraffes doing?"
+    first_test_item = mc2.load_items(MC2_DATA / mc2.PAPER_SUBSETS["follow_text_qwen2_5_vl_7b"], n=1, half="test")[0]
+    assert tasks["mc2_paper_follow_text_qwen2_5_vl_7b"].test_docs()[0]["question"] == first_test_item.question
+    assert {doc["split"] for task in tasks.values() for doc in task.test_docs()} == {"test"}
 
 
 # ---- end to end: stock hf-multimodal on a tiny LLaVA that always answers the same word ----

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from PIL import Image
 
-from interventions.encoding import encode_docs_text
+from interventions.encoding import encode_multimodal, encode_text, image_string
 from interventions.errors import ModarbError
-from interventions.token_groups import image_token_id, token_groups
+from interventions.token_groups import doc_token_groups, image_token_id
 
 
 @dataclass
@@ -32,24 +34,35 @@ class DocBatch:
 
 
 def encode_docs(model, processor, docs: Sequence[dict]) -> DocBatch:
-    """Encode `docs` (lm-eval docs from modarb_tasks.docs.to_doc) for one forward pass."""
+    """Encode `docs` (lm-eval docs from modarb_tasks.docs.to_doc) for one forward pass, as hf-modarb
+    encodes them (interventions.encoding): the model's image string, one processor call."""
     tokenizer = processor.tokenizer
+    images = [[load_image(doc["image"])] if doc.get("image") is not None else [] for doc in docs]
     prompts = [doc["prompt"] for doc in docs]
-    inputs = encode_docs_text(processor, prompts, docs, padding_side="left")
+    if any(images):
+        inputs, texts = encode_multimodal(processor, model.config.model_type, prompts, images,
+                                          image_text=image_string(model.config, tokenizer))
+    else:  # language-control docs: hf-modarb's text-only path
+        inputs, texts = encode_text(tokenizer, prompts), prompts
     inputs = {key: value.to(model.device) for key, value in inputs.items()}
     if "pixel_values" in inputs:
         inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-    groups = token_groups(
-        inputs["input_ids"], inputs["attention_mask"], prompts, [doc["spans"] for doc in docs],
-        tokenizer, image_token_id(model.config),
-    )
+    groups = doc_token_groups(inputs, texts, docs, tokenizer, image_token_id(model.config))
     return DocBatch(
         docs=list(docs),
         inputs=inputs,
         groups=groups,
-        follow_ids=[answer_token_ids(tokenizer, doc["prompt"], doc["candidates_follow"]) for doc in docs],
-        compete_ids=[answer_token_ids(tokenizer, doc["prompt"], doc["candidates_compete"]) for doc in docs],
+        follow_ids=[answer_token_ids(tokenizer, text, doc["candidates_follow"]) for text, doc in zip(texts, docs)],
+        compete_ids=[answer_token_ids(tokenizer, text, doc["candidates_compete"]) for text, doc in zip(texts, docs)],
     )
+
+
+def load_image(image):
+    """A doc's image as PIL: MC² docs hold the file path, decoded here, one batch at a time."""
+    if isinstance(image, (str, Path)):
+        with Image.open(image) as opened:
+            return opened.convert("RGB")
+    return image
 
 
 def iter_batches(model, processor, docs: Sequence[dict], batch_size: int) -> Iterator[DocBatch]:
@@ -59,18 +72,32 @@ def iter_batches(model, processor, docs: Sequence[dict], batch_size: int) -> Ite
 
 def answer_token_ids(tokenizer, prompt: str, candidates: Sequence[str]) -> list[int]:
     """The distinct first tokens the model would emit to start each candidate after `prompt`."""
+    firsts = first_token_ids(tokenizer, prompt, candidates)
+    if not firsts:
+        raise ModarbError(
+            f"no candidate in {list(candidates)!r} gives a known first token; check the tokenizer covers the answers"
+        )
+    return firsts
+
+
+def first_token_ids(tokenizer, prompt: str, candidates: Sequence[str]) -> list[int]:
+    """Like answer_token_ids, but [] where no candidate has a known first token (e.g. Chinese
+    synonyms under a tokenizer without them: those candidates drop out).
+
+    A leading token that is only whitespace (a bare "Ġ" / "▁" that BPE tokenizers emit before a
+    word they have no space-joined token for) is skipped: it says nothing about the answer, and
+    both modalities' candidates would share it."""
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     firsts: list[int] = []
     for candidate in candidates:
         full = tokenizer(f"{prompt} {candidate}", add_special_tokens=False)["input_ids"]
         if len(full) > len(prompt_ids) and full[: len(prompt_ids)] == prompt_ids:
-            token = full[len(prompt_ids)]
+            answer = full[len(prompt_ids) :]
+            while len(answer) > 1 and not tokenizer.decode(answer[:1]).strip():
+                answer = answer[1:]
+            token = answer[0]
             if token not in firsts and token != tokenizer.unk_token_id:
                 firsts.append(token)
-    if not firsts:
-        raise ModarbError(
-            f"no candidate in {list(candidates)!r} gives a known first token; check the tokenizer covers the answers"
-        )
     return firsts
 
 

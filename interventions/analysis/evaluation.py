@@ -15,18 +15,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from interventions.analysis.data import SHAPES_TASKS, TaskSet
 from interventions.lm import ModarbVLM
 from interventions.spec import InterventionSpec
 from modarb_tasks import TASKS_PATH
 
-FOLLOW_TASKS = ("mf_follow_image", "mf_follow_text")
-CONTROL_TASKS = ("mf_visual_control", "mf_language_control")
-HEADLINE = {  # summary key -> (task, metric)
-    "follow_image": ("mf_follow_image", "mf_ratio"),
-    "follow_text": ("mf_follow_text", "mf_ratio"),
-    "visual_control": ("mf_visual_control", "acc"),
-    "language_control": ("mf_language_control", "acc"),
-}
+
+def headline(tasks: TaskSet) -> dict[str, tuple[str, str]]:
+    """summary key -> (task, metric) for one task set."""
+    return {
+        "follow_image": (tasks.follow_image, "mf_ratio"),
+        "follow_text": (tasks.follow_text, "mf_ratio"),
+        "visual_control": (tasks.visual_control, "acc"),
+        "language_control": (tasks.language_control, "acc"),
+    }
 
 
 @dataclass
@@ -36,6 +38,7 @@ class Run:
     name: str
     scores: dict[str, float]
     follow_by_doc: dict[str, dict[int, float]]  # follow task -> doc_id -> follow (0/1)
+    type_by_doc: dict[str, dict[int, str]]  # follow task -> doc_id -> question type (MC²: its task type)
     results_file: Path
     command: str
     spec_file: Path | None = None  # where the spec was written (the run's folder)
@@ -53,6 +56,7 @@ class Evaluator:
         limit: int | None,
         batch_size: int,
         display_dir: Path | None = None,
+        tasks: TaskSet = SHAPES_TASKS,
         use_cache: Path | None = None,
     ):
         self.lm = lm
@@ -61,6 +65,7 @@ class Evaluator:
         self.display_dir = display_dir or out_dir  # where the runs will be when the user reads the commands
         self.limit = limit
         self.batch_size = batch_size
+        self.tasks = tasks  # which tasks score follow image/text and the controls (shapes or MC²)
         # lm-eval's request cache, scoped by model and spec (interventions/cache.py): a rerun resumes
         self.use_cache = str(Path(use_cache) / "requests") if use_cache is not None else None
         from lm_eval.tasks import TaskManager
@@ -69,16 +74,18 @@ class Evaluator:
 
         cache.install()
 
-        self.task_manager = TaskManager(include_path=TASKS_PATH)
+        self.task_manager = TaskManager(include_path=TASKS_PATH, metadata=tasks.metadata or None)
 
     def run(
         self,
         name: str,
         spec: InterventionSpec | None,
-        tasks: Sequence[str] = FOLLOW_TASKS + CONTROL_TASKS,
+        tasks: Sequence[str] | None = None,
         samples: dict[str, list[int]] | None = None,
     ) -> Run:
-        """Score `tasks` under `spec` (None: baseline); `samples` picks doc ids per task instead of --limit."""
+        """Score `tasks` (default: all four of the task set) under `spec` (None: baseline); `samples`
+        picks doc ids per task instead of --limit."""
+        tasks = (*self.tasks.follow, *self.tasks.controls) if tasks is None else tasks
         import lm_eval
         from lm_eval.loggers import EvaluationTracker
 
@@ -111,10 +118,15 @@ class Evaluator:
         results_file = max((run_dir / "results").glob("results_*.json"))
         return Run(
             name=name,
-            scores=_headline_scores(results["results"]),
+            scores=_headline_scores(results["results"], headline(self.tasks)),
             follow_by_doc={
                 task: {sample["doc_id"]: float(sample["follow"]) for sample in logged[task]}
-                for task in FOLLOW_TASKS
+                for task in self.tasks.follow
+                if task in logged
+            },
+            type_by_doc={
+                task: {sample["doc_id"]: sample["doc"].get("question_type", "") for sample in logged[task]}
+                for task in self.tasks.follow
                 if task in logged
             },
             results_file=results_file,
@@ -126,6 +138,8 @@ class Evaluator:
     def _command(self, model_args: str, tasks, limit, samples) -> str:
         parts = ["modarb", "eval", "--model", "hf-modarb"] + (["--model_args", model_args] if model_args else [])
         parts += ["--tasks", ",".join(tasks)]
+        if self.tasks.metadata:
+            parts += ["--metadata", json.dumps(self.tasks.metadata, separators=(",", ":"))]
         parts += ["--batch_size", str(self.batch_size)]
         if self.use_cache is not None:
             parts += ["--use_cache", self.use_cache]
@@ -136,9 +150,9 @@ class Evaluator:
         return shlex.join(parts)
 
 
-def _headline_scores(task_results: dict) -> dict[str, float]:
+def _headline_scores(task_results: dict, keys: dict[str, tuple[str, str]]) -> dict[str, float]:
     scores = {}
-    for key, (task, metric) in HEADLINE.items():
+    for key, (task, metric) in keys.items():
         if task in task_results:
             scores[key] = float(task_results[task][f"{metric},none"])
     if "follow_image" in scores and "follow_text" in scores:

@@ -13,7 +13,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from interventions.analysis.evaluation import CONTROL_TASKS, FOLLOW_TASKS, Evaluator, Run
+from interventions.analysis.evaluation import Evaluator, Run
 from interventions.spec import HeadScale, InterventionSpec, ModelFingerprint
 
 Head = tuple[int, int]
@@ -96,8 +96,8 @@ def block_each_ranking(
 def failed_items(baseline: Run) -> dict[str, list[int]]:
     """Doc ids of each follow task that the baseline did not follow."""
     return {
-        task: sorted(doc for doc, follow in baseline.follow_by_doc.get(task, {}).items() if follow < 1)
-        for task in FOLLOW_TASKS
+        task: sorted(doc for doc, follow in follows.items() if follow < 1)
+        for task, follows in baseline.follow_by_doc.items()
     }
 
 
@@ -124,12 +124,12 @@ def amplification_sweep(
 ) -> list[AmplifyPoint]:
     """Amplify `heads` by each α on the baseline's failed follow items (+ the controls)."""
     failed = failed_items(baseline)
-    samples = {**failed, **{task: list(control_ids) for task in CONTROL_TASKS}}
+    samples = {**failed, **{task: list(control_ids) for task in evaluator.tasks.controls}}
     points = []
     for alpha in alphas:
         progress(f"amplify x{alpha:g}")
         spec = scaled_spec(fingerprint, heads, alpha, {"name": f"amplify top x{alpha:g}", "method": "ranking"})
         run = evaluator.run(f"amplify_x{alpha:g}", spec, samples=samples)
-        restored = sum(int(follow) for task in FOLLOW_TASKS for follow in run.follow_by_doc.get(task, {}).values())
+        restored = sum(int(follow) for task in failed for follow in run.follow_by_doc.get(task, {}).values())
         points.append(AmplifyPoint(alpha, restored, sum(map(len, failed.values())), run))
     return points

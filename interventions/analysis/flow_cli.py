@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from interventions.analysis.data import add_data_arguments
 from interventions.errors import ModarbError
 from interventions.files import write_atomic
 
@@ -39,13 +40,17 @@ def register(subparsers) -> None:
                         help="knockout window in layers (default: the odd number nearest 30%% of the depth; 1 on the "
                         "6-layer organism)")
     parser.add_argument("--n-items", type=int, default=32,
-                        help="shapes items per layout and instruction side (default: %(default)s)")
+                        help="items (shapes, or MC²'s analysis half) per layout and instruction side "
+                        "(default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=32, help="docs per forward (default: %(default)s)")
-    parser.add_argument("--split", default="validation", help="shapes split (default: %(default)s)")
+    parser.add_argument("--split", default="validation", help="shapes split (default: %(default)s); MC² data always uses its analysis half")
     parser.add_argument("--layouts", default=",".join(DEFAULT_LAYOUTS),
                         help="prompt layouts, comma-separated (default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 (default: %(default)s)")
+    add_data_arguments(parser)
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="allow the model folder's own Python code (needed by some families; off by default: it runs code from the folder)")
     parser.set_defaults(func=_run)
 
 
@@ -98,15 +103,19 @@ def run_flow(
     layouts: Sequence[str] = DEFAULT_LAYOUTS,
     model_name: str | None = None,
     progress: bool = True,
+    docs: Sequence[dict] | None = None,
+    data: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run the sweep, the lens and the contributions; write out/flow.json and out/flow_*.png; return the JSON."""
+    """Run the sweep, the lens and the contributions; write out/flow.json and out/flow_*.png; return the JSON.
+
+    `docs`: follow docs to use instead of the shapes `split` (e.g. MC²'s analysis half), described by `data`."""
     from interventions.analysis import flow_plots
     from interventions.analysis.flow import flow_sweep
     from interventions.analysis.lens import logit_lens
 
     check_counts(window, n_items, batch_size)
     start = time.perf_counter()
-    docs = follow_docs(n_items, split, layouts)
+    docs = follow_docs(n_items, split, layouts) if docs is None else list(docs)
     sweep = flow_sweep(model, processor, docs, window=window, batch_size=batch_size, progress=progress)
     lens = logit_lens(model, processor, docs, batch_size=batch_size, progress=progress)
     out = Path(out)
@@ -119,8 +128,10 @@ def run_flow(
     document = {
         "schema": SCHEMA_VERSION,
         "model": model_name or "modarb-organism",
-        "command": command_line(model_name, out, sweep.window, n_items, batch_size, split, layouts),
-        "split": split,
+        "command": command_line(model_name, out, sweep.window, n_items, batch_size, split, layouts)
+        + (data or {}).get("flags", ""),
+        "split": data["analysis_half"] if data else split,
+        **({"data": data} if data else {}),
         "layouts": list(layouts),
         "n_items": n_items,
         "batch_size": batch_size,
@@ -136,13 +147,20 @@ def run_flow(
 
 
 def _run(args: argparse.Namespace) -> int:
+    from interventions.analysis.data import data_record, docs_line, prepare_docs, resolve_data
     from interventions.loading import load_model
 
     layouts = parse_layouts(args.layouts)
     check_counts(args.window, args.n_items, args.batch_size)
-    model, processor = load_model(args.model, device=args.device, dtype=args.dtype)
+    source = resolve_data(args.data, args.mc2_json, args.mc2_images, uses=[("analysis", args.n_items)])
+    docs, dropped = prepare_docs(source, args.model, args.n_items, FOLLOW_KINDS, layouts, half=args.split,
+                                 trust_remote_code=args.trust_remote_code)
+    print(docs_line(source, docs, dropped))
+    model, processor = load_model(args.model, device=args.device, dtype=args.dtype,
+                                  trust_remote_code=args.trust_remote_code)
     document = run_flow(model, processor, args.out, n_items=args.n_items, window=args.window,
-                        batch_size=args.batch_size, split=args.split, layouts=layouts, model_name=args.model)
+                        batch_size=args.batch_size, split=args.split, layouts=layouts, model_name=args.model,
+                        docs=docs, data=data_record(source, dropped, len(docs)) if source.is_mc2 or dropped else None)
     print(f"flow: wrote {Path(args.out) / 'flow.json'} and {len(document['figures'])} figures "
           f"(window {document['window']}, {document['seconds']['total']:.0f} s)")
     return 0

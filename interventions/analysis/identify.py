@@ -447,8 +447,11 @@ def run_identify(
     curve_heads: int = 3,
     model_name: str | None = None,
     progress: bool = True,
+    docs: Sequence[dict] | None = None,
+    data: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Rank every head on `n_items` shapes validation items; write `out`; return identify.json's content.
+    """Rank every head on `n_items` shapes validation items (or on `docs`, e.g. MC²'s analysis half,
+    described by `data`); write `out`; return identify.json's content.
 
     Writes heads_<method>.png per ranking, gate_response.png (how the top `curve_heads` heads of
     each ranking act as their gate goes from 0 to 8), spec_top<percent>.json (the `method` ranking's top heads
@@ -467,7 +470,7 @@ def run_identify(
         raise ModarbError(f"method {method!r} needs its ranking; do not skip it")
     start = time.perf_counter()
     result = identify(
-        model, processor, shapes_docs(n_items, SPLIT), fraction=top, batch_size=batch_size, exact=exact,
+        model, processor, shapes_docs(n_items, SPLIT) if docs is None else docs, fraction=top, batch_size=batch_size, exact=exact,
         learned=learned, learned_options=LearnedMaskOptions(steps=learned_steps), response_heads=curve_heads,
         seed=seed, progress=progress,
     )
@@ -478,6 +481,8 @@ def run_identify(
                            curve_heads=curve_heads)
     provenance = {"method": method, "fraction": top, "split": SPLIT, "n_items": n_items, "data_seed": DATA_SEED,
                   "seed": seed, "command": command}
+    if data is not None:  # MC²: the analysis half of the named file; the command names the data flags
+        provenance |= {"split": data["analysis_half"], "data": data, "command": command + data.get("flags", "")}
     chosen = top_heads(result.rankings[method].scores, top)
     out.mkdir(parents=True, exist_ok=True)
     block_spec(model, chosen, provenance).save(out / spec_name(top))

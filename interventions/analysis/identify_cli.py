@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from interventions.analysis.data import add_data_arguments
 from interventions.analysis.identify import METHODS, LearnedMaskOptions, check_fraction
 from interventions.errors import ModarbError
 
@@ -19,7 +20,8 @@ def register(subparsers) -> None:
         help="rank every attention head's role in modality arbitration (attribution, exact ablation, learned mask) "
         "and write a spec blocking the top heads",
         description="Score every decoder attention head by its effect on the following-minus-competitor logit "
-        "difference of the first answer token, on the shapes validation split (the test split stays for lm-eval). "
+        "difference of the first answer token, on the shapes validation split or MC²'s analysis half (--data; the "
+        "test split / half stays for lm-eval). "
         "Writes identify.json, heads_<method>.png heat-maps and spec_top<percent>.json for hf-modarb.",
     )
     parser.add_argument("--model", default=None, help="model folder or cached hub id (default: the bundled organism)")
@@ -40,6 +42,9 @@ def register(subparsers) -> None:
     parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the learned mask (default: %(default)s)")
+    add_data_arguments(parser)
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="allow the model folder's own Python code (needed by some families; off by default: it runs code from the folder)")
     parser.set_defaults(func=run)
 
 
@@ -64,12 +69,21 @@ def run(args: argparse.Namespace) -> int:
     from interventions.analysis.identify import run_identify
     from interventions.loading import load_model
 
+    from interventions.analysis.data import data_record, docs_line, prepare_docs, resolve_data
+    from interventions.analysis.identify import CONTROL_KINDS, FOLLOW_KINDS
+
     check_args(args)
-    model, processor = load_model(args.model, device=args.device, dtype=args.dtype)
+    source = resolve_data(args.data, args.mc2_json, args.mc2_images, uses=[("analysis", args.n_items)])
+    docs, dropped = prepare_docs(source, args.model, args.n_items, (*FOLLOW_KINDS, *CONTROL_KINDS),
+                                 trust_remote_code=args.trust_remote_code)
+    print(docs_line(source, docs, dropped))
+    model, processor = load_model(args.model, device=args.device, dtype=args.dtype,
+                                  trust_remote_code=args.trust_remote_code)
     document = run_identify(
         model, processor, args.out, top=args.top, method=args.method, n_items=args.n_items,
         batch_size=args.batch_size, seed=args.seed, exact=not args.no_exact, learned=not args.no_learned,
         learned_steps=args.learned_steps, curve_heads=args.curve_heads, model_name=args.model,
+        docs=docs, data=data_record(source, dropped, len(docs)) if source.is_mc2 or dropped else None,
     )
     heads = ", ".join(f"L{l}H{h}" for l, h in document["spec_heads"])
     print(f"identify: wrote {args.out / 'identify.json'}; {args.out / document['spec']} blocks {heads} ({args.method})")

@@ -31,7 +31,8 @@ from interventions.locate import UnsupportedModelError, locate_heads
 
 @dataclass(frozen=True)
 class DecoderParts:
-    """The modules the lens reads: decoder layers, their attention and MLP, final norm, unembedding."""
+    """The modules the lens reads: decoder layers, what each adds to the residual stream (its attention
+    and MLP output, or their post-norms in Gemma-style layers), final norm, unembedding."""
 
     layers: tuple[nn.Module, ...]
     attentions: tuple[nn.Module, ...]
@@ -54,6 +55,10 @@ def decoder_parts(model: nn.Module) -> DecoderParts:
             f"{type(model).__name__} is not a Llama-like decoder (layers with .mlp, a decoder .norm, a linear "
             "lm_head); the logit lens supports those"
         )
+    if all(hasattr(layer, "post_feedforward_layernorm") for layer in layers):
+        # Gemma 2/3 "sandwich" layers add norm(attention) and norm(MLP): those outputs are what the residual gets.
+        attentions = tuple(layer.post_attention_layernorm for layer in layers)
+        mlps = tuple(layer.post_feedforward_layernorm for layer in layers)
     return DecoderParts(layers, attentions, mlps, final_norm, unembedding)
 
 

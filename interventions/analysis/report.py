@@ -117,10 +117,12 @@ def markdown(summary: dict, flow: dict, folder: Path) -> str:
     lines = [
         f"# modarb reproduce — {summary['model']}",
         "",
-        f"Model: {summary['fingerprint']}. Scores: lm-eval on the `shapes` test split, first {summary['limit']} items "
-        "per task. Heads and flow: the validation split. "
+        f"Model: {summary['fingerprint']}. Scores: lm-eval on the `{summary['data']['data']}` test "
+        f"{'half' if summary['data']['data'] != 'shapes' else 'split'}, first {summary['limit']} items per task. "
+        f"Heads and flow: the {summary['data']['analysis_half']} {'half' if summary['data']['data'] != 'shapes' else 'split'}. "
         f"Wall time: {summary['seconds']:.0f} s.",
         "",
+        *data_section(summary["data"]),
         "## Targets (the paper's shape)",
         "",
         "| check | value | bar | met |",
@@ -199,6 +201,24 @@ def markdown(summary: dict, flow: dict, folder: Path) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def data_section(data: dict) -> list[str]:
+    """Which data, which halves, what the analyses dropped and why, MF ratio per question type."""
+    lines = ["## Data", "", f"Data: `{data['data']}`; analyses on the {data['analysis_half']} half/split, scores on "
+             f"the {data['test_half']} half/split (tasks {', '.join(data['scored_tasks'])})."]
+    if "mc2_json" in data:
+        lines.append(f"MC² JSON: `{data['mc2_json']}`; images: `{data['mc2_images']}`.")
+    for analysis, dropped in data["dropped"].items():
+        lines.append(f"Docs dropped by {analysis}: " + ("none" if not dropped else
+                     "; ".join(f"{count} ({reason})" for reason, count in dropped.items())) + ".")
+    by_type = data["mf_ratio_by_type"]
+    lines += ["", "| question type | MF ratio (baseline) | MF ratio (block top) | n per follow task |",
+              "|---|---:|---:|---:|"]
+    for kind, base in by_type["baseline"].items():
+        top = by_type["block_top"].get(kind, {}).get("mf_ratio")
+        lines.append(f"| {kind} | {_fmt(base['mf_ratio'])} | {_fmt(top)} | {max(base['n'].values())} |")
+    return [*lines, ""]
 
 
 def gate_findings(identified: dict) -> list[str]:

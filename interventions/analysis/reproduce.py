@@ -3,8 +3,9 @@
 Baseline scores -> information flow -> head identification -> blocking curve (top vs random)
 -> amplification on failed items -> a report folder (Markdown, figures, summary.json, the
 specs and the lm-eval results of every run, with the command that recomputes each).
-Identification and flow use the validation split; every score comes from lm-eval on the
-test split, so the heads are never chosen on the items they are judged on.
+Identification and flow use the validation split (MC²: the analysis half); every score comes
+from lm-eval on the test split (MC²: the test half), so the heads are never chosen on the items
+they are judged on. `data` picks shapes, mc2 or mc2_paper:<model> (interventions.analysis.data).
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ class ReproduceConfig:
     device: str | None = None
     dtype: str = "float32"
     use_cache: Path | None = None  # lm-eval's request cache folder: a rerun answers finished runs from it
+    trust_remote_code: bool = False  # run the model folder's own code (some families need it)
+    data: str = "shapes"  # shapes, mc2 or mc2_paper:<model> (interventions.analysis.data)
+    mc2_json: str | None = None  # default: $MODARB_MC2_JSON
+    mc2_images: str | None = None  # default: $MODARB_MC2_IMAGES
     steps: list[str] = field(default_factory=list)
 
 
@@ -55,17 +60,31 @@ def reproduce(config: ReproduceConfig) -> dict:
     """Run every experiment and write the report folder; returns summary.json's content."""
     if not 0 < config.top < 1 or config.top not in config.fractions:
         raise ModarbError(f"--top {config.top} must be one of the blocking fractions {list(config.fractions)}")
+    from interventions.analysis.data import analysis_docs, data_record, prepare_docs, resolve_data
+    from interventions.analysis.flow_cli import DEFAULT_LAYOUTS, FOLLOW_KINDS
+    from interventions.analysis.identify import CONTROL_KINDS
     from interventions.lm import ModarbVLM
 
+    source = resolve_data(config.data, config.mc2_json, config.mc2_images,
+                          uses=[("analysis", config.analysis_items), ("test", config.limit)])
+    flow_docs, flow_dropped = prepare_docs(source, config.model, config.analysis_items, FOLLOW_KINDS, DEFAULT_LAYOUTS,
+                                           trust_remote_code=config.trust_remote_code)
     started = time.perf_counter()
     quiet_lm_eval()
     work = Path(tempfile.mkdtemp(prefix=".reproduce-", dir=_parent(config.out)))
     try:
-        lm = ModarbVLM(pretrained=config.model, batch_size=config.batch_size, device=config.device, dtype=config.dtype)
+        lm = ModarbVLM(pretrained=config.model, batch_size=config.batch_size, device=config.device, dtype=config.dtype,
+                       trust_remote_code=config.trust_remote_code)
         fingerprint = model_fingerprint(lm.model)
-        model_arg = f"pretrained={config.model}" if config.model else ""
+        model_arg = ",".join([f"pretrained={config.model}"] * bool(config.model)
+                             + ["trust_remote_code=True"] * config.trust_remote_code)
         evaluator = Evaluator(lm, model_arg, work / "runs", config.limit, config.batch_size, Path(config.out) / "runs",
-                              use_cache=config.use_cache)
+                              tasks=source.tasks(), use_cache=config.use_cache)
+        identify_docs, identify_dropped = analysis_docs(source, lm.model.config, lm.tokenizer, config.analysis_items,
+                                                        (*FOLLOW_KINDS, *CONTROL_KINDS))
+        records = {name: data_record(source, dropped, len(docs)) if source.is_mc2 or dropped else None
+                   for name, docs, dropped in (("flow", flow_docs, flow_dropped),
+                                               ("identify", identify_docs, identify_dropped))}
         other_rankings = len(METHODS) - 1  # their top sets are blocked beside the chosen ranking's
         steps = tqdm(total=4 + other_rankings + len(config.fractions) * (1 + config.draws) + len(config.alphas),
                      desc="reproduce", unit="step")
@@ -78,11 +97,12 @@ def reproduce(config: ReproduceConfig) -> dict:
         baseline = evaluator.run("baseline", None)
         progress("flow")
         flow = run_flow(lm.model, lm.processor, work / "flow", n_items=config.analysis_items, window=config.window,
-                        batch_size=config.batch_size, model_name=config.model)
+                        batch_size=config.batch_size, model_name=config.model, docs=flow_docs, data=records["flow"])
         progress("identify")
         identified = run_identify(lm.model, lm.processor, work / "identify", top=config.top, method=config.method,
                                   n_items=config.analysis_items, batch_size=config.batch_size, seed=config.seed,
-                                  learned_steps=config.learned_steps, model_name=config.model)
+                                  learned_steps=config.learned_steps, model_name=config.model, docs=identify_docs,
+                                  data=records["identify"])
         ranking = [tuple(head) for head in identified["rankings"][config.method]["heads"]]
         curve = blocking_curve(evaluator, fingerprint, ranking, config.fractions, config.draws, config.seed, progress)
         top_heads = ranking[: head_count(config.top, fingerprint.num_layers, fingerprint.num_heads)]
@@ -94,6 +114,8 @@ def reproduce(config: ReproduceConfig) -> dict:
         steps.close()
         summary = _summary(config, fingerprint, baseline, curve, amplify, top_heads, by_ranking, identified, flow,
                            seconds=time.perf_counter() - started)
+        summary["data"] = data_summary(source, {"flow": flow_dropped, "identify": identify_dropped}, baseline,
+                                       at_fraction(curve, config.top).top)
         report.write(work, summary, config)
         _relocate(work, Path(config.out))
         _replace_folder(work, config.out)
@@ -103,8 +125,33 @@ def reproduce(config: ReproduceConfig) -> dict:
     return summary
 
 
+def at_fraction(curve, fraction: float):
+    return next(point for point in curve if point.fraction == fraction)
+
+
+def data_summary(source, dropped: dict[str, dict[str, int]], baseline, block_top) -> dict:
+    """Which data and halves, what the analyses dropped and why, and MF ratio per question type
+    (MC²: its task type, as the paper's tables) at baseline and under the top-heads block."""
+    return source.describe() | {
+        "scored_tasks": list(source.tasks().follow + source.tasks().controls),
+        "dropped": dropped,
+        "mf_ratio_by_type": {"baseline": mf_ratio_by_type(baseline), "block_top": mf_ratio_by_type(block_top)},
+    }
+
+
+def mf_ratio_by_type(run) -> dict[str, dict]:
+    """question type -> {mf_ratio (mean of the two follow tasks' ratios), n per follow task}."""
+    by_type: dict[str, dict[str, list[float]]] = {}
+    for task, follows in run.follow_by_doc.items():
+        for doc, follow in follows.items():
+            by_type.setdefault(run.type_by_doc[task][doc], {}).setdefault(task, []).append(follow)
+    return {kind: {"mf_ratio": _mean(_mean(values) for values in tasks.values()),
+                   "n": {task: len(values) for task, values in tasks.items()}}
+            for kind, tasks in sorted(by_type.items())}
+
+
 def _summary(config, fingerprint, baseline, curve, amplify, top_heads, by_ranking, identified, flow, seconds) -> dict:
-    at_top = next(point for point in curve if point.fraction == config.top)
+    at_top = at_fraction(curve, config.top)
     mean_random = {key: _mean(run.scores[key] for run in at_top.random) for key in SCORE_KEYS}
     best = max(amplify, key=lambda point: (point.restoration_rate, -point.alpha))
     return {

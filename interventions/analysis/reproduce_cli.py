@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from interventions.analysis.data import add_data_arguments
 from interventions.errors import ModarbError
 
 
@@ -19,7 +20,7 @@ def register(subparsers) -> None:
     defaults = _defaults()
     parser.add_argument("--model", default=None, help="local folder or cached hub id (default: the bundled organism)")
     parser.add_argument("--out", type=Path, default=defaults.out, help="report folder (default: %(default)s)")
-    parser.add_argument("--limit", type=int, default=defaults.limit, help="test items per task scored by lm-eval (default: %(default)s)")
+    parser.add_argument("--limit", type=int, default=defaults.limit, help="test items (MC²: test-half items) per task scored by lm-eval (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="default: %(default)s")
     parser.add_argument("--top", type=float, default=defaults.top, help="fraction of heads in the top set (default: %(default)s)")
     parser.add_argument("--fractions", type=_floats, default=defaults.fractions, help="blocking curve fractions, comma-separated")
@@ -28,7 +29,8 @@ def register(subparsers) -> None:
     parser.add_argument("--method", choices=("attribution", "ablation", "learned"), default=defaults.method,
                         help="ranking that picks the heads (default: %(default)s)")
     parser.add_argument("--analysis-items", type=int, default=defaults.analysis_items,
-                        help="validation items per instruction side for flow and identify (default: %(default)s)")
+                        help="validation (MC²: analysis-half) items per instruction side for flow and identify "
+                        "(default: %(default)s)")
     parser.add_argument("--learned-steps", type=int, default=defaults.learned_steps,
                         help="optimisation steps of the learned head mask (default: %(default)s)")
     parser.add_argument("--window", type=int, default=defaults.window, help="flow knockout window in layers (default: the odd count nearest 30%% of the depth)")
@@ -38,6 +40,9 @@ def register(subparsers) -> None:
     parser.add_argument("--use-cache", type=Path, default=None, metavar="DIR",
                         help="keep lm-eval's answers in DIR (keyed by model and spec): an interrupted run "
                         "started again with the same DIR resumes instead of recomputing")
+    add_data_arguments(parser)
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="allow the model folder's own Python code (needed by some families; off by default: it runs code from the folder)")
     parser.set_defaults(func=_run)
 
 

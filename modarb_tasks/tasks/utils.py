@@ -7,7 +7,8 @@ keys are ignored. User knobs read from `--metadata`:
 
 - shapes tasks: `shapes_n` (items, default SHAPES_EVAL_SIZE), `shapes_seed` (default 0);
 - mc2 tasks: `mc2_json`, `mc2_images` (see modarb_tasks.mc2; environment variables
-  MODARB_MC2_JSON / MODARB_MC2_IMAGES otherwise), `mc2_n` (first n items only).
+  MODARB_MC2_JSON / MODARB_MC2_IMAGES otherwise), `mc2_n` (first n items only), `mc2_half`
+  ("test", the default: the half never used to choose heads; "analysis"; "all").
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def mc2(
     mc2_json: str | None = None,
     mc2_images: str | None = None,
     mc2_n: int | None = None,
+    mc2_half: str = "test",
     **_metadata,
 ) -> dict:
-    return mc2_dataset(kind, mc2_file, mc2_json, mc2_images, None if mc2_n is None else int(mc2_n))
+    return mc2_dataset(kind, mc2_file, mc2_json, mc2_images, None if mc2_n is None else int(mc2_n), mc2_half)
