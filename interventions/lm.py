@@ -26,12 +26,15 @@ from tqdm import tqdm
 
 from interventions.apply import apply_spec
 from interventions.errors import ModarbError
+from interventions.model_files import check_pretrained
+from interventions.model_args import check_model_args, check_tasks_for_spec
 from interventions.organism import organism_path
 from interventions.processors import load_processor
 from interventions.spec import InterventionSpec, model_name
 from interventions.token_groups import image_token_id, token_groups
 
 MODARB_VERSION = "0.1.0"
+DEFAULT_ALPHA = 2.0  # amplify= heads' scale when alpha= is not given
 
 
 @register_model("hf-modarb")
@@ -44,13 +47,17 @@ class ModarbVLM(HFMultimodalLM):
         spec: str | None = None,
         block: str | None = None,
         amplify: str | None = None,
-        alpha: float = 2.0,
+        alpha: float | None = None,
         positions: str = "all",
         **kwargs,
     ) -> None:
+        check_model_args(kwargs, spec=spec, block=block, amplify=amplify, alpha=alpha, positions=positions)
         if kwargs.get("device") is None:  # HFLM's own default is "cuda", even on a CPU-only machine
             kwargs["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+        if isinstance(pretrained, str):
+            check_pretrained(pretrained, trust_remote_code=bool(kwargs.get("trust_remote_code")))
         super().__init__(str(organism_path()) if pretrained is None else pretrained, **kwargs)
+        alpha = DEFAULT_ALPHA if alpha is None else alpha
         self.spec = load_spec(self.model, spec=spec, block=block, amplify=amplify, alpha=alpha, positions=positions)
         self._docs_by_context: dict[str, dict] = {}
         self._batch_groups: dict[str, torch.Tensor] | None = None
@@ -61,6 +68,10 @@ class ModarbVLM(HFMultimodalLM):
         name = pretrained if isinstance(pretrained, str) else self.model.name_or_path
         self.processor = load_processor(name, trust_remote_code=bool(trust_remote_code), revision=revision, **self.pixels)
         self.tokenizer = self.processor.tokenizer
+
+    def check_tasks(self, tasks) -> None:
+        """Called with lm-eval's (name, task) pairs before the first request: refuse a task the spec cannot run on."""
+        check_tasks_for_spec(self.spec, tasks)
 
     # --- what the results JSON records ------------------------------------------------------
     def get_model_info(self) -> dict:
@@ -182,9 +193,7 @@ class ModarbVLM(HFMultimodalLM):
 def load_spec(
     model, *, spec: str | None, block: str | None, amplify: str | None, alpha: float, positions: str
 ) -> InterventionSpec | None:
-    """The spec from `spec=` (a JSON file) or the inline args, validated against `model`."""
-    if spec and (block or amplify):
-        raise ModarbError("give either spec=<file> or inline block=/amplify= heads, not both")
+    """The spec from `spec=` (a JSON file) or the inline args (checked by check_model_args), validated against `model`."""
     if spec:
         loaded = InterventionSpec.load(spec)
         loaded.validate_against(model)

@@ -137,6 +137,10 @@ def _headline_scores(task_results: dict) -> dict[str, float]:
 
 
 def quiet_lm_eval() -> None:
-    """lm-eval logs every task build, and warns about --metadata on each; the report is what the user reads."""
+    """lm-eval logs every task build, and warns about --metadata on each; the report is what the user reads.
+    `simple_evaluate` resets lm-eval's log level on every run, so the repeated warnings are also filtered."""
+    from interventions.harness import quiet_known_warnings
+
     for name in ("lm_eval", "lm-eval"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    quiet_known_warnings()

@@ -17,6 +17,8 @@ from typing import Any
 
 from interventions.errors import ModarbError
 from interventions.files import write_atomic
+from interventions.outdir import check_out, staged
+from modarb_tasks.shapes.scenes import SPLITS
 
 SCHEMA_VERSION = "modarb.flow/v1"
 DEFAULT_LAYOUTS = ("standard", "instruction_after", "system_prompt")
@@ -41,7 +43,7 @@ def register(subparsers) -> None:
     parser.add_argument("--n-items", type=int, default=32,
                         help="shapes items per layout and instruction side (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=32, help="docs per forward (default: %(default)s)")
-    parser.add_argument("--split", default="validation", help="shapes split (default: %(default)s)")
+    parser.add_argument("--split", default="validation", choices=SPLITS, help="shapes split (default: %(default)s)")
     parser.add_argument("--layouts", default=",".join(DEFAULT_LAYOUTS),
                         help="prompt layouts, comma-separated (default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
@@ -136,13 +138,15 @@ def run_flow(
 
 
 def _run(args: argparse.Namespace) -> int:
-    from interventions.loading import load_model
-
     layouts = parse_layouts(args.layouts)
     check_counts(args.window, args.n_items, args.batch_size)
+    check_out(args.out)
+    from interventions.loading import load_model
+
     model, processor = load_model(args.model, device=args.device, dtype=args.dtype)
-    document = run_flow(model, processor, args.out, n_items=args.n_items, window=args.window,
-                        batch_size=args.batch_size, split=args.split, layouts=layouts, model_name=args.model)
+    with staged(args.out) as work:
+        document = run_flow(model, processor, work, n_items=args.n_items, window=args.window,
+                            batch_size=args.batch_size, split=args.split, layouts=layouts, model_name=args.model)
     print(f"flow: wrote {Path(args.out) / 'flow.json'} and {len(document['figures'])} figures "
           f"(window {document['window']}, {document['seconds']['total']:.0f} s)")
     return 0

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from interventions.analysis.identify import METHODS, LearnedMaskOptions, check_fraction
 from interventions.errors import ModarbError
+from interventions.outdir import check_out, staged
 
 
 def register(subparsers) -> None:
@@ -65,12 +66,14 @@ def run(args: argparse.Namespace) -> int:
     from interventions.loading import load_model
 
     check_args(args)
+    check_out(args.out)
     model, processor = load_model(args.model, device=args.device, dtype=args.dtype)
-    document = run_identify(
-        model, processor, args.out, top=args.top, method=args.method, n_items=args.n_items,
-        batch_size=args.batch_size, seed=args.seed, exact=not args.no_exact, learned=not args.no_learned,
-        learned_steps=args.learned_steps, curve_heads=args.curve_heads, model_name=args.model,
-    )
+    with staged(args.out) as work:
+        document = run_identify(
+            model, processor, work, top=args.top, method=args.method, n_items=args.n_items,
+            batch_size=args.batch_size, seed=args.seed, exact=not args.no_exact, learned=not args.no_learned,
+            learned_steps=args.learned_steps, curve_heads=args.curve_heads, model_name=args.model,
+        )
     heads = ", ".join(f"L{l}H{h}" for l, h in document["spec_heads"])
     print(f"identify: wrote {args.out / 'identify.json'}; {args.out / document['spec']} blocks {heads} ({args.method})")
     return 0
