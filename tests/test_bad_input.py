@@ -110,7 +110,7 @@ CASES = [
     Case("identify_model_missing_folder", ("identify", "--model", "./no_such_model", "--out", "{out}"), 2,
          "model folder ./no_such_model not found"),
     Case("eval_pretrained_not_cached_offline", (*EVAL, "--model_args", "pretrained=no-org/no-such-vlm",
-                                                "--output_path", "{out}"), 2, "not in the Hugging Face cache"),
+                                                "--output_path", "{out}"), 2, "nor in the Hugging Face cache"),
     Case("eval_pretrained_text_only_model", (*EVAL, "--model_args", "pretrained={text_only}",
                                              "--output_path", "{out}"), 2, "is a text-only model (model_type 'gpt2')"),
     Case("flow_model_text_only", ("flow", "--model", "{text_only}", "--out", "{out}"), 2, "is a text-only model"),

@@ -69,7 +69,7 @@ def test_report_lists_figures_and_commands_that_exist(small_report):
         assert figure in report and (out / figure).stat().st_size > 1000
     assert summary["block_top"]["command"] in report
     assert (out / "flow" / "flow.json").is_file() and (out / "identify" / "identify.json").is_file()
-    assert not list(out.parent.glob(".reproduce-*")), "the work folder must be renamed into place"
+    assert not list(out.parent.glob(".*partial-*")), "the work folder must be renamed into place"
 
 
 def test_block_top_number_is_recomputed_by_its_command(small_report):
