@@ -134,13 +134,15 @@ def check_tasks(lm, task_dict) -> None:
 
 
 def _leaf_tasks(task_dict) -> list[tuple[str, object]]:
-    """(name, task) of every task in lm-eval's nested {group: {task: Task}} dict."""
+    """(name, task) of every task in lm-eval's nested {group: {task: Task}} dict (groups are not tasks)."""
+    from lm_eval.api.task import Task
+
     leaves = []
     for key, value in task_dict.items():
         if isinstance(value, dict):
             leaves += _leaf_tasks(value)
-        elif value is not None:
-            leaves.append((str(getattr(getattr(value, "config", None), "task", key)), value))
+        elif isinstance(value, Task):
+            leaves.append((str(getattr(value.config, "task", key)), value))
     return leaves
 
 
