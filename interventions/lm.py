@@ -41,6 +41,8 @@ DEFAULT_ALPHA = 2.0  # amplify= heads' scale when alpha= is not given
 class ModarbVLM(HFMultimodalLM):
     """A Hugging Face VLM under an intervention spec (none: the plain model)."""
 
+    quiet = False  # True: no per-request progress bars (`modarb reproduce` shows one bar for all its runs)
+
     def __init__(
         self,
         pretrained=None,
@@ -91,7 +93,7 @@ class ModarbVLM(HFMultimodalLM):
         self._docs_by_context = {request.args[0]: request.doc for request in requests}
         parent = super().generate_until
         with _frozen_gc():
-            return _by_modality(requests, lambda subset: parent(subset, disable_tqdm=disable_tqdm))
+            return _by_modality(requests, lambda subset: parent(subset, disable_tqdm=disable_tqdm or self.quiet))
 
     def tok_batch_multimodal_encode(self, strings, images, *args, **kwargs):
         encoding = super().tok_batch_multimodal_encode(strings, images, *args, **kwargs)
@@ -135,13 +137,14 @@ class ModarbVLM(HFMultimodalLM):
                 f"spec {self.spec.identity()} needs token groups {sorted(self.spec.groups_needed())}, which hf-modarb "
                 "builds for generation and image loglikelihood only; use positions=all for text-only loglikelihood tasks"
             )
-        return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+        return super().loglikelihood(requests, disable_tqdm=disable_tqdm or self.quiet)
 
     def _image_loglikelihood(self, requests: list[Instance], disable_tqdm: bool) -> list[tuple[float, bool]]:
         """Score each continuation after its context+image: one processor call and forward per batch."""
         results: list[tuple[float, bool] | None] = [None] * len(requests)
         order = sorted(range(len(requests)), key=lambda i: -len(requests[i].args[0] + requests[i].args[1]))
-        progress = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, desc="loglikelihood (images)")
+        progress = tqdm(total=len(requests), disable=disable_tqdm or self.quiet or self.rank != 0,
+                        desc="loglikelihood (images)")
         for start in range(0, len(order), self.batch_size):
             batch = [requests[i] for i in order[start : start + self.batch_size]]
             pairs = [_split_trailing_space(*request.args[:2]) for request in batch]

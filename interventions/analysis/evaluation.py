@@ -55,6 +55,7 @@ class Evaluator:
         display_dir: Path | None = None,
     ):
         self.lm = lm
+        lm.quiet = True  # dozens of runs: the caller's one progress bar, not lm-eval's per run
         self.model_arg = model_arg  # how `modarb eval` names the model ("pretrained=..." or "" for the default)
         self.out_dir = out_dir
         self.display_dir = display_dir or out_dir  # where the runs will be when the user reads the commands
@@ -137,10 +138,17 @@ def _headline_scores(task_results: dict) -> dict[str, float]:
 
 
 def quiet_lm_eval() -> None:
-    """lm-eval logs every task build, and warns about --metadata on each; the report is what the user reads.
-    `simple_evaluate` resets lm-eval's log level on every run, so the repeated warnings are also filtered."""
+    """lm-eval logs every task build, warns about --metadata on each and draws a bar per task and run; the
+    report is what the user reads. `simple_evaluate` resets lm-eval's log level on every run, so the
+    repeated warnings are also filtered."""
+    import functools
+
+    from lm_eval.api import task
+    from tqdm import tqdm
+
     from interventions.harness import quiet_known_warnings
 
     for name in ("lm_eval", "lm-eval"):
         logging.getLogger(name).setLevel(logging.ERROR)
     quiet_known_warnings()
+    task.tqdm = functools.partial(tqdm, disable=True)  # lm-eval's request-building bar, four per run
