@@ -28,17 +28,22 @@ from interventions.apply import apply_spec
 from interventions.cache import cache_record, weights_fingerprint
 from interventions.encoding import encode_multimodal, image_string
 from interventions.errors import ModarbError
+from interventions.model_files import check_pretrained
+from interventions.model_args import check_model_args, check_tasks_for_spec
 from interventions.organism import organism_path
 from interventions.processors import load_processor
 from interventions.spec import InterventionSpec, model_name
 from interventions.token_groups import doc_token_groups, image_token_id
 
 MODARB_VERSION = "0.1.0"
+DEFAULT_ALPHA = 2.0  # amplify= heads' scale when alpha= is not given
 
 
 @register_model("hf-modarb")
 class ModarbVLM(HFMultimodalLM):
     """A Hugging Face VLM under an intervention spec (none: the plain model)."""
+
+    quiet = False  # True: no per-request progress bars (`modarb reproduce` shows one bar for all its runs)
 
     def __init__(
         self,
@@ -46,16 +51,20 @@ class ModarbVLM(HFMultimodalLM):
         spec: str | None = None,
         block: str | None = None,
         amplify: str | None = None,
-        alpha: float = 2.0,
+        alpha: float | None = None,
         positions: str = "all",
         **kwargs,
     ) -> None:
+        check_model_args(kwargs, spec=spec, block=block, amplify=amplify, alpha=alpha, positions=positions)
         if kwargs.get("device") is None:  # HFLM's own default is "cuda", even on a CPU-only machine
             kwargs["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+        if isinstance(pretrained, str):
+            check_pretrained(pretrained, trust_remote_code=bool(kwargs.get("trust_remote_code")))
         super().__init__(str(organism_path()) if pretrained is None else pretrained, **kwargs)
         # the analyses' rule too (interventions.encoding): Qwen's vision start/end, Gemma 3's begin-of-image
         self.image_token = image_string(self.config, self.tokenizer, kwargs.get("image_string"),
                                         int(kwargs["image_token_id"]) if kwargs.get("image_token_id") else None)
+        alpha = DEFAULT_ALPHA if alpha is None else alpha
         self.spec = load_spec(self.model, spec=spec, block=block, amplify=amplify, alpha=alpha, positions=positions)
         self._model_fingerprint = weights_fingerprint(self.model)
         self.cache_path: str | None = None  # set by the scoped --use_cache wrapper (interventions/cache.py)
@@ -68,6 +77,10 @@ class ModarbVLM(HFMultimodalLM):
         name = pretrained if isinstance(pretrained, str) else self.model.name_or_path
         self.processor = load_processor(name, trust_remote_code=bool(trust_remote_code), revision=revision, **self.pixels)
         self.tokenizer = self.processor.tokenizer
+
+    def check_tasks(self, tasks) -> None:
+        """Called with lm-eval's (name, task) pairs before the first request: refuse a task the spec cannot run on."""
+        check_tasks_for_spec(self.spec, tasks)
 
     # --- what the results JSON records ------------------------------------------------------
     def get_model_info(self) -> dict:
@@ -97,7 +110,7 @@ class ModarbVLM(HFMultimodalLM):
         self._docs_by_context = {request.args[0]: request.doc for request in requests}
         parent = super().generate_until
         with _frozen_gc():
-            return _by_modality(requests, lambda subset: parent(subset, disable_tqdm=disable_tqdm))
+            return _by_modality(requests, lambda subset: parent(subset, disable_tqdm=disable_tqdm or self.quiet))
 
     def tok_batch_multimodal_encode(self, strings, images, padding_side="left", left_truncate_len=None,
                                     truncation=False):
@@ -156,13 +169,14 @@ class ModarbVLM(HFMultimodalLM):
                 f"spec {self.spec.identity()} needs token groups {sorted(self.spec.groups_needed())}, which hf-modarb "
                 "builds for generation and image loglikelihood only; use positions=all for text-only loglikelihood tasks"
             )
-        return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+        return super().loglikelihood(requests, disable_tqdm=disable_tqdm or self.quiet)
 
     def _image_loglikelihood(self, requests: list[Instance], disable_tqdm: bool) -> list[tuple[float, bool]]:
         """Score each continuation after its context+image: one processor call and forward per batch."""
         results: list[tuple[float, bool] | None] = [None] * len(requests)
         order = sorted(range(len(requests)), key=lambda i: -len(requests[i].args[0] + requests[i].args[1]))
-        progress = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, desc="loglikelihood (images)")
+        progress = tqdm(total=len(requests), disable=disable_tqdm or self.quiet or self.rank != 0,
+                        desc="loglikelihood (images)")
         for start in range(0, len(order), self.batch_size):
             batch = [requests[i] for i in order[start : start + self.batch_size]]
             pairs = [_split_trailing_space(*request.args[:2]) for request in batch]
@@ -206,9 +220,7 @@ class ModarbVLM(HFMultimodalLM):
 def load_spec(
     model, *, spec: str | None, block: str | None, amplify: str | None, alpha: float, positions: str
 ) -> InterventionSpec | None:
-    """The spec from `spec=` (a JSON file) or the inline args, validated against `model`."""
-    if spec and (block or amplify):
-        raise ModarbError("give either spec=<file> or inline block=/amplify= heads, not both")
+    """The spec from `spec=` (a JSON file) or the inline args (checked by check_model_args), validated against `model`."""
     if spec:
         loaded = InterventionSpec.load(spec)
         loaded.validate_against(model)

@@ -12,6 +12,7 @@ import torch
 from transformers import AutoModelForImageTextToText
 
 from interventions.errors import ModarbError
+from interventions.model_files import check_device, check_pretrained
 from interventions.organism import organism_path
 from interventions.processors import load_processor
 
@@ -30,6 +31,8 @@ def load_model(
     source = str(organism_path() if pretrained is None else pretrained)
     if dtype not in DTYPES:
         raise ModarbError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    check_device(device)
+    check_pretrained(source, trust_remote_code=trust_remote_code)
     try:
         processor = load_processor(source, trust_remote_code=trust_remote_code)
         model = AutoModelForImageTextToText.from_pretrained(
@@ -44,3 +47,4 @@ def load_model(
             "(give a local folder saved with save_pretrained, or a hub id already in the cache)"
         ) from None
     return model.to(device).eval(), processor
+

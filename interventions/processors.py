@@ -156,10 +156,12 @@ def load_processor(path: str | Path, trust_remote_code: bool = False, **kwargs) 
     try:
         return AutoProcessor.from_pretrained(str(path), trust_remote_code=trust_remote_code, **kwargs)
     except (AttributeError, ImportError, OSError, ValueError) as error:
-        if not _is_missing_video_support(error):
-            raise
-        class_name = _saved_processor_class(str(path), kwargs.get("revision"))
+        videos_only = _is_missing_video_support(error)
+        class_name = _saved_processor_class(str(path), kwargs.get("revision")) if videos_only else None
         if class_name not in IMAGES_ONLY_PROCESSORS:
+            if "requires the Torchvision library" in str(error):
+                raise ModarbError(f"the processor of {path} needs torchvision ({str(error).split()[0]}), which is not "
+                                  "installed; install the torchvision build that matches your torch") from None
             raise
     return IMAGES_ONLY_PROCESSORS[class_name].from_pretrained(str(path), **kwargs)
 

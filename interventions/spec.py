@@ -91,8 +91,8 @@ class SpecError(InterventionError):
     """An intervention spec that cannot be read or does not fit the model."""
 
 
-class SpecNotFoundError(FileNotFoundError):
-    """The spec file does not exist."""
+class SpecNotFoundError(SpecError):
+    """The spec file does not exist (bad input like any other spec error: one line, exit 2)."""
 
 
 @dataclass(frozen=True)

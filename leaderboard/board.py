@@ -19,9 +19,9 @@ from leaderboard.entries import (BASELINE, ENTRIES_DIR, SLOTS, Metric, headline,
 from modarb_tasks.files import write_atomic
 
 BOARD_DIR = ENTRIES_DIR.parent
-COLUMNS = ("model", "intervention", "suite", "follow_image", "follow_text", "mf_ratio",
+COLUMNS = ("model", "intervention", "suite", "items", "follow_image", "follow_text", "mf_ratio",
            "visual_control", "language_control", "delta_mf_ratio")
-HEADERS = {"model": "Model", "intervention": "Intervention", "suite": "Suite",
+HEADERS = {"model": "Model", "intervention": "Intervention", "suite": "Suite", "items": "Items (n)",
            "follow_image": "Follow image", "follow_text": "Follow text", "mf_ratio": "MF ratio",
            "visual_control": "Visual control", "language_control": "Language control",
            "delta_mf_ratio": "Δ MF ratio"}
@@ -42,6 +42,11 @@ class Row:
     date: str
     scores: dict[str, Metric | None]  # slots + "mf_ratio"
     delta_mf_ratio: float | None = None
+
+    @property
+    def items(self) -> tuple[int | None, ...]:
+        """Items scored per slot: runs compare only when these are equal (same tasks, same --limit)."""
+        return tuple(None if self.scores[slot] is None else self.scores[slot].n for slot in SLOTS)
 
     @property
     def label(self) -> str:
@@ -78,17 +83,18 @@ def _sort_key(row: Row) -> tuple:
 
 def board_rows(entries: dict[str, dict[str, Any]]) -> list[Row]:
     """All rows, sorted by model then intervention (baseline first), each with Δ MF ratio
-    against the latest baseline entry of the same model, suite and kind."""
+    against the latest baseline entry of the same model, suite and kind on the same items: a
+    run on fewer items (a --limit 8 check) is never the baseline of a fuller one."""
     rows = sorted((row for slug, entry in entries.items() for row in _rows_of(slug, entry)), key=_sort_key)
     baselines: dict[tuple, Row] = {}
     for row in rows:
         if row.identity == BASELINE["identity"] and row.scores["mf_ratio"] is not None:
-            key = (row.kind, row.model, row.suite)
+            key = (row.kind, row.model, row.suite, row.items)
             if key not in baselines or (row.date, row.slug) > (baselines[key].date, baselines[key].slug):
                 baselines[key] = row
     out = []
     for row in rows:
-        base = baselines.get((row.kind, row.model, row.suite))
+        base = baselines.get((row.kind, row.model, row.suite, row.items))
         delta = (row.scores["mf_ratio"].value - base.scores["mf_ratio"].value
                  if base is not None and row.scores["mf_ratio"] is not None else None)
         out.append(replace(row, delta_mf_ratio=delta))
@@ -105,10 +111,20 @@ def format_delta(delta: float | None) -> str:
     return MISSING if delta is None else f"{round(delta, 3) + 0.0:+.3f}"  # + 0.0: no "-0.000"
 
 
+def format_items(items: tuple[int | None, ...]) -> str:
+    """One count when every task scored as many items, else the count per slot (– for a missing task)."""
+    present = {n for n in items if n is not None}
+    if len(present) == 1 and None not in items:
+        return str(present.pop())
+    return "/".join(MISSING if n is None else str(n) for n in items)
+
+
 def cell_text(row: Row, column: str) -> str:
     """The text a column shows for a row, shared by the Markdown and HTML tables."""
     if column in ("model", "intervention", "suite"):
         return getattr(row, column)
+    if column == "items":
+        return format_items(row.items)
     if column == "delta_mf_ratio":
         return format_delta(row.delta_mf_ratio)
     return format_metric(row.scores[column])
@@ -117,6 +133,8 @@ def cell_text(row: Row, column: str) -> str:
 def _sort_value(row: Row, column: str) -> str:
     if column in ("model", "intervention", "suite"):
         return getattr(row, column)
+    if column == "items":
+        return repr(sum(n for n in row.items if n is not None))
     value = row.delta_mf_ratio if column == "delta_mf_ratio" else getattr(row.scores[column], "value", None)
     return "" if value is None else repr(value)
 
@@ -150,7 +168,10 @@ def render_markdown(rows: list[Row]) -> str:
         "pooled; visual / language control: accuracy on image-only / context-only questions. "
         "Suite: the task family, named by its tasks with the slot starred (`mf_*`: shapes, "
         "`mc2_*`: MC², `*_ll`: likelihood scoring). "
-        "Δ MF ratio: against the latest baseline entry of the same model and suite.",
+        "Items (n): items scored per task (per follow image / follow text / visual / language "
+        "control task when they differ). "
+        "Δ MF ratio: against the latest baseline entry of the same model and suite on the same items "
+        "(– where there is none: runs on different items are not compared).",
         "",
         "## Results",
         "",
@@ -245,8 +266,9 @@ def render_html(rows: list[Row], plots: dict[str, bytes]) -> str:
 <h1>modarb leaderboard</h1>
 <p>Modality-following ratio (share of conflict items answered from the instructed modality) and
 control accuracies, value ± standard error. Suite: the task family (<code>mf_*</code>: shapes,
-<code>mc2_*</code>: MC², <code>*_ll</code>: likelihood scoring). Δ MF ratio: against the latest baseline entry of the same
-model and suite. Click a column header to sort; link a sorted view with <code>#sort=-mf_ratio</code>.</p>
+<code>mc2_*</code>: MC², <code>*_ll</code>: likelihood scoring). Items (n): items scored per task. Δ MF ratio: against
+the latest baseline entry of the same model and suite on the same items (– where there is none: runs on different items
+are not compared). Click a column header to sort; link a sorted view with <code>#sort=-mf_ratio</code>.</p>
 <h2>Results</h2>
 {html_table(results, "results") if results else "<p>No result entries yet.</p>"}
 {images}

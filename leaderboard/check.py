@@ -3,7 +3,8 @@
 A task regresses when  new < baseline − tolerance − z·sqrt(se_baseline² + se_new²):
 the tolerance is the drop you accept, the z term the drop sampling noise alone can explain
 (a missing stderr counts as 0). Headline metric per task: mf_ratio for the follow tasks,
-acc for the controls.
+acc for the controls. Runs on different item counts are not compared (exit 2): a --limit 8 run
+is no baseline for a 200-item one.
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ def compare(baseline_path: Path, results_path: Path, tolerance: float = DEFAULT_
         metric = HEADLINE_METRIC[task_slot(task)[1]]
         if base_metric is None or new_metric is None:
             raise ModarbError(f"task {task}: no {metric!r} metric in the baseline or the new results")
+        if base_metric.n != new_metric.n:
+            raise ModarbError(f"task {task}: the baseline scored {base_metric.n} items, the new results {new_metric.n}; "
+                              "compare runs on the same items (the same --limit and --metadata)")
         comparisons.append(Comparison(task, metric, base_metric, new_metric,
                                       regression_floor(base_metric, new_metric, tolerance, z)))
     return comparisons

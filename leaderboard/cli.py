@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from interventions.errors import ModarbError
+from interventions.outdir import check_writable
 from leaderboard.board import BOARD_DIR, build_board
 from leaderboard.check import DEFAULT_TOLERANCE, DEFAULT_Z, compare, format_report
 from leaderboard.entries import ENTRIES_DIR, add_results
@@ -51,7 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "check", help="fail (exit 1) when new results regress against a baseline",
         description="Compare new lm-eval results with a baseline task by task (follow image / text: "
         "mf_ratio; visual / language control: acc). A task regresses when new < baseline - tolerance - "
-        "z*sqrt(se_baseline^2 + se_new^2). Exit 0: no regression; 1: regression; 2: bad input.")
+        "z*sqrt(se_baseline^2 + se_new^2). Both must score the same items per task (same --limit). "
+        "Exit 0: no regression; 1: regression; 2: bad input (runs on different items included).")
     check.add_argument("--baseline", type=Path, required=True,
                        help="leaderboard entry JSON, or lm-eval results file / output folder")
     check.add_argument("--results", type=Path, required=True, help="new lm-eval results file or output folder")
@@ -63,6 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add(args: argparse.Namespace) -> int:
+    check_writable(args.entries, "--entries")
     kind = "smoke" if args.smoke else "result"
     for written in add_results(args.paths, args.entries, kind=kind, replace=args.replace,
                                model_name=args.model_name):
@@ -71,6 +75,9 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
+    check_writable(args.out)
+    if args.entries.exists() and not args.entries.is_dir():
+        raise ModarbError(f"--entries {args.entries} is a file; give the folder of leaderboard entries")
     for written in build_board(args.entries, args.out):
         print(f"wrote {written}")
     return 0

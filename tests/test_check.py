@@ -76,3 +76,15 @@ def test_missing_tasks_and_bad_files_exit_2(tmp_path: Path, monkeypatch, capsys)
     bad.write_text('{"results": ')
     status, _, err = run_modarb(monkeypatch, capsys, "check", "--baseline", bad, "--results", smoke)
     assert status == 2 and err.startswith(f"modarb: error: {bad}: malformed JSON") and err.count("\n") == 1
+
+
+def test_runs_on_different_items_are_not_compared(tmp_path: Path, monkeypatch, capsys):
+    raw = raw_results("organism_baseline")
+    raw["n-samples"]["mf_follow_text"]["effective"] = 8
+    fewer = tmp_path / "results_limit8.json"
+    fewer.write_text(json.dumps(raw))
+    status, out, err = run_modarb(monkeypatch, capsys, "check", "--baseline", results_file("organism_baseline"),
+                                  "--results", fewer)
+    assert (status, out) == (2, "")
+    assert err == ("modarb: error: task mf_follow_text: the baseline scored 40 items, the new results 8; "
+                   "compare runs on the same items (the same --limit and --metadata)\n")

@@ -14,7 +14,7 @@ import torch
 
 from interventions.analysis.batches import encode_docs
 from interventions.analysis.flow_cli import run_flow
-from interventions.analysis.identify import run_identify, shapes_docs
+from interventions.analysis.identify import run_identify
 from interventions.analysis.reproduce import ReproduceConfig, reproduce
 from interventions.encoding import image_string
 from interventions.loading import load_model

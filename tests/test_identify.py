@@ -260,7 +260,7 @@ def test_cli_writes_outputs(modarb, organism_folder, tmp_path, capsys):
                    "--batch-size", "4", "--learned-steps", "2", "--method", "ablation"])
     assert code == 0
     assert sorted(p.name for p in out.iterdir()) == [
-        "gate_response.png", "heads_ablation.png", "heads_attribution.png", "heads_learned.png", "identify.json",
+        ".modarb-output.json", "gate_response.png", "heads_ablation.png", "heads_attribution.png", "heads_learned.png", "identify.json",
         "spec_top25.json",
     ]
     report = json.loads((out / "identify.json").read_text())

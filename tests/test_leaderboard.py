@@ -156,6 +156,7 @@ def test_markdown_table_matches_the_entries(board: Path, tmp_path: Path):
             "Model": "modarb-organism",
             "Intervention": raw["config"].get("modarb_spec_name", "baseline"),
             "Suite": "`mf_*`",
+            "Items (n)": "40",
             "Follow image": _expected_cell(raw, "mf_follow_image", "mf_ratio"),
             "Follow text": _expected_cell(raw, "mf_follow_text", "mf_ratio"),
             "Visual control": _expected_cell(raw, "mf_visual_control", "acc"),
@@ -170,7 +171,7 @@ def test_markdown_table_matches_the_entries(board: Path, tmp_path: Path):
 
     qwen = raw_results("smoke_qwen2vl")
     assert smoke == [{
-        "Model": "tiny-random/qwen2-vl", "Intervention": "baseline", "Suite": "`mf_*`",
+        "Model": "tiny-random/qwen2-vl", "Intervention": "baseline", "Suite": "`mf_*`", "Items (n)": "40/40/–/–",
         "Follow image": _expected_cell(qwen, "mf_follow_image", "mf_ratio"),
         "Follow text": _expected_cell(qwen, "mf_follow_text", "mf_ratio"),
         "MF ratio": f"{qwen['groups']['modality_following']['mf_ratio,none']:.3f}",
@@ -284,3 +285,25 @@ def test_each_suite_of_an_entry_gets_its_own_row(tmp_path: Path):
     assert [(r.suite, cell_text(r, "follow_image"), cell_text(r, "mf_ratio"), cell_text(r, "delta_mf_ratio"))
             for r in rows] == [("mf_*", "0.975 ± 0.025", "0.900 ± 0.033", "+0.000"),
                                ("mf_*_ll", "0.600 ± 0.025", "–", "–")]
+
+
+def test_a_run_on_fewer_items_is_never_the_baseline_of_a_fuller_one(tmp_path: Path):
+    """A later --limit 8 baseline does not become the reference of the 40-item runs; the board shows n."""
+    from leaderboard.board import board_rows, cell_text
+
+    quick = raw_results("organism_baseline")
+    quick["date"] += 3600  # the latest baseline...
+    for task in quick["n-samples"]:
+        quick["n-samples"][task] = {"original": 40, "effective": 8}  # ...but on 8 items per task
+        quick["results"][task][next(k for k in quick["results"][task] if k.startswith(("mf_ratio,", "acc,")))] = 0.5
+    (tmp_path / "results_quick.json").write_text(json.dumps(quick))
+    entries = tmp_path / "entries"
+    add_results([results_file("organism_baseline"), results_file("organism_block_top5"),
+                 tmp_path / "results_quick.json"], entries)
+    rows = {(r.intervention, cell_text(r, "items")): cell_text(r, "delta_mf_ratio")
+            for r in board_rows(load_entries(entries))}
+    blocked = next(key for key in rows if key[0] != "baseline")
+    assert blocked[1] == "40" and rows[("baseline", "8")] == "+0.000" and rows[("baseline", "40")] == "+0.000"
+    full = raw_results("organism_baseline")["groups"]["modality_following"]["mf_ratio,none"]
+    top5 = raw_results("organism_block_top5")["groups"]["modality_following"]["mf_ratio,none"]
+    assert rows[blocked] == f"{round(top5 - full, 3) + 0.0:+.3f}"  # against the 40-item baseline

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,20 @@ from interventions.analysis.reproduce import ReproduceConfig, reproduce
 SCORES = ("follow_image", "follow_text", "mf_ratio", "visual_control", "language_control")
 
 
+class _Warnings(logging.Handler):
+    """The lm-eval warnings that reach the user (what its loggers let through)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+LM_EVAL_WARNINGS = _Warnings()
+
+
 @pytest.fixture(scope="module")
 def small_report(tmp_path_factory, organism_dir) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("reproduce") / "report"
@@ -21,7 +36,18 @@ def small_report(tmp_path_factory, organism_dir) -> tuple[Path, dict]:
         out=out, limit=12, batch_size=16, fractions=(0.05, 0.10), draws=2, alphas=(2.0, 4.0),
         analysis_items=6, seed=0,
     )
-    return out, reproduce(config)
+    logging.getLogger("lm_eval").addHandler(LM_EVAL_WARNINGS)
+    try:
+        return out, reproduce(config)
+    finally:
+        logging.getLogger("lm_eval").removeHandler(LM_EVAL_WARNINGS)
+
+
+def test_no_lm_eval_warning_repeats_run_after_run(small_report):
+    """A reproduce scores dozens of lm-eval runs: a warning lm-eval gives per task or per model must not repeat."""
+    repeated = {message for message in LM_EVAL_WARNINGS.messages if LM_EVAL_WARNINGS.messages.count(message) > 1}
+    assert repeated == set()
+    assert not any("Custom kwargs" in m or "neither marked as CausalLM" in m for m in LM_EVAL_WARNINGS.messages)
 
 
 def test_summary_carries_every_promised_key(small_report):
@@ -69,7 +95,7 @@ def test_report_lists_figures_and_commands_that_exist(small_report):
         assert figure in report and (out / figure).stat().st_size > 1000
     assert summary["block_top"]["command"] in report
     assert (out / "flow" / "flow.json").is_file() and (out / "identify" / "identify.json").is_file()
-    assert not list(out.parent.glob(".reproduce-*")), "the work folder must be renamed into place"
+    assert not list(out.parent.glob(".*partial-*")), "the work folder must be renamed into place"
 
 
 def test_block_top_number_is_recomputed_by_its_command(small_report):

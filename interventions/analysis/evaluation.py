@@ -60,6 +60,7 @@ class Evaluator:
         use_cache: Path | None = None,
     ):
         self.lm = lm
+        lm.quiet = True  # dozens of runs: the caller's one progress bar, not lm-eval's per run
         self.model_arg = model_arg  # how `modarb eval` names the model ("pretrained=..." or "" for the default)
         self.out_dir = out_dir
         self.display_dir = display_dir or out_dir  # where the runs will be when the user reads the commands
@@ -161,6 +162,17 @@ def _headline_scores(task_results: dict, keys: dict[str, tuple[str, str]]) -> di
 
 
 def quiet_lm_eval() -> None:
-    """lm-eval logs every task build, and warns about --metadata on each; the report is what the user reads."""
+    """lm-eval logs every task build, warns about --metadata on each and draws a bar per task and run; the
+    report is what the user reads. `simple_evaluate` resets lm-eval's log level on every run, so the
+    repeated warnings are also filtered."""
+    import functools
+
+    from lm_eval.api import task
+    from tqdm import tqdm
+
+    from interventions.harness import quiet_known_warnings
+
     for name in ("lm_eval", "lm-eval"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    quiet_known_warnings()
+    task.tqdm = functools.partial(tqdm, disable=True)  # lm-eval's request-building bar, four per run

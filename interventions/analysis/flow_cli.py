@@ -18,6 +18,8 @@ from typing import Any
 from interventions.analysis.data import add_data_arguments
 from interventions.errors import ModarbError
 from interventions.files import write_atomic
+from interventions.outdir import check_out, staged
+from modarb_tasks.shapes.scenes import SPLITS
 
 SCHEMA_VERSION = "modarb.flow/v1"
 DEFAULT_LAYOUTS = ("standard", "instruction_after", "system_prompt")
@@ -43,7 +45,8 @@ def register(subparsers) -> None:
                         help="items (shapes, or MC²'s analysis half) per layout and instruction side "
                         "(default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=32, help="docs per forward (default: %(default)s)")
-    parser.add_argument("--split", default="validation", help="shapes split (default: %(default)s); MC² data always uses its analysis half")
+    parser.add_argument("--split", default="validation", choices=SPLITS,
+                        help="shapes split (default: %(default)s); MC² data always uses its analysis half")
     parser.add_argument("--layouts", default=",".join(DEFAULT_LAYOUTS),
                         help="prompt layouts, comma-separated (default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
@@ -148,19 +151,23 @@ def run_flow(
 
 def _run(args: argparse.Namespace) -> int:
     from interventions.analysis.data import data_record, docs_line, prepare_docs, resolve_data
-    from interventions.loading import load_model
 
     layouts = parse_layouts(args.layouts)
     check_counts(args.window, args.n_items, args.batch_size)
+    check_out(args.out)
     source = resolve_data(args.data, args.mc2_json, args.mc2_images, uses=[("analysis", args.n_items)])
     docs, dropped = prepare_docs(source, args.model, args.n_items, FOLLOW_KINDS, layouts, half=args.split,
                                  trust_remote_code=args.trust_remote_code)
     print(docs_line(source, docs, dropped))
+    from interventions.loading import load_model
+
     model, processor = load_model(args.model, device=args.device, dtype=args.dtype,
                                   trust_remote_code=args.trust_remote_code)
-    document = run_flow(model, processor, args.out, n_items=args.n_items, window=args.window,
-                        batch_size=args.batch_size, split=args.split, layouts=layouts, model_name=args.model,
-                        docs=docs, data=data_record(source, dropped, len(docs)) if source.is_mc2 or dropped else None)
+    with staged(args.out) as work:
+        document = run_flow(model, processor, work, n_items=args.n_items, window=args.window,
+                            batch_size=args.batch_size, split=args.split, layouts=layouts, model_name=args.model,
+                            docs=docs,
+                            data=data_record(source, dropped, len(docs)) if source.is_mc2 or dropped else None)
     print(f"flow: wrote {Path(args.out) / 'flow.json'} and {len(document['figures'])} figures "
           f"(window {document['window']}, {document['seconds']['total']:.0f} s)")
     return 0

@@ -12,6 +12,7 @@ from pathlib import Path
 from interventions.analysis.data import add_data_arguments
 from interventions.analysis.identify import METHODS, LearnedMaskOptions, check_fraction
 from interventions.errors import ModarbError
+from interventions.outdir import check_out, staged
 
 
 def register(subparsers) -> None:
@@ -73,18 +74,20 @@ def run(args: argparse.Namespace) -> int:
     from interventions.analysis.identify import CONTROL_KINDS, FOLLOW_KINDS
 
     check_args(args)
+    check_out(args.out)
     source = resolve_data(args.data, args.mc2_json, args.mc2_images, uses=[("analysis", args.n_items)])
     docs, dropped = prepare_docs(source, args.model, args.n_items, (*FOLLOW_KINDS, *CONTROL_KINDS),
                                  trust_remote_code=args.trust_remote_code)
     print(docs_line(source, docs, dropped))
     model, processor = load_model(args.model, device=args.device, dtype=args.dtype,
                                   trust_remote_code=args.trust_remote_code)
-    document = run_identify(
-        model, processor, args.out, top=args.top, method=args.method, n_items=args.n_items,
-        batch_size=args.batch_size, seed=args.seed, exact=not args.no_exact, learned=not args.no_learned,
-        learned_steps=args.learned_steps, curve_heads=args.curve_heads, model_name=args.model,
-        docs=docs, data=data_record(source, dropped, len(docs)) if source.is_mc2 or dropped else None,
-    )
+    with staged(args.out) as work:
+        document = run_identify(
+            model, processor, work, top=args.top, method=args.method, n_items=args.n_items,
+            batch_size=args.batch_size, seed=args.seed, exact=not args.no_exact, learned=not args.no_learned,
+            learned_steps=args.learned_steps, curve_heads=args.curve_heads, model_name=args.model,
+            docs=docs, data=data_record(source, dropped, len(docs)) if source.is_mc2 or dropped else None,
+        )
     heads = ", ".join(f"L{l}H{h}" for l, h in document["spec_heads"])
     print(f"identify: wrote {args.out / 'identify.json'}; {args.out / document['spec']} blocks {heads} ({args.method})")
     return 0

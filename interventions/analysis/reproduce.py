@@ -11,9 +11,6 @@ they are judged on. `data` picks shapes, mc2 or mc2_paper:<model> (interventions
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +23,7 @@ from interventions.analysis.experiments import amplification_sweep, block_each_r
 from interventions.analysis.flow_cli import run_flow
 from interventions.analysis.identify import METHODS, run_identify
 from interventions.errors import ModarbError
+from interventions.outdir import staged
 from interventions.spec import model_fingerprint
 
 SCORE_KEYS = ("follow_image", "follow_text", "mf_ratio", "visual_control", "language_control")
@@ -71,8 +69,7 @@ def reproduce(config: ReproduceConfig) -> dict:
                                            trust_remote_code=config.trust_remote_code)
     started = time.perf_counter()
     quiet_lm_eval()
-    work = Path(tempfile.mkdtemp(prefix=".reproduce-", dir=_parent(config.out)))
-    try:
+    with staged(config.out) as work:
         lm = ModarbVLM(pretrained=config.model, batch_size=config.batch_size, device=config.device, dtype=config.dtype,
                        trust_remote_code=config.trust_remote_code)
         fingerprint = model_fingerprint(lm.model)
@@ -111,17 +108,13 @@ def reproduce(config: ReproduceConfig) -> dict:
         by_ranking = block_each_ranking(evaluator, fingerprint, others, config.top, progress)
         amplify = amplification_sweep(evaluator, fingerprint, top_heads, config.alphas, baseline,
                                       control_ids=range(config.limit), progress=progress)
-        steps.close()
         summary = _summary(config, fingerprint, baseline, curve, amplify, top_heads, by_ranking, identified, flow,
                            seconds=time.perf_counter() - started)
         summary["data"] = data_summary(source, {"flow": flow_dropped, "identify": identify_dropped}, baseline,
                                        at_fraction(curve, config.top).top)
+        progress("report")
         report.write(work, summary, config)
-        _relocate(work, Path(config.out))
-        _replace_folder(work, config.out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+        steps.close()
     return summary
 
 
@@ -210,29 +203,3 @@ def _heads(run) -> list[list[int]]:
 def _mean(values) -> float:
     values = list(values)
     return sum(values) / len(values)
-
-
-def _relocate(work: Path, out: Path) -> None:
-    """Name the final report folder, not the work folder, in the commands the reports record."""
-    for path in [*work.glob("*.json"), *work.glob("*.md"), *work.glob("*/*.json")]:
-        text = path.read_text()
-        if str(work) in text:
-            path.write_text(text.replace(str(work), str(out)))
-
-
-def _parent(out: Path) -> Path:
-    parent = Path(out).resolve().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    return parent
-
-
-def _replace_folder(work: Path, out: Path) -> None:
-    """Swap the finished report into place, so a failed run never leaves a half report."""
-    out = Path(out)
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-        work.rename(out)
-        shutil.rmtree(old)
-    else:
-        work.rename(out)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from interventions.analysis.data import add_data_arguments
 from interventions.errors import ModarbError
+from interventions.outdir import check_out
 
 
 def register(subparsers) -> None:
@@ -61,12 +62,15 @@ def _floats(text: str) -> tuple[float, ...]:
 
 def _run(args: argparse.Namespace) -> int:
     from interventions.analysis.reproduce import ReproduceConfig, reproduce
+    from interventions.model_files import check_device
 
     for name in ("limit", "batch_size", "draws", "analysis_items", "learned_steps"):
         if getattr(args, name) < 1:
             raise ModarbError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")
     if args.window is not None and args.window < 1:
         raise ModarbError(f"--window must be at least 1 layer, not {args.window}")
+    check_out(args.out)
+    check_device(args.device)
     config = ReproduceConfig(**{key: value for key, value in vars(args).items() if key not in ("func", "command")})
     summary = reproduce(config)
     columns = ("follow_image", "follow_text", "mf_ratio", "visual_control", "language_control")

@@ -1,7 +1,9 @@
 """`modarb organism train|path`: retrain the bundled organism, or print where its weights are.
 
 Training never overwrites a folder that already holds a model (the shipped weights included)
-unless asked with --force; the default output is a new timestamped folder.
+unless asked with --force; the default output is a new timestamped folder. The output folder is
+checked before training starts, and without --force the model is written to a hidden folder and
+moved into place at the end, so an error or Ctrl-C leaves no half-saved model.
 """
 
 from __future__ import annotations
@@ -10,9 +12,11 @@ import argparse
 import json
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from interventions.errors import ModarbError
+from interventions.outdir import check_writable, staged
 
 
 def register(subparsers) -> None:
@@ -34,14 +38,21 @@ def register(subparsers) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    out = args.out or Path(f"organism-{time.strftime('%Y%m%d-%H%M%S')}")
+    for flag, value, least in (("--steps", args.steps, 1), ("--threads", args.threads, 1),
+                               ("--eval-every", args.eval_every, 0), ("--eval-items", args.eval_items, 0)):
+        if value is not None and value < least:
+            raise ModarbError(f"{flag} {value} must be at least {least}")
+    if (out / "config.json").exists() and not args.force:
+        raise ModarbError(f"{out} already holds a model; choose another --out or pass --force to overwrite it")
+    check_writable(out)
     from interventions.organism.card import write_model_card
     from interventions.organism.recipe import train
 
-    out = args.out or Path(f"organism-{time.strftime('%Y%m%d-%H%M%S')}")
-    if (out / "config.json").exists() and not args.force:
-        raise ModarbError(f"{out} already holds a model; choose another --out or pass --force to overwrite it")
-    record = train(out, seed=args.seed, steps=args.steps, eval_items=args.eval_items, threads=args.threads, eval_every=args.eval_every)
-    write_model_card(out, record)
+    with nullcontext(out) if args.force else staged(out) as folder:
+        record = train(folder, seed=args.seed, steps=args.steps, eval_items=args.eval_items, threads=args.threads,
+                       eval_every=args.eval_every)
+        write_model_card(folder, record)
     print(json.dumps({"out": str(out), **{k: record[k] for k in ("seed", "steps", "train_seconds")},
                       "scores": record.get("scores")}, indent=2))
     return 0
@@ -56,16 +67,9 @@ def _path(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the `organism` command on its own (`python -m interventions.organism.cli train ...`)."""
-    from interventions.cli import EXIT_BAD_INPUT
+    from interventions.cli import main as modarb
 
-    parser = argparse.ArgumentParser(prog="modarb")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["organism", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.func(args)
-    except (ModarbError, FileNotFoundError, ValueError) as error:
-        print(f"modarb: error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    return modarb(["organism", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ keys are ignored. User knobs read from `--metadata`:
 
 from __future__ import annotations
 
+from interventions.errors import ModarbError
 from modarb_tasks.datasets import SHAPES_EVAL_SIZE, mc2_dataset, shapes_dataset
 from modarb_tasks.metrics import answer_choices, conditional_ratio, score_choice, score_control, score_generation
 
@@ -27,8 +28,8 @@ def shapes(
     shapes_seed: int = 0,
     **_metadata,
 ) -> dict:
-    return shapes_dataset(kind, layout, SHAPES_EVAL_SIZE if shapes_n is None else int(shapes_n), int(shapes_seed),
-                          wording)
+    n = SHAPES_EVAL_SIZE if shapes_n is None else _whole("shapes_n", shapes_n, 1)
+    return shapes_dataset(kind, layout, n, _whole("shapes_seed", shapes_seed, 0), wording)
 
 
 def mc2(
@@ -40,4 +41,14 @@ def mc2(
     mc2_half: str = "test",
     **_metadata,
 ) -> dict:
-    return mc2_dataset(kind, mc2_file, mc2_json, mc2_images, None if mc2_n is None else int(mc2_n), mc2_half)
+    return mc2_dataset(kind, mc2_file, mc2_json, mc2_images, None if mc2_n is None else _whole("mc2_n", mc2_n, 1),
+                       mc2_half)
+
+
+def _whole(key: str, value, least: int) -> int:
+    """A --metadata count: a whole number >= least, else one line naming the key."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).lstrip("-").isdigit() \
+            or int(value) < least:
+        raise ModarbError(f"--metadata {key}={value!r} must be a whole number >= {least}, e.g. "
+                          f"--metadata '{{\"{key}\": {max(least, 8)}}}'")
+    return int(value)

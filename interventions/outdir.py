@@ -1,0 +1,115 @@
+"""Output folders that never lose the user's files and never show a half-written or mixed result.
+
+A command checks its --out before any work (`check_out`), writes into a hidden folder beside it and
+moves that into place at the end (`staged`). An existing --out is replaced only when modarb wrote
+it: its manifest (`.modarb-output.json`) lists every file in it, so a folder holding anything else
+(the user's notes, another tool's output, a file in place of the folder) is refused, never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from interventions.errors import ModarbError
+
+MANIFEST = ".modarb-output.json"
+
+
+def check_writable(folder: Path, flag: str = "--out", shown: Path | None = None) -> None:
+    """ModarbError unless `folder` (or the nearest folder above it that exists) can be written in;
+    messages name `shown` (what the user typed) when given."""
+    folder = Path(folder)
+    shown = folder if shown is None else shown
+    if folder.exists() and not folder.is_dir():
+        raise ModarbError(f"{flag} {shown} is a file, not a folder; give a folder path (it is created if missing)")
+    existing = next(p for p in (folder.absolute(), *folder.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise ModarbError(f"{flag} {shown}: {existing} is a file, not a folder; give a folder path")
+    try:  # a real write: permissions, read-only mounts and root all answer the same way
+        handle, probe = tempfile.mkstemp(dir=existing, prefix=".modarb-write-test-")
+    except OSError as error:
+        reason = (error.strerror or type(error).__name__).lower()
+        raise ModarbError(f"{flag} {shown}: cannot write in {existing} ({reason}); choose a writable folder") from None
+    os.close(handle)
+    os.unlink(probe)
+
+
+def check_out(out: Path, flag: str = "--out") -> None:
+    """ModarbError unless `out` can be created, or replaced because a previous modarb run wrote it."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ModarbError(f"{flag} {out} is a file, not a folder; give a new folder path (modarb leaves the file alone)")
+    check_writable(out.absolute().parent, flag, shown=out)  # the finished folder is renamed into place there
+    foreign = _foreign_entry(out) if out.is_dir() else None
+    if foreign is not None:
+        raise ModarbError(f"{flag} {out} already holds {foreign}, which modarb did not write; give a new or empty "
+                          "folder (modarb replaces only a folder an earlier modarb run wrote)")
+
+
+@contextmanager
+def staged(out: Path, flag: str = "--out") -> Iterator[Path]:
+    """A fresh hidden work folder beside `out`, moved into place as `out` when the block ends well;
+    on any error or Ctrl-C it is removed and `out` is left as it was."""
+    out = Path(out)
+    check_out(out, flag)
+    parent = out.absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        work.chmod(0o777 & ~umask)  # mkdtemp makes 0700; the finished folder gets the usual mode
+        yield work
+        _relocate(work, out)
+        _write_manifest(work)
+        check_out(out, flag)  # the folder may have changed while the command ran
+        _swap(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if not p.is_dir())
+
+
+def _foreign_entry(folder: Path) -> str | None:
+    """The first file in `folder` that its modarb manifest does not list (None: all are modarb's)."""
+    files = [name for name in _files(folder) if name != MANIFEST]
+    if not files:
+        return None
+    try:
+        listed = set(json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return files[0]
+    return next((name for name in files if name not in listed), None)
+
+
+def _write_manifest(work: Path) -> None:
+    document = {"written_by": "modarb", "files": _files(work)}
+    (work / MANIFEST).write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
+
+
+def _relocate(work: Path, out: Path) -> None:
+    """Name the final folder, not the work folder, in the commands and paths the JSON/Markdown record."""
+    for path in [*work.rglob("*.json"), *work.rglob("*.md")]:
+        text = path.read_text(encoding="utf-8")
+        if str(work) in text:
+            path.write_text(text.replace(str(work), str(out)), encoding="utf-8")
+
+
+def _swap(work: Path, out: Path) -> None:
+    if not out.exists():
+        work.rename(out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.absolute().parent))
+    old.rmdir()
+    out.rename(old)
+    work.rename(out)
+    shutil.rmtree(old)

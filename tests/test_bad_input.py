@@ -1,0 +1,362 @@
+"""The catalogue of bad input: every case run as a user runs it (a real `modarb` process, offline).
+
+Each row is (name, arguments, expected exit, a phrase the one error line must contain). Every case
+must end with exactly one `modarb...: error:` line (or `modarb: interrupted` for Ctrl-C) as the
+last line of stderr, no traceback, no output folder (nor a hidden half-written one) where the
+case asked for one, and every file the user had before exactly as it was (nothing deleted,
+moved or changed). All processes start at once in one module fixture: most cases stop before
+any model is loaded, so the slow part is a handful of runs that must build lm-eval tasks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from interventions.outdir import MANIFEST
+
+BIN = Path(sys.executable).parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "leaderboard"
+PARALLEL = 6  # processes at a time: each imports torch (and most lm-eval) on a small shared machine
+ERROR_LINE = ("modarb: error: ", "modarb: interrupted", "modarb ")  # ours, Ctrl-C's, argparse's `modarb <command>: error: `
+
+
+def _torchvision_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torchvision") is not None
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    argv: tuple[str, ...]  # after `modarb`; {placeholders} are filled from the fixture's paths
+    exit: int
+    phrase: str
+    skip: str | None = None  # why this machine cannot show the case (None: it can)
+    interrupt_when: str | None = None  # Ctrl-C once this glob matches ({placeholders}; "err:TEXT": stderr shows TEXT)
+
+
+NO_CUDA = "CUDA is available here" if torch.cuda.is_available() else None
+NO_TORCHVISION = "torchvision is installed here" if _torchvision_installed() else None
+EVAL = ("eval", "--tasks", "mf_follow_image", "--limit", "2", "--batch_size", "2")
+
+CASES = [
+    # --- argument parsing: answered before anything heavy is imported --------------------------
+    Case("unknown_command", ("nosuchcommand",), 2, "invalid choice: 'nosuchcommand'"),
+    Case("unknown_option_names_its_subcommand", ("flow", "--no-such-option"), 2,
+         "modarb flow: error: unrecognized arguments: --no-such-option; see `modarb flow --help`"),
+    Case("unknown_option_of_identify", ("identify", "--no-such-option"), 2, "modarb identify: error: unrecognized"),
+    Case("unknown_option_of_a_nested_command", ("organism", "train", "--no-such-option"), 2,
+         "modarb organism train: error: unrecognized arguments"),
+    Case("check_without_results", ("check", "--baseline", "{baseline}"), 2, "required: --results"),
+    Case("flow_window_zero", ("flow", "--window", "0", "--out", "{out}"), 2, "--window 0 must be"),
+    Case("flow_unknown_layout", ("flow", "--layouts", "sideways", "--out", "{out}"), 2, "unknown layout 'sideways'"),
+    Case("flow_unknown_split", ("flow", "--split", "training", "--out", "{out}"), 2, "invalid choice: 'training'"),
+    Case("flow_n_items_zero", ("flow", "--n-items", "0", "--out", "{out}"), 2, "--n-items 0 must be at least 1"),
+    Case("identify_top_above_one", ("identify", "--top", "1.5", "--out", "{out}"), 2, "--top 1.5 must be a fraction"),
+    Case("identify_method_skipped", ("identify", "--method", "ablation", "--no-exact", "--out", "{out}"), 2,
+         "drop --no-exact"),
+    Case("identify_curve_heads_negative", ("identify", "--curve-heads", "-1", "--out", "{out}"), 2,
+         "--curve-heads -1 must be 0"),
+    Case("reproduce_limit_zero", ("reproduce", "--limit", "0", "--out", "{out}"), 2, "--limit must be at least 1"),
+    Case("reproduce_fractions_not_numbers", ("reproduce", "--fractions", "a,b", "--out", "{out}"), 2,
+         "expected comma-separated numbers"),
+    Case("reproduce_top_not_a_fraction", ("reproduce", "--top", "0.07", "--out", "{out}"), 2,
+         "must be one of the blocking fractions"),
+    Case("organism_steps_zero", ("organism", "train", "--steps", "0", "--out", "{out}"), 2,
+         "--steps 0 must be at least 1"),
+    # --- output folders: the user's files are never deleted, moved or mixed with ours -----------
+    Case("identify_out_is_a_file", ("identify", "--out", "{user_file}"), 2, "is a file, not a folder"),
+    Case("flow_out_is_a_file", ("flow", "--out", "{user_file}"), 2, "is a file, not a folder"),
+    Case("reproduce_out_is_a_file", ("reproduce", "--out", "{user_file}"), 2, "is a file, not a folder"),
+    Case("organism_out_is_a_file", ("organism", "train", "--steps", "1", "--out", "{user_file}"), 2, "is a file"),
+    Case("reproduce_out_holds_the_users_files", ("reproduce", "--out", "{user_dir}"), 2,
+         "already holds items.csv, which modarb did not write"),
+    Case("identify_out_holds_the_users_files", ("identify", "--out", "{user_dir}"), 2, "which modarb did not write"),
+    Case("flow_out_holds_the_users_files", ("flow", "--out", "{user_dir}"), 2, "which modarb did not write"),
+    Case("modarb_folder_with_a_user_file_added", ("flow", "--out", "{touched_dir}"), 2,
+         "already holds my_notes.md, which modarb did not write"),
+    Case("identify_out_read_only", ("identify", "--out", "{read_only}/identify"), 2, "cannot write in"),
+    Case("flow_out_read_only", ("flow", "--out", "{read_only}/flow"), 2, "cannot write in"),
+    Case("reproduce_out_read_only", ("reproduce", "--out", "{read_only}/demo"), 2, "cannot write in"),
+    Case("organism_train_read_only_checked_before_training",
+         ("organism", "train", "--steps", "1", "--out", "{read_only}/organism"), 2, "cannot write in"),
+    Case("leaderboard_add_read_only", ("leaderboard", "add", "{baseline}", "--entries", "{read_only}/entries"), 2,
+         "--entries {read_only}/entries: cannot write in"),
+    Case("leaderboard_build_read_only", ("leaderboard", "build", "--entries", "{entries}", "--out",
+                                         "{read_only}/board"), 2, "cannot write in"),
+    Case("leaderboard_build_out_is_a_file", ("leaderboard", "build", "--entries", "{entries}", "--out", "{user_file}"),
+         2, "is a file, not a folder"),
+    # --- devices and models: one line before any weight is read ---------------------------------
+    Case("identify_device_cuda_without_cuda", ("identify", "--device", "cuda", "--out", "{out}"), 2,
+         "no CUDA GPU is available here", skip=NO_CUDA),
+    Case("flow_device_not_a_device", ("flow", "--device", "gpu7", "--out", "{out}"), 2, "is not a torch device"),
+    Case("eval_device_cuda_without_cuda", (*EVAL, "--device", "cuda", "--output_path", "{out}"), 2,
+         "no CUDA GPU is available here", skip=NO_CUDA),
+    Case("eval_pretrained_missing_folder", (*EVAL, "--model_args", "pretrained=/nonexistent/llava",
+                                            "--output_path", "{out}"), 2, "model folder /nonexistent/llava not found"),
+    Case("identify_model_missing_folder", ("identify", "--model", "./no_such_model", "--out", "{out}"), 2,
+         "model folder ./no_such_model not found"),
+    Case("eval_pretrained_not_cached_offline", (*EVAL, "--model_args", "pretrained=no-org/no-such-vlm",
+                                                "--output_path", "{out}"), 2, "nor in the Hugging Face cache"),
+    Case("eval_pretrained_text_only_model", (*EVAL, "--model_args", "pretrained={text_only}",
+                                             "--output_path", "{out}"), 2, "is a text-only model (model_type 'gpt2')"),
+    Case("flow_model_text_only", ("flow", "--model", "{text_only}", "--out", "{out}"), 2, "is a text-only model"),
+    Case("eval_pretrained_without_config", (*EVAL, "--model_args", "pretrained={no_config}",
+                                            "--output_path", "{out}"), 2, "has no config.json"),
+    Case("eval_truncated_safetensors", (*EVAL, "--model_args", "pretrained={truncated}", "--output_path", "{out}"),
+         2, "model.safetensors is truncated or corrupt"),
+    Case("identify_truncated_safetensors", ("identify", "--model", "{truncated}", "--out", "{out}"), 2,
+         "is truncated or corrupt"),
+    Case("eval_processor_needs_torchvision", (*EVAL, "--model_args", "pretrained={needs_torchvision}",
+                                              "--output_path", "{out}"), 2, "needs torchvision",
+         skip=NO_TORCHVISION),
+    # --- hf-modarb model args: typos, wrong types, arguments that would be ignored --------------
+    Case("model_arg_typo", (*EVAL, "--model_args", "blok=L3H1", "--output_path", "{out}"), 2,
+         "unknown model arg blok= for hf-modarb; did you mean block=?"),
+    Case("alpha_not_a_number", (*EVAL, "--model_args", "amplify=L2H0,alpha=abc", "--output_path", "{out}"), 2,
+         "alpha=abc must be a finite number"),
+    Case("alpha_negative", (*EVAL, "--model_args", "amplify=L2H0,alpha=-1", "--output_path", "{out}"), 2,
+         "must be a finite number >= 0, e.g. alpha=2"),
+    Case("alpha_with_block_only", (*EVAL, "--model_args", "block=L3H1,alpha=5", "--output_path", "{out}"), 2,
+         "alpha=5 scales amplify= heads, but none are given"),
+    Case("positions_without_heads", (*EVAL, "--model_args", "positions=last", "--output_path", "{out}"), 2,
+         "positions=last applies to block=/amplify= heads"),
+    Case("positions_unknown", (*EVAL, "--model_args", "block=L3H1,positions=middle", "--output_path", "{out}"), 2,
+         "positions=middle is not a position scope"),
+    Case("spec_and_inline_heads", (*EVAL, "--model_args", "spec={spec},block=L0H0", "--output_path", "{out}"), 2,
+         "give either spec=<file> or inline"),
+    Case("spec_missing_file", (*EVAL, "--model_args", "spec=/nonexistent/spec.json", "--output_path", "{out}"), 2,
+         "spec file /nonexistent/spec.json does not exist"),
+    Case("dtype_unknown", (*EVAL, "--model_args", "dtype=float33", "--output_path", "{out}"), 2,
+         "dtype=float33 is not a dtype"),
+    # --- lm-eval runs: stopped before the first request, or failed when results are not saved --
+    Case("stock_hf_multimodal_on_a_mixed_group",
+         ("eval", "--model", "hf-multimodal", "--model_args", "pretrained={organism}", "--tasks", "modarb",
+          "--limit", "2", "--output_path", "{out}"), 2, "use --model hf-modarb"),
+    Case("image_positions_on_a_text_only_task",
+         ("eval", "--model_args", "block=L3H1,positions=image", "--tasks", "modality_controls", "--limit", "2",
+          "--output_path", "{out}"), 2, "task mf_language_control has no image"),
+    Case("metadata_negative_count", (*EVAL, "--metadata", '{"shapes_n": -5}', "--output_path", "{out}"), 2,
+         "--metadata shapes_n=-5 must be a whole number >= 1"),
+    Case("bad_head_name", (*EVAL, "--model_args", "block=L3X1", "--output_path", "{out}"), 2,
+         "cannot read head 'L3X1'"),
+    Case("log_samples_without_output_path", (*EVAL, "--log_samples"), 2, "Specify --output_path"),
+    Case("eval_output_path_is_a_file", (*EVAL, "--output_path", "{user_file}"), 2, "--output_path"),
+    Case("eval_output_path_read_only", (*EVAL, "--output_path", "{read_only}/results"), 2, "cannot write in"),
+    Case("eval_results_not_written", (*EVAL, "--output_path", "{blocked_results}"), 2,
+         "lm-eval could not write the results"),
+    Case("check_across_item_counts", ("check", "--baseline", "{baseline}", "--results", "{fewer_items}"), 2,
+         "the baseline scored 40 items, the new results 8"),
+    # --- Ctrl-C: one line, 130, no half-written folder, the earlier output as it was -------------
+    Case("ctrl_c_reproduce", ("reproduce", "--out", "{out}", "--limit", "4", "--draws", "1", "--fractions", "0.05",
+                              "--alphas", "2", "--analysis-items", "4", "--learned-steps", "2"), 130, "interrupted",
+         interrupt_when="{case}/.out.partial-*/runs/baseline/results/*.json"),
+    Case("ctrl_c_identify_over_its_earlier_output", ("identify", "--out", "{earlier}", "--n-items", "64"), 130,
+         "interrupted", interrupt_when="{user}/.earlier.partial-*"),
+    Case("ctrl_c_eval", ("eval", "--tasks", "mf_follow_image", "--limit", "100", "--batch_size", "1",
+                         "--output_path", "{out}"), 130, "interrupted", interrupt_when="err:Running generate_until"),
+]
+
+
+@dataclass
+class Outcome:
+    returncode: int
+    stdout: str
+    stderr: str
+    folder: Path  # the case's own folder; {out} is folder / "out"
+
+
+def _read_only_folder(root: Path) -> Path | None:
+    """A folder this process cannot write in: a chmod-ed one, or /sys where root ignores modes."""
+    folder = root / "read_only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    for candidate in (folder, Path("/sys")):
+        try:
+            (candidate / ".probe").mkdir()
+        except OSError:
+            return candidate
+        (candidate / ".probe").rmdir()
+    return None
+
+
+def _user_files(root: Path, organism: Path) -> dict[str, Path]:
+    """The paths the rows name: the user's own files and folders, and broken models."""
+    import shutil
+
+    paths = {"organism": organism, "baseline": next((FIXTURES / "organism_baseline").rglob("results_*.json"))}
+    user = root / "user"
+    (user / "my_data").mkdir(parents=True)
+    (user / "my_data" / "notes.txt").write_text("a week of notes\n")
+    (user / "my_data" / "items.csv").write_text("id,answer\n1,red\n")
+    (user / "results.txt").write_text("keep me\n")
+    paths |= {"user": user, "user_dir": user / "my_data", "user_file": user / "results.txt"}
+    touched = user / "old_flow"  # written by modarb, then the user added a file
+    touched.mkdir()
+    (touched / "flow.json").write_text("{}\n")
+    (touched / MANIFEST).write_text(json.dumps({"written_by": "modarb", "files": ["flow.json"]}))
+    (touched / "my_notes.md").write_text("what the flow shows\n")
+    earlier = user / "earlier"  # a complete earlier identify output
+    earlier.mkdir()
+    (earlier / "identify.json").write_text('{"earlier": true}\n')
+    (earlier / "spec_top5.json").write_text('{"earlier": true}\n')
+    (earlier / MANIFEST).write_text(json.dumps({"written_by": "modarb", "files": ["identify.json", "spec_top5.json"]}))
+    paths |= {"touched_dir": touched, "earlier": earlier}
+
+    models = root / "models"
+    (models / "text_only").mkdir(parents=True)
+    (models / "text_only" / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 2}))
+    (models / "no_config").mkdir()
+    (models / "no_config" / "weights.bin").write_bytes(b"\0" * 16)
+    truncated = shutil.copytree(organism, models / "truncated")
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    torchvision = shutil.copytree(organism, models / "needs_torchvision")  # Pixtral's processor needs torchvision
+    config = json.loads((torchvision / "processor_config.json").read_text())
+    (torchvision / "processor_config.json").write_text(json.dumps(config | {"processor_class": "PixtralProcessor"}))
+    paths |= {"text_only": models / "text_only", "no_config": models / "no_config", "truncated": truncated,
+              "needs_torchvision": torchvision}
+
+    raw = json.loads(paths["baseline"].read_text())
+    for counts in raw["n-samples"].values():
+        counts["effective"] = 8
+    (root / "fewer_items").mkdir()
+    (root / "fewer_items" / "results_limit8.json").write_text(json.dumps(raw))
+    paths["fewer_items"] = root / "fewer_items" / "results_limit8.json"
+    blocked = root / "blocked_results"  # lm-eval writes <path>/modarb-organism/...: a file stands there
+    blocked.mkdir()
+    (blocked / "modarb-organism").write_text("not a folder\n")
+    paths |= {"blocked_results": blocked, "entries": FIXTURES.parent.parent.parent / "leaderboard" / "entries"}
+    from interventions.spec import HeadScale, InterventionSpec, model_fingerprint
+    from transformers import AutoModelForImageTextToText
+
+    fingerprint = model_fingerprint(AutoModelForImageTextToText.from_pretrained(organism))
+    paths["spec"] = InterventionSpec(model=fingerprint, heads=(HeadScale(0, 0, 0.0),)).save(root / "spec.json")
+    return paths
+
+
+def _snapshot(paths) -> dict[str, str]:
+    """Relative path -> content hash of every file under the given folders/files."""
+    files = {}
+    for path in paths:
+        for item in [path] if path.is_file() else sorted(path.rglob("*")):
+            if item.is_file():
+                files[str(item)] = hashlib.sha256(item.read_bytes()).hexdigest()
+    return files
+
+
+def _fill(argv: tuple[str, ...], paths: dict[str, Path]) -> list[str]:
+    """The arguments with each {name} of `paths` filled in (other braces, e.g. JSON, stay)."""
+    return [re.sub(r"\{(\w+)\}", lambda m: str(paths.get(m[1], m[0])), arg) for arg in argv]
+
+
+def _ready_for_ctrl_c(case: Case, paths: dict[str, Path], err_file: Path) -> bool:
+    """Whether the case's sign of progress has appeared (then it gets its Ctrl-C)."""
+    sign = _fill((case.interrupt_when,), paths)[0]
+    if sign.startswith("err:"):
+        return sign[4:] in err_file.read_text(errors="replace")
+    return any(Path("/").glob(sign.lstrip("/")))
+
+
+@pytest.fixture(scope="module")
+def outcomes(organism_dir, tmp_path_factory) -> tuple[dict[str, Outcome], dict[str, str], dict[str, Path]]:
+    """Every case run, PARALLEL at a time (slow ones first); (name -> Outcome, the user's files before, paths)."""
+    root = tmp_path_factory.mktemp("bad_input")
+    paths = _user_files(root, organism_dir)
+    read_only = _read_only_folder(root)
+    paths["read_only"] = read_only or root / "not_read_only"
+    before = _snapshot([root / "user", root / "fewer_items", root / "blocked_results", paths["baseline"]])
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+                        "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("MODARB_DEBUG", None)
+    runnable = [case for case in CASES
+                if not case.skip and not ("{read_only}" in " ".join(case.argv) and read_only is None)]
+    pending = sorted(runnable, key=lambda case: (case.interrupt_when is None, case.argv[0] != "eval"))
+    running: dict[str, tuple[Case, subprocess.Popen, Path, dict]] = {}
+    results: dict[str, Outcome] = {}
+    deadline = time.monotonic() + 1200
+    started: dict[str, float] = {}
+    seconds: dict[str, float] = {}
+    try:
+        while pending or running:
+            while pending and len(running) < PARALLEL:
+                case = pending.pop(0)
+                folder = root / case.name
+                folder.mkdir()
+                filled = paths | {"out": folder / "out", "case": folder}
+                with (folder / "stdout").open("w") as out, (folder / "stderr").open("w") as err:
+                    process = subprocess.Popen([str(BIN / "modarb"), *_fill(case.argv, filled)], cwd=folder, env=env,
+                                               stdout=out, stderr=err)
+                running[case.name] = (case, process, folder, filled)
+                started[case.name] = time.monotonic()
+            for name, (case, process, folder, filled) in list(running.items()):
+                if process.poll() is not None:
+                    results[name] = Outcome(process.returncode, (folder / "stdout").read_text(),
+                                            (folder / "stderr").read_text(), folder)
+                    del running[name]
+                    seconds[name] = round(time.monotonic() - started[name], 1)
+                elif case.interrupt_when and _ready_for_ctrl_c(case, filled, folder / "stderr"):
+                    process.send_signal(signal.SIGINT)
+                    running[name] = (replace(case, interrupt_when=None), process, folder, filled)
+            assert time.monotonic() < deadline, f"still running after 20 minutes: {sorted(running)}"
+            time.sleep(0.1)
+    finally:
+        for _, process, _, _ in running.values():
+            process.kill()
+        if read_only is not None and read_only != Path("/sys"):
+            read_only.chmod(0o755)
+        (root / "seconds.json").write_text(json.dumps(seconds, indent=1))  # wall time per case, to keep them quick
+    return results, before, paths
+
+
+def test_the_catalogue_has_at_least_40_cases():
+    assert len(CASES) >= 40 and len({case.name for case in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_bad_input_is_one_line_with_its_exit_and_nothing_half_written(case, outcomes):
+    results, _, paths = outcomes
+    if case.skip:
+        pytest.skip(case.skip)
+    if case.name not in results:
+        pytest.skip("no folder this process cannot write in (root without /sys)")
+    run = results[case.name]
+    assert run.returncode == case.exit, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr, run.stderr[-3000:]
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    verdicts = [line for line in lines if line.startswith(ERROR_LINE) and (": error: " in line or "interrupted" in line)]
+    assert verdicts == [lines[-1]], lines[-6:]
+    phrase = _fill((case.phrase,), paths)[0]
+    assert phrase in lines[-1], lines[-1]
+    out = run.folder / "out"
+    assert not out.exists(), sorted(p.name for p in out.rglob("*"))
+    leftovers = [hidden.name for where in (run.folder, paths["user"]) for hidden in where.glob(".*partial-*")]
+    assert leftovers == []
+
+
+def test_nothing_of_the_users_was_deleted_moved_or_changed(outcomes):
+    results, before, paths = outcomes
+    root = paths["user_dir"].parent.parent
+    after = _snapshot([root / "user", root / "fewer_items", root / "blocked_results", paths["baseline"]])
+    assert after == before
+
+
+def test_ctrl_c_leaves_the_earlier_output_whole(outcomes):
+    results, _, paths = outcomes
+    earlier = paths["earlier"]
+    assert sorted(p.name for p in earlier.iterdir()) == sorted([MANIFEST, "identify.json", "spec_top5.json"])
+    assert json.loads((earlier / "identify.json").read_text()) == {"earlier": True}
+    assert results["ctrl_c_identify_over_its_earlier_output"].returncode == 130
