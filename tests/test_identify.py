@@ -13,6 +13,7 @@ from interventions.analysis.gates import gate_heads
 from interventions.analysis.gate_response import GATES, describe, gate_response
 from interventions.analysis.identify import (
     LearnedMaskOptions,
+    Objective,
     Ranking,
     ablation_scores,
     attribution_scores,
@@ -137,7 +138,7 @@ def test_ablation_score_is_the_measured_drop(loaded, follow_batches):
     assert float(ranking.scores.abs().max()) > 1e-4  # blocking heads does move the difference
 
 
-def test_learned_mask_is_deterministic_and_lowers_its_loss(docs):
+def test_learned_mask_is_deterministic_and_reports_its_set(docs):
     """On the trained organism: an untrained model has no following circuit for the mask to break."""
     from interventions.loading import load_model
 
@@ -145,13 +146,17 @@ def test_learned_mask_is_deterministic_and_lowers_its_loss(docs):
     follow, control = split_docs(docs)
     follow_batches = list(iter_batches(model, processor, follow, 2))
     control_batches = list(iter_batches(model, processor, control, 2))
-    options = LearnedMaskOptions(steps=13, lr=0.2)  # 2 follow + 2 control batches: step 13 reuses step 1's batches
+    options = LearnedMaskOptions(steps=4, init_logits=(2.0,), refine_sets=3)
     first = learned_mask_scores(model, follow_batches, control_batches, options, seed=3, progress=False)
     again = learned_mask_scores(model, follow_batches, control_batches, options, seed=3, progress=False)
     assert torch.equal(first.scores, again.scores)
-    assert first.details["last_step"][0] < first.details["first_step"][0]
-    assert len(follow_batches) == len(control_batches) == 2
-    assert first.passes == len(follow_batches) + len(control_batches) + 4 * 13
+    found = [tuple(h) for h in first.details["found"]]
+    assert len(found) == first.details["k"] == 2 and top_heads(first.scores, 0.05) == found
+    objective = Objective(model, follow_batches, control_batches)
+    assert first.details["found_objective"] == pytest.approx(objective.at(found), abs=1e-5)
+    assert first.details["refined_sets"] <= 3
+    forwards = len(follow_batches) + len(control_batches)
+    assert first.passes >= forwards * (1 + 2 * 4)  # open values + 4 forward+backward steps, + refinement
 
 
 def test_top_heads_count_and_order():
@@ -233,10 +238,11 @@ def test_identify_result_and_block_spec(loaded, docs, tmp_path):
     model, processor = loaded
     result = identify(model, processor, docs, fraction=0.25, batch_size=4, progress=False,
                       learned_options=LearnedMaskOptions(steps=2))
-    assert set(result.rankings) == {"attribution", "ablation", "learned"}
+    assert set(result.rankings) == {"attribution", "ablation", "selective", "learned"}
     summary = result.to_dict()
     assert summary["k"] == 2 and summary["n_follow_docs"] == 4 and summary["n_control_docs"] == 4
-    assert set(summary["overlaps"]) == {"attribution~ablation", "attribution~learned", "ablation~learned"}
+    assert set(summary["overlaps"]) == {"attribution~ablation", "attribution~selective", "attribution~learned",
+                                        "ablation~selective", "ablation~learned", "selective~learned"}
     assert summary["top_overlap"] == summary["overlaps"]["attribution~ablation"]
     heads = top_heads(result.rankings["attribution"].scores, 0.25)
     spec = block_spec(model, heads, {"method": "attribution", "fraction": 0.25, "command": "test"})
@@ -260,8 +266,8 @@ def test_cli_writes_outputs(modarb, organism_folder, tmp_path, capsys):
                    "--batch-size", "4", "--learned-steps", "2", "--method", "ablation"])
     assert code == 0
     assert sorted(p.name for p in out.iterdir()) == [
-        "gate_response.png", "heads_ablation.png", "heads_attribution.png", "heads_learned.png", "identify.json",
-        "spec_top25.json",
+        "gate_response.png", "heads_ablation.png", "heads_attribution.png", "heads_learned.png",
+        "heads_selective.png", "identify.json", "spec_top25.json",
     ]
     report = json.loads((out / "identify.json").read_text())
     spec = InterventionSpec.load(out / "spec_top25.json")
