@@ -11,6 +11,7 @@ from interventions import cli
 from interventions.analysis.batches import candidate_log_mass, iter_batches
 from interventions.analysis.gates import gate_heads
 from interventions.analysis.gate_response import GATES, describe, gate_response
+from interventions.analysis.selective import exhaustive_sets, selective_sweep
 from interventions.analysis.identify import (
     LearnedMaskOptions,
     Objective,
@@ -321,3 +322,57 @@ def test_failed_run_leaves_no_identify_json(loaded, tmp_path, monkeypatch):
         run_identify(model, processor, tmp_path, top=0.25, n_items=1, exact=False, learned=False, progress=False)
     assert not (tmp_path / "identify.json").exists()
     assert not list(tmp_path.glob("*.tmp"))
+
+
+# --- the learned mask against the exhaustive optimum, on the trained organism -----------------------
+@pytest.fixture(scope="module")
+def organism_objective(organism_dir):
+    """The objective on 16 validation items of the bundled organism (32 follow + 32 control docs)."""
+    from interventions.loading import load_model
+
+    model, processor = load_model(str(organism_dir))
+    follow, control = split_docs(shapes_docs(16))
+    return Objective(model, list(iter_batches(model, processor, follow, 32)),
+                     list(iter_batches(model, processor, control, 32)))
+
+
+def _learned(objective, **options):
+    seed = options.pop("seed", 0)
+    model = objective.model
+    ranking = learned_mask_scores(model, objective.follow_batches, objective.control_batches,
+                                  LearnedMaskOptions(**options), seed=seed, progress=False, objective=objective)
+    return top_heads(ranking.scores, 0.05), ranking
+
+
+def test_learned_mask_scores_90_percent_of_the_exhaustive_optimum(organism_objective):
+    optimum = exhaustive_sets(organism_objective, k=2, progress=False)
+    assert optimum["sets"] == 1128  # every pair of the organism's 48 heads
+    heads, ranking = _learned(organism_objective)
+    found = organism_objective.at(heads)
+    assert found["value"] >= 0.9 * optimum["objective"]["value"]
+    assert optimum["objective"]["following_drop"] > 0.3  # a selective block exists on these items ...
+    assert found["following_drop"] > 0.3  # ... and the learned set breaks following too,
+    assert max(found["visual_control_drop"], found["language_control_drop"]) < 0.05  # sparing both controls
+    assert ranking.passes < optimum["passes"] / 5  # at a fraction of the exhaustive search's cost
+
+
+def test_learned_mask_is_robust_to_its_seed_and_sparsity_weight(organism_objective):
+    sparsity = LearnedMaskOptions().sparsity
+    sets = {f"seed {seed}": _learned(organism_objective, seed=seed)[0] for seed in (0, 1, 2)}
+    sets |= {f"sparsity x{f}": _learned(organism_objective, sparsity=sparsity * f)[0] for f in (0.5, 1.5)}
+    assert len({frozenset(s) for s in sets.values()}) == 1, sets
+
+
+def test_selective_sweep_scores_each_head_by_the_objective(organism_objective):
+    values, terms = selective_sweep(organism_objective, progress=False)
+    layer, head = divmod(int(values.argmax()), values.shape[1])
+    alone = organism_objective.at([(layer, head)])
+    assert float(values[layer, head]) == pytest.approx(alone["value"], abs=1e-9)
+    assert terms["following_drop"][layer][head] == pytest.approx(alone["following_drop"], abs=1e-6)
+    drops = [alone["visual_control_drop"], alone["language_control_drop"]]
+    assert alone["value"] == pytest.approx(alone["following_drop"] - sum(max(0.0, d) for d in drops), abs=1e-9)
+
+
+def test_exhaustive_search_refuses_large_models(organism_objective):
+    with pytest.raises(ModarbError, match="exceeds the limit of 100"):
+        exhaustive_sets(organism_objective, k=2, max_sets=100, progress=False)
