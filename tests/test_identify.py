@@ -376,3 +376,19 @@ def test_selective_sweep_scores_each_head_by_the_objective(organism_objective):
 def test_exhaustive_search_refuses_large_models(organism_objective):
     with pytest.raises(ModarbError, match="exceeds the limit of 100"):
         exhaustive_sets(organism_objective, k=2, max_sets=100, progress=False)
+
+
+def test_amplify_point_counts_restored_and_broken_items():
+    from pathlib import Path
+
+    from interventions.analysis.evaluation import Run
+    from interventions.analysis.experiments import amplify_point
+
+    def run(image, text):
+        return Run("r", {}, {"mf_follow_image": dict(enumerate(image)), "mf_follow_text": dict(enumerate(text))},
+                   Path("x"), "cmd")
+
+    baseline = run([1, 1, 0, 1], [0, 0, 1, 1])  # 3 failed, 5 followed
+    point = amplify_point(baseline, run([1, 0, 1, 1], [1, 0, 1, 0]), alpha=2.0)
+    assert (point.restored, point.failed, point.broken, point.followed) == (2, 3, 2, 5)
+    assert point.restoration_rate == pytest.approx(2 / 3) and point.broken_rate == pytest.approx(2 / 5)

@@ -71,12 +71,17 @@ class Objective:
         self.forwards = len(self.follow_batches) + len(self.control_batches)  # per evaluation
 
     def _terms(self, follow: Sequence[torch.Tensor], control: Sequence[torch.Tensor]) -> dict[str, float]:
-        terms = {"following": float(torch.cat(follow).double().mean()) if follow else float("nan")}
+        return {"following": float(torch.cat(follow).double().mean()) if follow else float("nan"),
+                **self.control_means(control)}
+
+    def control_means(self, control: Sequence[torch.Tensor]) -> dict[str, float]:
+        """Mean correct-answer mass per control kind, from `control_masses` of each control batch."""
+        means = {}
         for kind in CONTROL_KINDS:
             values = [mass[mask] for mass, b in zip(control, self.control_batches)
                       for k, mask in _kind_masks(b).items() if k == kind]
-            terms[kind] = float(torch.cat(values).double().mean()) if values else float("nan")
-        return terms
+            means[kind] = float(torch.cat(values).double().mean()) if values else float("nan")
+        return means
 
     def gates_blocking(self, heads: Iterable[Head]) -> torch.Tensor:
         gates = torch.ones(self.shape)
