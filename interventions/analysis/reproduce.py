@@ -75,7 +75,7 @@ def reproduce(config: ReproduceConfig) -> dict:
         model_arg = f"pretrained={config.model}" if config.model else ""
         evaluator = Evaluator(lm, model_arg, work / "runs", config.limit, config.batch_size, Path(config.out) / "runs")
         other_rankings = len(METHODS) - 1  # their top sets are blocked beside the chosen ranking's
-        steps = tqdm(total=6 + other_rankings + len(config.fractions) * (1 + config.draws) + len(config.alphas),
+        steps = tqdm(total=5 + other_rankings + len(config.fractions) * (1 + config.draws) + len(config.alphas),
                      desc="reproduce", unit="step")
 
         def progress(what: str) -> None:
