@@ -392,3 +392,17 @@ def test_amplify_point_counts_restored_and_broken_items():
     point = amplify_point(baseline, run([1, 0, 1, 1], [1, 0, 1, 0]), alpha=2.0)
     assert (point.restored, point.failed, point.broken, point.followed) == (2, 3, 2, 5)
     assert point.restoration_rate == pytest.approx(2 / 3) and point.broken_rate == pytest.approx(2 / 5)
+
+
+def test_cli_exhaustive_records_the_optimum_beside_every_ranking(modarb, organism_folder, tmp_path):
+    out = tmp_path / "identify"
+    assert modarb(["identify", "--model", str(organism_folder), "--out", str(out), "--top", "0.25", "--n-items", "2",
+                   "--batch-size", "4", "--learned-steps", "2", "--curve-heads", "0", "--exhaustive"]) == 0
+    report = json.loads((out / "identify.json").read_text())
+    assert report["exhaustive"]["sets"] == 28  # every pair of the 8 heads
+    by_ranking = report["objective"]["by_ranking"]
+    assert set(by_ranking) == {"attribution", "ablation", "selective", "learned", "exhaustive"}
+    optimum = by_ranking["exhaustive"]["value"]
+    assert all(terms["value"] <= optimum + 1e-9 for terms in by_ranking.values())
+    assert report["objective"]["best"] in report["rankings"]
+    assert report["command"].endswith("--curve-heads 0 --exhaustive")
