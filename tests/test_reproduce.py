@@ -19,7 +19,7 @@ def small_report(tmp_path_factory, organism_dir) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("reproduce") / "report"
     config = ReproduceConfig(
         out=out, limit=12, batch_size=16, fractions=(0.05, 0.10), draws=2, alphas=(2.0, 4.0),
-        analysis_items=6, seed=0,
+        analysis_items=6, amplify_items=6, seed=0,
     )
     return out, reproduce(config)
 

@@ -53,6 +53,7 @@ class ReproduceConfig:
     method: str = "learned"
     analysis_items: int = 48  # validation items for flow / identify / amplification (per instruction side and layout)
     learned_steps: int = LearnedMaskOptions.steps  # optimisation steps of the learned head mask, per start
+    amplify_items: int = 150  # validation items that fit the amplification gates and pick the sweep's alpha
     window: int | None = None  # flow knockout window; None: the odd layer count nearest 30% of the depth
     seed: int = 0
     device: str | None = None
@@ -117,8 +118,11 @@ def reproduce(config: ReproduceConfig) -> dict:
 
 
 def _amplification_on_validation(lm, config: ReproduceConfig, top_heads) -> tuple[dict, dict]:
-    """Learned gates (on twice the block set's head count) and the sweep's alpha, both on validation items."""
-    follow, control = split_docs(shapes_docs(config.analysis_items))
+    """Learned gates (on twice the block set's head count) and the sweep's alpha, both on validation items.
+
+    More items than identify uses: the gates are fit to the failed items, and 48 items have only ~10.
+    """
+    follow, control = split_docs(shapes_docs(config.amplify_items))
     with frozen(lm.model):
         objective = Objective(lm.model, list(iter_batches(lm.model, lm.processor, follow, config.batch_size)),
                               list(iter_batches(lm.model, lm.processor, control, config.batch_size)))
