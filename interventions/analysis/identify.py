@@ -521,7 +521,8 @@ def run_identify(
         **provenance,
         "batch_size": batch_size,
         "metric": "logit difference log p(F) - log p(C) of the first answer token at the last position, "
-        "on follow_image and follow_text docs; score = drop of its mean when the head is blocked",
+        "on follow_image and follow_text docs; score = drop of its mean when the head is blocked (attribution, "
+        "ablation); selective and learned: the objective (see 'objective')",
         "spec": spec_name(top),
         "spec_heads": [list(head) for head in chosen],
         **result.to_dict(),
