@@ -7,6 +7,10 @@ methods are warmed up by one untimed forward + backward first.
 
     python benchmarks/bench_identify.py [--model PATH] [--n-items 64] [--batch-size 16] [--out bench.json]
 
+`--versus-optimum` (organism or any small model) runs, side by side on the same validation batches,
+the learned mask, the plain and the selective exact sweeps and the exhaustive search over every
+k-head set: passes, wall time, each top set's objective and its agreement with the optimum.
+
 `--model-config llava-1.5-7b` times `identify` on a random-init model with the real LLaVA-1.5-7B
 config instead (bf16, CUDA, random tokens and pixels, no network), with peak GPU memory per method.
 """
@@ -28,14 +32,18 @@ from interventions.analysis.batches import DocBatch, iter_batches  # noqa: E402
 from interventions.analysis.identify import (  # noqa: E402
     IdentifyResult,
     LearnedMaskOptions,
+    Objective,
     ablation_scores,
     attribution_scores,
     learned_mask_scores,
     rank_correlation,
+    selective_scores,
     shapes_docs,
     split_docs,
+    top_heads,
     top_overlap,
 )
+from interventions.analysis.selective import exhaustive_sets  # noqa: E402
 
 SPEEDUP_GOAL = 10.0
 OVERLAP_GOAL = 0.6
@@ -145,6 +153,47 @@ def run_methods(model, follow: list[DocBatch], control: list[DocBatch], args, de
     return IdentifyResult(rankings, args.fraction, sum(map(len, follow)), sum(map(len, control)))
 
 
+def versus_optimum(model, follow: list[DocBatch], control: list[DocBatch], fraction: float, seed: int) -> dict:
+    """Learned mask vs the exact sweeps vs the exhaustive optimum, on the same batches and objective."""
+    from interventions.analysis.identify import frozen
+
+    with frozen(model):
+        start = time.perf_counter()
+        objective = Objective(model, follow, control)
+        open_seconds = time.perf_counter() - start
+        rankings = {
+            "learned": learned_mask_scores(model, follow, control, LearnedMaskOptions(), seed, fraction=fraction,
+                                           objective=objective),
+            "ablation": ablation_scores(model, follow),
+            "selective": selective_scores(objective),
+        }
+    k = len(top_heads(rankings["learned"].scores, fraction))
+    start = time.perf_counter()
+    optimum = exhaustive_sets(objective, k)
+    optimum_seconds = time.perf_counter() - start
+    best = {tuple(h) for h in optimum["heads"]}
+    rows = {}
+    for name, ranking in rankings.items():
+        heads = top_heads(ranking.scores, fraction)
+        value = objective.at(heads)["value"]
+        rows[name] = {"passes": ranking.passes, "seconds": round(ranking.seconds, 2), "top": [list(h) for h in heads],
+                      "objective": round(value, 4), "share_of_optimum": round(value / optimum["objective"]["value"], 3),
+                      "agreement_with_optimum": len(best & set(heads)) / k}
+    rows["exhaustive"] = {"passes": optimum["passes"], "seconds": round(optimum_seconds + open_seconds, 2),
+                          "top": optimum["heads"], "objective": round(optimum["objective"]["value"], 4),
+                          "share_of_optimum": 1.0, "agreement_with_optimum": 1.0}
+    return {"k": k, "sets": optimum["sets"], "rows": rows}
+
+
+def print_versus(result: dict) -> None:
+    print(f"\nobjective at each top-{result['k']} set vs the exhaustive optimum over {result['sets']:,} sets")
+    print(f"{'method':<12}{'passes':>9}{'seconds':>9}  {'top set':<18}{'objective':>10}{'of optimum':>11}{'agree':>7}")
+    for name, row in result["rows"].items():
+        top = " ".join(f"L{l}H{h}" for l, h in row["top"])
+        print(f"{name:<12}{row['passes']:>9}{row['seconds']:>9.2f}  {top:<18}{row['objective']:>10.4f}"
+              f"{row['share_of_optimum']:>11.3f}{row['agreement_with_optimum']:>7.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="model folder (default: the bundled organism)")
@@ -160,6 +209,8 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="default: cpu, or cuda with --model-config")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--versus-optimum", action="store_true",
+                        help="learned mask vs exact sweeps vs the exhaustive k-set optimum (small models)")
     parser.add_argument("--out", default=None, help="write the numbers as JSON here")
     args = parser.parse_args()
     if args.threads:
@@ -185,8 +236,18 @@ def main() -> None:
         model, processor = load_model(args.model, device=device)
         follow_docs, control_docs = split_docs(shapes_docs(args.n_items))
         follow = list(iter_batches(model, processor, follow_docs, args.batch_size))
-        control = list(iter_batches(model, processor, control_docs, args.batch_size)) if args.learned_steps else []
+        control = list(iter_batches(model, processor, control_docs, args.batch_size))
         name, extra = str(model.config._name_or_path), {}
+        if args.versus_optimum:
+            result = versus_optimum(model, follow, control, args.fraction, args.seed)
+            result |= {"model": name, "n_follow_docs": len(follow_docs), "n_control_docs": len(control_docs),
+                       "batch_size": args.batch_size, "threads": torch.get_num_threads(), "torch": torch.__version__}
+            print_versus(result)
+            if args.out:
+                with open(args.out, "w", encoding="utf-8") as handle:
+                    json.dump(result, handle, indent=2)
+                print(f"wrote {args.out}")
+            return
 
     result = run_methods(model, follow, control, args, device)
     summary = summarise(result, args.fraction, {

@@ -163,7 +163,7 @@ def test_an_interrupted_reproduce_resumes_from_its_cache(tmp_path, monkeypatch, 
 
     def config(out: str, use_cache: Path | None) -> ReproduceConfig:
         return ReproduceConfig(out=tmp_path / out, limit=8, batch_size=16, fractions=(0.05,), draws=1, alphas=(2.0,),
-                               analysis_items=4, learned_steps=5, seed=0, use_cache=use_cache)
+                               analysis_items=4, learned_steps=5, amplify_items=8, seed=0, use_cache=use_cache)
 
     reproduce(config("reference", None))
     real_run, finished = evaluation.Evaluator.run, []

@@ -11,8 +11,10 @@ from interventions import cli
 from interventions.analysis.batches import candidate_log_mass, iter_batches
 from interventions.analysis.gates import gate_heads
 from interventions.analysis.gate_response import GATES, describe, gate_response
+from interventions.analysis.selective import exhaustive_sets, selective_sweep
 from interventions.analysis.identify import (
     LearnedMaskOptions,
+    Objective,
     Ranking,
     ablation_scores,
     attribution_scores,
@@ -137,7 +139,7 @@ def test_ablation_score_is_the_measured_drop(loaded, follow_batches):
     assert float(ranking.scores.abs().max()) > 1e-4  # blocking heads does move the difference
 
 
-def test_learned_mask_is_deterministic_and_lowers_its_loss(docs):
+def test_learned_mask_is_deterministic_and_reports_its_set(docs):
     """On the trained organism: an untrained model has no following circuit for the mask to break."""
     from interventions.loading import load_model
 
@@ -145,13 +147,17 @@ def test_learned_mask_is_deterministic_and_lowers_its_loss(docs):
     follow, control = split_docs(docs)
     follow_batches = list(iter_batches(model, processor, follow, 2))
     control_batches = list(iter_batches(model, processor, control, 2))
-    options = LearnedMaskOptions(steps=13, lr=0.2)  # 2 follow + 2 control batches: step 13 reuses step 1's batches
+    options = LearnedMaskOptions(steps=4, init_logits=(2.0,), refine_sets=3)
     first = learned_mask_scores(model, follow_batches, control_batches, options, seed=3, progress=False)
     again = learned_mask_scores(model, follow_batches, control_batches, options, seed=3, progress=False)
     assert torch.equal(first.scores, again.scores)
-    assert first.details["last_step"][0] < first.details["first_step"][0]
-    assert len(follow_batches) == len(control_batches) == 2
-    assert first.passes == len(follow_batches) + len(control_batches) + 4 * 13
+    found = [tuple(h) for h in first.details["found"]]
+    assert len(found) == first.details["k"] == 2 and top_heads(first.scores, 0.05) == found
+    objective = Objective(model, follow_batches, control_batches)
+    assert first.details["found_objective"] == pytest.approx(objective.at(found), abs=1e-5)
+    assert first.details["refined_sets"] <= 3
+    forwards = len(follow_batches) + len(control_batches)
+    assert first.passes >= forwards * (1 + 2 * 4)  # open values + 4 forward+backward steps, + refinement
 
 
 def test_top_heads_count_and_order():
@@ -233,10 +239,11 @@ def test_identify_result_and_block_spec(loaded, docs, tmp_path):
     model, processor = loaded
     result = identify(model, processor, docs, fraction=0.25, batch_size=4, progress=False,
                       learned_options=LearnedMaskOptions(steps=2))
-    assert set(result.rankings) == {"attribution", "ablation", "learned"}
+    assert set(result.rankings) == {"attribution", "ablation", "selective", "learned"}
     summary = result.to_dict()
     assert summary["k"] == 2 and summary["n_follow_docs"] == 4 and summary["n_control_docs"] == 4
-    assert set(summary["overlaps"]) == {"attribution~ablation", "attribution~learned", "ablation~learned"}
+    assert set(summary["overlaps"]) == {"attribution~ablation", "attribution~selective", "attribution~learned",
+                                        "ablation~selective", "ablation~learned", "selective~learned"}
     assert summary["top_overlap"] == summary["overlaps"]["attribution~ablation"]
     heads = top_heads(result.rankings["attribution"].scores, 0.25)
     spec = block_spec(model, heads, {"method": "attribution", "fraction": 0.25, "command": "test"})
@@ -260,8 +267,8 @@ def test_cli_writes_outputs(modarb, organism_folder, tmp_path, capsys):
                    "--batch-size", "4", "--learned-steps", "2", "--method", "ablation"])
     assert code == 0
     assert sorted(p.name for p in out.iterdir()) == [
-        ".modarb-output.json", "gate_response.png", "heads_ablation.png", "heads_attribution.png", "heads_learned.png", "identify.json",
-        "spec_top25.json",
+        ".modarb-output.json", "gate_response.png", "heads_ablation.png", "heads_attribution.png", "heads_learned.png",
+        "heads_selective.png", "identify.json", "spec_top25.json",
     ]
     report = json.loads((out / "identify.json").read_text())
     spec = InterventionSpec.load(out / "spec_top25.json")
@@ -315,3 +322,87 @@ def test_failed_run_leaves_no_identify_json(loaded, tmp_path, monkeypatch):
         run_identify(model, processor, tmp_path, top=0.25, n_items=1, exact=False, learned=False, progress=False)
     assert not (tmp_path / "identify.json").exists()
     assert not list(tmp_path.glob("*.tmp"))
+
+
+# --- the learned mask against the exhaustive optimum, on the trained organism -----------------------
+@pytest.fixture(scope="module")
+def organism_objective(organism_dir):
+    """The objective on 16 validation items of the bundled organism (32 follow + 32 control docs)."""
+    from interventions.loading import load_model
+
+    model, processor = load_model(str(organism_dir))
+    follow, control = split_docs(shapes_docs(16))
+    return Objective(model, list(iter_batches(model, processor, follow, 32)),
+                     list(iter_batches(model, processor, control, 32)))
+
+
+def _learned(objective, **options):
+    seed = options.pop("seed", 0)
+    model = objective.model
+    ranking = learned_mask_scores(model, objective.follow_batches, objective.control_batches,
+                                  LearnedMaskOptions(**options), seed=seed, progress=False, objective=objective)
+    return top_heads(ranking.scores, 0.05), ranking
+
+
+def test_learned_mask_scores_90_percent_of_the_exhaustive_optimum(organism_objective):
+    optimum = exhaustive_sets(organism_objective, k=2, progress=False)
+    assert optimum["sets"] == 1128  # every pair of the organism's 48 heads
+    heads, ranking = _learned(organism_objective)
+    found = organism_objective.at(heads)
+    assert found["value"] >= 0.9 * optimum["objective"]["value"]
+    assert optimum["objective"]["following_drop"] > 0.3  # a selective block exists on these items ...
+    assert found["following_drop"] > 0.3  # ... and the learned set breaks following too,
+    assert max(found["visual_control_drop"], found["language_control_drop"]) < 0.05  # sparing both controls
+    assert ranking.passes < optimum["passes"] / 5  # at a fraction of the exhaustive search's cost
+
+
+def test_learned_mask_is_robust_to_its_seed_and_sparsity_weight(organism_objective):
+    sparsity = LearnedMaskOptions().sparsity
+    sets = {f"seed {seed}": _learned(organism_objective, seed=seed)[0] for seed in (0, 1, 2)}
+    sets |= {f"sparsity x{f}": _learned(organism_objective, sparsity=sparsity * f)[0] for f in (0.5, 1.5)}
+    assert len({frozenset(s) for s in sets.values()}) == 1, sets
+
+
+def test_selective_sweep_scores_each_head_by_the_objective(organism_objective):
+    values, terms = selective_sweep(organism_objective, progress=False)
+    layer, head = divmod(int(values.argmax()), values.shape[1])
+    alone = organism_objective.at([(layer, head)])
+    assert float(values[layer, head]) == pytest.approx(alone["value"], abs=1e-9)
+    assert terms["following_drop"][layer][head] == pytest.approx(alone["following_drop"], abs=1e-6)
+    drops = [alone["visual_control_drop"], alone["language_control_drop"]]
+    assert alone["value"] == pytest.approx(alone["following_drop"] - sum(max(0.0, d) for d in drops), abs=1e-9)
+
+
+def test_exhaustive_search_refuses_large_models(organism_objective):
+    with pytest.raises(ModarbError, match="exceeds the limit of 100"):
+        exhaustive_sets(organism_objective, k=2, max_sets=100, progress=False)
+
+
+def test_amplify_point_counts_restored_and_broken_items():
+    from pathlib import Path
+
+    from interventions.analysis.evaluation import Run
+    from interventions.analysis.experiments import amplify_point
+
+    def run(image, text):
+        return Run("r", {}, {"mf_follow_image": dict(enumerate(image)), "mf_follow_text": dict(enumerate(text))},
+                   Path("x"), "cmd")
+
+    baseline = run([1, 1, 0, 1], [0, 0, 1, 1])  # 3 failed, 5 followed
+    point = amplify_point(baseline, run([1, 0, 1, 1], [1, 0, 1, 0]), alpha=2.0)
+    assert (point.restored, point.failed, point.broken, point.followed) == (2, 3, 2, 5)
+    assert point.restoration_rate == pytest.approx(2 / 3) and point.broken_rate == pytest.approx(2 / 5)
+
+
+def test_cli_exhaustive_records_the_optimum_beside_every_ranking(modarb, organism_folder, tmp_path):
+    out = tmp_path / "identify"
+    assert modarb(["identify", "--model", str(organism_folder), "--out", str(out), "--top", "0.25", "--n-items", "2",
+                   "--batch-size", "4", "--learned-steps", "2", "--curve-heads", "0", "--exhaustive"]) == 0
+    report = json.loads((out / "identify.json").read_text())
+    assert report["exhaustive"]["sets"] == 28  # every pair of the 8 heads
+    by_ranking = report["objective"]["by_ranking"]
+    assert set(by_ranking) == {"attribution", "ablation", "selective", "learned", "exhaustive"}
+    optimum = by_ranking["exhaustive"]["value"]
+    assert all(terms["value"] <= optimum + 1e-9 for terms in by_ranking.values())
+    assert report["objective"]["best"] in report["rankings"]
+    assert report["command"].endswith("--curve-heads 0 --exhaustive")

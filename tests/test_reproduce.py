@@ -34,7 +34,7 @@ def small_report(tmp_path_factory, organism_dir) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("reproduce") / "report"
     config = ReproduceConfig(
         out=out, limit=12, batch_size=16, fractions=(0.05, 0.10), draws=2, alphas=(2.0, 4.0),
-        analysis_items=6, seed=0,
+        analysis_items=6, amplify_items=6, seed=0,
     )
     logging.getLogger("lm_eval").addHandler(LM_EVAL_WARNINGS)
     try:
@@ -62,15 +62,15 @@ def test_summary_carries_every_promised_key(small_report):
     assert {"top_overlap", "rank_correlation"} <= set(summary["identify"])
     assert summary["seconds"] > 0
     assert len(summary["blocking_curve"]) == 2 and all(len(p["random"]) == 2 for p in summary["blocking_curve"])
-    assert len(summary["targets"]) == 5
+    assert len(summary["targets"]) == 6
 
 
 def test_each_rankings_top_set_is_blocked_and_recorded(small_report):
     out, summary = small_report
     identified = json.loads((out / "identify" / "identify.json").read_text())
     by_ranking = summary["block_top_by_ranking"]
-    assert set(by_ranking) == {"attribution", "ablation", "learned"}
-    assert by_ranking["attribution"] == summary["block_top"]  # the chosen ranking is the headline run
+    assert set(by_ranking) == {"attribution", "ablation", "selective", "learned"}
+    assert by_ranking["learned"] == summary["block_top"]  # the learned mask is the headline run by default
     report = (out / "report.md").read_text()
     for method, run in by_ranking.items():
         assert run["heads"] == identified["rankings"][method]["top"]
@@ -124,3 +124,29 @@ def test_bad_top_fraction_is_one_line_and_writes_nothing(tmp_path):
         "modarb: error: --top 0.07 must be one of the blocking fractions [0.01, 0.02, 0.05, 0.1, 0.15, 0.2]"
     ]
     assert not (tmp_path / "r").exists()
+
+
+def test_objective_is_recorded_for_every_ranking(small_report):
+    out, summary = small_report
+    identified = json.loads((out / "identify" / "identify.json").read_text())
+    objective = summary["identify"]["objective"]
+    assert objective == identified["objective"]["by_ranking"]
+    assert set(objective) == {"attribution", "ablation", "selective", "learned"}
+    for method, terms in objective.items():
+        assert terms["heads"] == identified["rankings"][method]["top"]
+        hinged = sum(max(0.0, terms[f"{kind}_drop"]) for kind in ("visual_control", "language_control"))
+        assert terms["value"] == pytest.approx(terms["following_drop"] - hinged)
+    best = summary["identify"]["objective_best"]
+    assert objective[best]["value"] == max(terms["value"] for terms in objective.values())
+    assert f"On validation, **{best}** wins on the objective" in (out / "report.md").read_text()
+
+
+def test_amplification_reports_restored_and_broken_shares(small_report):
+    out, summary = small_report
+    amplify = summary["amplify"]
+    assert amplify["failed_items"] + amplify["followed_items"] == 2 * summary["limit"]  # every follow item scored
+    assert amplify["broken_rate"] == pytest.approx(amplify["broken"] / amplify["followed_items"])
+    assert len(amplify["heads"]) == len(amplify["gates"]) == 4 and all(g >= 1 for g in amplify["gates"])
+    assert amplify["best_alpha"] == max(amplify["alpha_validation"], key=lambda p: (p["value"], -p["alpha"]))["alpha"]
+    assert {"restoration_rate", "broken_rate"} <= set(amplify["sweep_at_best_alpha"])
+    assert amplify["command"] in (out / "report.md").read_text()

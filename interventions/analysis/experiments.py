@@ -2,9 +2,10 @@
 
 - Blocking curve: block the top-ranked k% of heads vs random k% sets (several draws), for a
   range of k, scoring modality following and both ability controls.
-- Amplification: scale the top heads by α on the baseline's failed follow items, for a sweep
-  of α; the restoration rate is the fraction of those items that the model now follows, and
-  the controls are scored under the same α to show what amplification costs.
+- Amplification: scale heads (the learned gates of `amplify.py`, or the top heads by a fixed α
+  for a sweep of α) and score every follow item and both controls: the restoration rate is the
+  share of the baseline's failed follow items that the model now follows, the broken rate the
+  share of the items it followed that it now fails, and the controls show what it costs.
 """
 
 from __future__ import annotations
@@ -93,24 +94,44 @@ def block_each_ranking(
     return runs
 
 
-def failed_items(baseline: Run) -> dict[str, list[int]]:
-    """Doc ids of each follow task that the baseline did not follow."""
-    return {
-        task: sorted(doc for doc, follow in follows.items() if follow < 1)
-        for task, follows in baseline.follow_by_doc.items()
-    }
-
-
 @dataclass
 class AmplifyPoint:
-    alpha: float
+    alpha: float | None  # None: per-head learned gates
     restored: int
     failed: int
     run: Run
+    broken: int = 0
+    followed: int = 0
 
     @property
     def restoration_rate(self) -> float:
         return self.restored / self.failed if self.failed else float("nan")
+
+    @property
+    def broken_rate(self) -> float:
+        return self.broken / self.followed if self.followed else 0.0
+
+
+def amplify_point(baseline: Run, run: Run, alpha: float | None) -> AmplifyPoint:
+    """Restored (failed at baseline, followed now) and broken (followed at baseline, failed now) items."""
+    pairs = [(before[doc], follow) for task, before in baseline.follow_by_doc.items()
+             for doc, follow in run.follow_by_doc.get(task, {}).items() if doc in before]
+    failed = sum(1 for was, _ in pairs if was < 1)
+    return AmplifyPoint(alpha, restored=sum(1 for was, now in pairs if was < 1 and now >= 1), failed=failed, run=run,
+                        broken=sum(1 for was, now in pairs if was >= 1 and now < 1), followed=len(pairs) - failed)
+
+
+def amplify_gates(
+    evaluator: Evaluator,
+    fingerprint: ModelFingerprint,
+    gates: dict[Head, float],
+    baseline: Run,
+    provenance: dict,
+) -> AmplifyPoint:
+    """Scale each head by its own gate, score every task (as the baseline), compare item by item."""
+    spec = InterventionSpec(model=fingerprint, heads=tuple(HeadScale(l, h, float(g)) for (l, h), g in gates.items()),
+                            provenance=provenance)
+    return amplify_point(baseline, evaluator.run("amplify_learned", spec), None)
 
 
 def amplification_sweep(
@@ -119,17 +140,12 @@ def amplification_sweep(
     heads: Sequence[Head],
     alphas: Sequence[float],
     baseline: Run,
-    control_ids: Sequence[int],
     progress: Callable[[str], None] = lambda _: None,
 ) -> list[AmplifyPoint]:
-    """Amplify `heads` by each α on the baseline's failed follow items (+ the controls)."""
-    failed = failed_items(baseline)
-    samples = {**failed, **{task: list(control_ids) for task in evaluator.tasks.controls}}
+    """Amplify `heads` by each α and score every task: restored and broken items against the baseline."""
     points = []
     for alpha in alphas:
         progress(f"amplify x{alpha:g}")
         spec = scaled_spec(fingerprint, heads, alpha, {"name": f"amplify top x{alpha:g}", "method": "ranking"})
-        run = evaluator.run(f"amplify_x{alpha:g}", spec, samples=samples)
-        restored = sum(int(follow) for task in failed for follow in run.follow_by_doc.get(task, {}).values())
-        points.append(AmplifyPoint(alpha, restored, sum(map(len, failed.values())), run))
+        points.append(amplify_point(baseline, evaluator.run(f"amplify_x{alpha:g}", spec), alpha))
     return points

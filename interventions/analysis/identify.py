@@ -11,8 +11,15 @@ lowers the difference); rankings sort highest first.
   the number of docs. One forward + one backward per batch scores every head.
 - ablation (exact): each head blocked in turn (`heads.scale_heads`, scale 0); the measured drop
   of the mean. L*H + 1 forwards per batch: the ground truth attribution approximates.
-- learned: a sparse mask found by optimisation (see `learned_mask_scores`); a head's score is how
-  closed its gate ends (1 - gate).
+- selective (exact): each head blocked alone, scored by the selectivity objective
+  (`objective.py`: relative drop of following minus the controls' drops), so a general reading
+  head that every task needs does not rank as an arbitration head (`selective.py`).
+- learned: a k-head block found by optimising that objective with hard-concrete gates, several
+  starts and an exact refinement (`learned_mask.py`); its top k is the set it found.
+
+Every ranking's top-k set is then scored by the same objective on the same batches
+(`IdentifyResult.objective`), so anyone can see which set is best by it; on small models an
+exhaustive search over all k-head sets gives the optimum to compare with.
 """
 
 from __future__ import annotations
@@ -31,15 +38,12 @@ from scipy.stats import spearmanr
 from torch import nn
 from tqdm.auto import tqdm
 
-from interventions.analysis.batches import (
-    DocBatch,
-    candidate_log_mass,
-    iter_batches,
-    last_logits,
-    logit_difference,
-)
+from interventions.analysis.batches import DocBatch, iter_batches, logit_difference
 from interventions.analysis.gate_response import GATES, describe, gate_response
 from interventions.analysis.gates import gate_heads
+from interventions.analysis.learned_mask import LearnedMaskOptions, learned_mask
+from interventions.analysis.objective import Objective
+from interventions.analysis.selective import MAX_SETS, exhaustive_sets, selective_sweep, set_count
 from interventions.errors import ModarbError
 from interventions.heads import scale_heads
 from interventions.locate import locate_heads
@@ -48,7 +52,7 @@ from modarb_tasks.docs import to_doc
 from modarb_tasks.shapes import make_items
 
 SCHEMA_VERSION = "modarb.identify/v1"
-METHODS = ("attribution", "ablation", "learned")
+METHODS = ("attribution", "ablation", "selective", "learned")
 FOLLOW_KINDS = ("follow_image", "follow_text")
 CONTROL_KINDS = ("visual_control", "language_control")
 DATA_SEED = 0  # the `shapes` generator seed of the benchmark's own splits
@@ -92,6 +96,8 @@ class IdentifyResult:
     n_follow_docs: int
     n_control_docs: int
     gate_response: list[dict] = field(default_factory=list)  # curves of the top heads (gate_response.py)
+    objective: dict[str, Any] = field(default_factory=dict)  # the objective at each ranking's top set
+    exhaustive: dict[str, Any] | None = None  # the exhaustive optimum over k-head sets (small models)
 
     def pairs(self) -> list[tuple[str, str]]:
         return list(combinations([m for m in METHODS if m in self.rankings], 2))
@@ -127,18 +133,9 @@ class IdentifyResult:
             "top_overlap": overlaps.get("attribution~ablation"),
             "rank_correlation": correlations.get("attribution~ablation"),
             "gate_response": {"gates": list(GATES), "heads": self.gate_response},
+            "objective": self.objective,
+            "exhaustive": self.exhaustive,
         }
-
-
-@dataclass(frozen=True)
-class LearnedMaskOptions:
-    """The learned mask's optimisation (see `learned_mask_scores`)."""
-
-    steps: int = 200
-    lr: float = 0.1
-    init_logit: float = 3.0  # gates start at sigmoid(3) = 0.95: open, but not saturated
-    sparsity: float = 0.02  # cost of one fully closed head, as a fraction of the unmasked following term
-    control: float = 1.0  # weight of the rise in control cross-entropy (nats)
 
 
 # --- selection and agreement ------------------------------------------------------------------
@@ -252,10 +249,12 @@ def ablation_scores(model: nn.Module, batches: Sequence[DocBatch], progress: boo
     return Ranking("ablation", drops / rows, len(batches) * (len(heads) + 1), time.perf_counter() - start)
 
 
-def _control_cross_entropy(model: nn.Module, batch: DocBatch) -> torch.Tensor:
-    """Mean cross-entropy of the correct first answer token (its candidates' mass) on control docs."""
-    log_probs = torch.log_softmax(last_logits(model, batch).float(), dim=-1)
-    return -candidate_log_mass(log_probs, batch.follow_ids).mean()
+def selective_scores(objective: Objective, progress: bool = True) -> Ranking:
+    """Each head blocked alone, scored by the objective (see selective.py)."""
+    start = time.perf_counter()
+    values, terms = selective_sweep(objective, progress)
+    passes = objective.forwards * (values.numel() + 1)
+    return Ranking("selective", values, passes, time.perf_counter() - start, {"terms": terms})
 
 
 def learned_mask_scores(
@@ -265,57 +264,51 @@ def learned_mask_scores(
     options: LearnedMaskOptions = LearnedMaskOptions(),
     seed: int = 0,
     progress: bool = True,
+    fraction: float = 0.05,
+    objective: Objective | None = None,
 ) -> Ranking:
-    """A sparse head mask that breaks modality following while keeping the controls.
+    """The k-head block (k = top `fraction` of heads) that the learned mask finds (learned_mask.py).
 
-    Sigmoid relaxation, deterministic: gates = sigmoid(theta), theta starts at `init_logit`, Adam
-    on one follow batch and one control batch per step, in a seeded order. Minimised:
-
-      mean softplus(d) / mean softplus(d_open)          (d: logit difference on follow docs; softplus
-                                                         saturates once the competitor wins, so it cannot
-                                                         run to -inf and swamp the other terms)
-      + control * max(0, CE_ctrl - CE_ctrl_open)        (controls' first-token cross-entropy, open = all gates 1)
-      + sparsity * sum(1 - gates)                       (L1 on closedness: each closed head costs `sparsity`)
-
-    A head's score is how closed its gate ends, 1 - gate.
+    Scores: 1 + closedness for the k heads it chose (so they rank first), closedness (the largest
+    P(gate < 1) any start ended with) for the rest.
     """
     if not follow_batches or not control_batches:
         raise ModarbError("the learned mask needs follow docs and control docs; pass docs of all four task kinds")
     start = time.perf_counter()
-    with torch.no_grad():
-        follow_open = [float(nn.functional.softplus(logit_difference(model, b)).mean()) for b in follow_batches]
-        control_open = [float(_control_cross_entropy(model, b)) for b in control_batches]
-    generator = torch.Generator().manual_seed(seed)
-    follow_order = torch.randperm(len(follow_batches), generator=generator).tolist()
-    control_order = torch.randperm(len(control_batches), generator=generator).tolist()
-    theta = torch.full_like(_ones_gates(model, requires_grad=False), options.init_logit).requires_grad_(True)
-    optimiser = torch.optim.Adam([theta], lr=options.lr)
-    history = []
     with frozen(model):
-        for step in tqdm(range(options.steps), desc="learned mask", unit="step", disable=not progress):
-            f = follow_order[step % len(follow_order)]
-            c = control_order[step % len(control_order)]
-            gates = torch.sigmoid(theta)
-            with gate_heads(model, gates):
-                following = nn.functional.softplus(logit_difference(model, follow_batches[f])).mean()
-                following = following / max(sum(follow_open) / len(follow_open), 1e-6)
-                control = torch.relu(_control_cross_entropy(model, control_batches[c]) - control_open[c])
-            sparsity = (1 - gates).sum()
-            loss = following + options.control * control + options.sparsity * sparsity
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            history.append([round(float(v.detach()), 5) for v in (loss, following, control, sparsity)])
-    closed = (1 - torch.sigmoid(theta)).detach().double().cpu()
+        objective = objective or Objective(model, follow_batches, control_batches, options.control)
+        k = top_k(objective.shape[0] * objective.shape[1], fraction)
+        search = learned_mask(objective, k, options, seed, progress)
     details = {
         "options": asdict(options),
         "seed": seed,
-        "loss_terms": ["total", "following", "control", "sparsity"],
-        "first_step": history[0] if history else None,
-        "last_step": history[-1] if history else None,
+        "k": k,
+        "found": [list(h) for h in search.heads],
+        "found_objective": search.objective,
+        "starts": search.starts,
+        "refined_sets": search.refined_sets,
     }
-    passes = len(follow_batches) + len(control_batches) + 4 * options.steps
-    return Ranking("learned", closed, passes, time.perf_counter() - start, details)
+    return Ranking("learned", search.scores(), search.passes, time.perf_counter() - start, details)
+
+
+def objective_by_ranking(objective: Objective, rankings: dict[str, Ranking], fraction: float,
+                         exhaustive: dict | None) -> dict[str, Any]:
+    """The objective and each term at every ranking's top-k set (and the exhaustive optimum)."""
+    by_ranking = {method: {"heads": [list(h) for h in top_heads(r.scores, fraction)],
+                           **objective.at(top_heads(r.scores, fraction))} for method, r in rankings.items()}
+    if exhaustive is not None:
+        by_ranking["exhaustive"] = {"heads": exhaustive["heads"], **exhaustive["objective"]}
+    best = max((m for m in by_ranking if m != "exhaustive"), key=lambda m: by_ranking[m]["value"])
+    return {
+        "definition": "value = following_drop - control_weight * sum(max(0, control drop)); following_drop = "
+        "1 - P_F(blocked) / P_F(open), P_F the mean binary-normalised first-token following probability on the "
+        "follow docs; control drop = open - blocked mean probability of the correct first answer token",
+        "control_weight": objective.control_weight,
+        "split": SPLIT,
+        "open": objective.open,
+        "by_ranking": by_ranking,
+        "best": best,
+    }
 
 
 # --- all together ----------------------------------------------------------------------------
@@ -340,19 +333,32 @@ def identify_batches(
     response_heads: int = 3,
     seed: int = 0,
     progress: bool = True,
+    exhaustive: bool = False,
 ) -> IdentifyResult:
     """The rankings on already-encoded batches (random inputs work too: the 7B benchmark uses them).
 
-    Then the gate-response curves of up to `response_heads` top heads of each ranking (0: none).
+    With control batches also the selective sweep (with `exact`), the objective at every ranking's
+    top set and, with `exhaustive`, the optimum over all k-head sets (small models only). Then the
+    gate-response curves of up to `response_heads` top heads of each ranking (0: none).
     """
     check_fraction(fraction)
     torch.manual_seed(seed)
+    objective = Objective(model, follow_batches, control_batches, learned_options.control) if control_batches \
+        else None
     rankings = {"attribution": attribution_scores(model, follow_batches, progress)}
     if exact:
         rankings["ablation"] = ablation_scores(model, follow_batches, progress)
+        if objective is not None:
+            rankings["selective"] = selective_scores(objective, progress)
     if learned:
         rankings["learned"] = learned_mask_scores(model, follow_batches, control_batches, learned_options, seed,
-                                                  progress)
+                                                  progress, fraction, objective)
+    optimum = None
+    if exhaustive:
+        if objective is None:
+            raise ModarbError("the exhaustive search needs control docs; add them or skip it")
+        optimum = exhaustive_sets(objective, top_k(objective.shape[0] * objective.shape[1], fraction), MAX_SETS,
+                                  progress)
     heads = curve_heads(rankings, fraction, response_heads)
     slopes = rankings["attribution"].scores
     curves = [curve | describe(curve, GATES, float(slopes[tuple(curve["head"])]))
@@ -363,13 +369,15 @@ def identify_batches(
         n_follow_docs=sum(len(b) for b in follow_batches),
         n_control_docs=sum(len(b) for b in control_batches),
         gate_response=curves,
+        objective=objective_by_ranking(objective, rankings, fraction, optimum) if objective is not None else {},
+        exhaustive=optimum,
     )
 
 
 def curve_heads(rankings: dict[str, Ranking], fraction: float, per_ranking: int) -> list[Head]:
     """The top min(k, per_ranking) heads of each ranking, in order of first appearance (exact sweep first)."""
     heads: list[Head] = []
-    for method in ("ablation", "attribution", "learned"):
+    for method in ("ablation", "attribution", "selective", "learned"):
         if method in rankings:
             for head in top_heads(rankings[method].scores, fraction)[:per_ranking]:
                 if head not in heads:
@@ -390,8 +398,9 @@ def identify(
     response_heads: int = 3,
     seed: int = 0,
     progress: bool = True,
+    exhaustive: bool = False,
 ) -> IdentifyResult:
-    """Score every head of `model` on `docs` (follow docs; control docs too for the learned mask)."""
+    """Score every head of `model` on `docs` (follow docs; control docs too for the objective-based rankings)."""
     check_fraction(fraction)
     if batch_size < 1:
         raise ModarbError(f"batch size {batch_size} must be at least 1")
@@ -399,10 +408,11 @@ def identify(
     if learned and not control:
         raise ModarbError(f"the learned mask needs control docs ({' and '.join(CONTROL_KINDS)}); add them or skip it")
     follow_batches = list(iter_batches(model, processor, follow, batch_size))
-    control_batches = list(iter_batches(model, processor, control, batch_size)) if learned else []
+    control_batches = list(iter_batches(model, processor, control, batch_size)) if control else []
     return identify_batches(
         model, follow_batches, control_batches, fraction=fraction, exact=exact, learned=learned,
         learned_options=learned_options, response_heads=response_heads, seed=seed, progress=progress,
+        exhaustive=exhaustive,
     )
 
 
@@ -410,7 +420,8 @@ def identify(
 SCORE_LABELS = {
     "attribution": "estimated drop of logit diff F - C",
     "ablation": "drop of logit diff F - C",
-    "learned": "1 - learned gate",
+    "selective": "following drop - control drops",
+    "learned": "found set: 1 + closedness; others: closedness",
 }
 
 
@@ -420,14 +431,16 @@ def spec_name(fraction: float) -> str:
 
 
 def command_line(model: nn.Module, model_name: str | None, out: Path, *, top: float, method: str, n_items: int,
-                 batch_size: int, seed: int, exact: bool, learned: bool, learned_steps: int, curve_heads: int) -> str:
+                 batch_size: int, seed: int, exact: bool, learned: bool, learned_steps: int, curve_heads: int,
+                 exhaustive: bool = False) -> str:
     """The `modarb identify` command that repeats the run, every option explicit."""
     parts = ["modarb identify"] + ([f"--model {model_name}"] if model_name else [])
     parts += [f"--out {out}", f"--top {top:g}", f"--method {method}", f"--n-items {n_items}",
               f"--batch-size {batch_size}", f"--device {model.device.type}",
               f"--dtype {str(model.dtype).removeprefix('torch.')}", f"--seed {seed}", f"--learned-steps {learned_steps}",
               f"--curve-heads {curve_heads}"]
-    parts += [flag for flag, skip in (("--no-exact", not exact), ("--no-learned", not learned)) if skip]
+    parts += [flag for flag, on in (("--no-exact", not exact), ("--no-learned", not learned),
+                                    ("--exhaustive", exhaustive)) if on]
     return " ".join(parts)
 
 
@@ -449,6 +462,7 @@ def run_identify(
     progress: bool = True,
     docs: Sequence[dict] | None = None,
     data: dict[str, Any] | None = None,
+    exhaustive: bool = False,
 ) -> dict[str, Any]:
     """Rank every head on `n_items` shapes validation items (or on `docs`, e.g. MC²'s analysis half,
     described by `data`); write `out`; return identify.json's content.
@@ -466,19 +480,24 @@ def run_identify(
     check_fraction(top)
     if method not in METHODS:
         raise ModarbError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if not {"ablation": exact, "learned": learned}.get(method, True):
+    if not {"ablation": exact, "selective": exact, "learned": learned}.get(method, True):
         raise ModarbError(f"method {method!r} needs its ranking; do not skip it")
+    layout = locate_heads(model)
+    heads_total = layout.num_layers * layout.num_heads
+    if exhaustive and set_count(heads_total, top_k(heads_total, top)) > MAX_SETS:
+        raise ModarbError(f"--exhaustive would score {set_count(heads_total, top_k(heads_total, top)):,} head sets "
+                          f"(more than {MAX_SETS:,}); it is for small models: drop --exhaustive")
     start = time.perf_counter()
     result = identify(
         model, processor, shapes_docs(n_items, SPLIT) if docs is None else docs, fraction=top, batch_size=batch_size, exact=exact,
         learned=learned, learned_options=LearnedMaskOptions(steps=learned_steps), response_heads=curve_heads,
-        seed=seed, progress=progress,
+        seed=seed, progress=progress, exhaustive=exhaustive,
     )
     out = Path(out)
     fingerprint = model_fingerprint(model)
     command = command_line(model, model_name, out, top=top, method=method, n_items=n_items, batch_size=batch_size,
                            seed=seed, exact=exact, learned=learned, learned_steps=learned_steps,
-                           curve_heads=curve_heads)
+                           curve_heads=curve_heads, exhaustive=exhaustive)
     provenance = {"method": method, "fraction": top, "split": SPLIT, "n_items": n_items, "data_seed": DATA_SEED,
                   "seed": seed, "command": command}
     if data is not None:  # MC²: the analysis half of the named file; the command names the data flags
@@ -502,7 +521,8 @@ def run_identify(
         **provenance,
         "batch_size": batch_size,
         "metric": "logit difference log p(F) - log p(C) of the first answer token at the last position, "
-        "on follow_image and follow_text docs; score = drop of its mean when the head is blocked",
+        "on follow_image and follow_text docs; score = drop of its mean when the head is blocked (attribution, "
+        "ablation); selective and learned: the objective (see 'objective')",
         "spec": spec_name(top),
         "spec_heads": [list(head) for head in chosen],
         **result.to_dict(),

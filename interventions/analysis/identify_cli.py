@@ -11,6 +11,7 @@ from pathlib import Path
 
 from interventions.analysis.data import add_data_arguments
 from interventions.analysis.identify import METHODS, LearnedMaskOptions, check_fraction
+from interventions.analysis.selective import MAX_SETS
 from interventions.errors import ModarbError
 from interventions.outdir import check_out, staged
 
@@ -18,7 +19,8 @@ from interventions.outdir import check_out, staged
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "identify",
-        help="rank every attention head's role in modality arbitration (attribution, exact ablation, learned mask) "
+        help="rank every attention head's role in modality arbitration (attribution, exact ablation, selective sweep, "
+        "learned mask) "
         "and write a spec blocking the top heads",
         description="Score every decoder attention head by its effect on the following-minus-competitor logit "
         "difference of the first answer token, on the shapes validation split or MC²'s analysis half (--data; the "
@@ -30,10 +32,14 @@ def register(subparsers) -> None:
     parser.add_argument("--top", type=float, default=0.05, help="fraction of heads in the spec (default: %(default)s)")
     parser.add_argument("--method", choices=METHODS, default="attribution",
                         help="which ranking makes the spec (default: %(default)s)")
-    parser.add_argument("--no-exact", action="store_true", help="skip the exact ablation sweep (L*H forwards per batch)")
+    parser.add_argument("--no-exact", action="store_true",
+                        help="skip the exact sweeps, plain and selective (L*H forwards per batch)")
     parser.add_argument("--no-learned", action="store_true", help="skip the learned mask")
     parser.add_argument("--learned-steps", type=int, default=LearnedMaskOptions.steps,
-                        help="optimisation steps of the learned mask (default: %(default)s)")
+                        help="optimisation steps of the learned mask per start (default: %(default)s)")
+    parser.add_argument("--exhaustive", action="store_true",
+                        help=f"also score every k-head set exactly, the optimum the learned mask is checked against "
+                        f"(small models only: at most {MAX_SETS:,} sets)")
     parser.add_argument("--curve-heads", type=int, default=3,
                         help="gate-response curves (gate 0..8) for this many top heads of each ranking; 0: none "
                         "(default: %(default)s)")
@@ -55,7 +61,8 @@ def check_args(args: argparse.Namespace) -> None:
         check_fraction(args.top)
     except ModarbError:
         raise ModarbError(f"--top {args.top} must be a fraction in (0, 1), e.g. 0.05 for the top 5% of heads") from None
-    skipped = {"ablation": "--no-exact" if args.no_exact else None, "learned": "--no-learned" if args.no_learned else None}
+    skipped = {"ablation": "--no-exact" if args.no_exact else None, "selective": "--no-exact" if args.no_exact else None,
+               "learned": "--no-learned" if args.no_learned else None}
     if skipped.get(args.method):
         raise ModarbError(f"--method {args.method} needs that ranking; drop {skipped[args.method]}")
     for flag, value in (("--learned-steps", args.learned_steps), ("--n-items", args.n_items),
@@ -87,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, seed=args.seed, exact=not args.no_exact, learned=not args.no_learned,
             learned_steps=args.learned_steps, curve_heads=args.curve_heads, model_name=args.model,
             docs=docs, data=data_record(source, dropped, len(docs)) if source.is_mc2 or dropped else None,
+            exhaustive=args.exhaustive,
         )
     heads = ", ".join(f"L{l}H{h}" for l, h in document["spec_heads"])
     print(f"identify: wrote {args.out / 'identify.json'}; {args.out / document['spec']} blocks {heads} ({args.method})")

@@ -18,7 +18,8 @@ PAPER_TARGETS = {
     "block_top_relative_drop": 0.40,  # blocking the top 5% cuts mf_ratio by >= 40% (relative)
     "control_drop_points": 0.05,  # ... while each control drops by <= 5 points
     "random_vs_top": 1 / 3,  # random 5% cuts it by less than a third of the top drop
-    "restoration_rate": 0.40,  # amplification restores >= 40% of failed items at the best alpha
+    "restoration_rate": 0.40,  # amplification restores >= 40% of failed items ...
+    "broken_rate": 0.05,  # ... while breaking <= 5% of the items the model followed
     "top_overlap": 0.60,  # attribution's top-5% overlaps the exact sweep's by >= 0.6
 }
 SCORE_LABELS = {
@@ -53,8 +54,10 @@ def targets(summary: dict) -> list[dict]:
         ("largest control drop under that block (points)", control_drop, "<=", PAPER_TARGETS["control_drop_points"]),
         ("random-set drop / top-set drop", drop_random / drop_top if drop_top > 0 else float("inf"), "<",
          PAPER_TARGETS["random_vs_top"]),
-        ("restoration rate at the best alpha", summary["amplify"]["restoration_rate"], ">=",
+        ("amplification (learned gates) restores failed items (share)", summary["amplify"]["restoration_rate"], ">=",
          PAPER_TARGETS["restoration_rate"]),
+        ("... and breaks followed items (share)", summary["amplify"]["broken_rate"], "<=",
+         PAPER_TARGETS["broken_rate"]),
         ("attribution vs exact sweep, top-k overlap", summary["identify"]["top_overlap"], ">=",
          PAPER_TARGETS["top_overlap"]),
     ]
@@ -88,6 +91,7 @@ def plot_amplification(curve: list[dict], path: Path) -> None:
     alphas = [point["alpha"] for point in curve]
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
     ax.plot(alphas, [p["restoration_rate"] for p in curve], "o-", color="tab:red", label="restoration rate")
+    ax.plot(alphas, [p["broken_rate"] for p in curve], "x-", color="tab:orange", label="broken rate")
     ax.plot(alphas, [p["visual_control"] for p in curve], "s--", color="tab:blue", label="visual control")
     ax.plot(alphas, [p["language_control"] for p in curve], "^--", color="tab:green", label="language control")
     ax.set_xlabel("amplification α of the top heads")
@@ -154,22 +158,15 @@ def markdown(summary: dict, flow: dict, folder: Path) -> str:
           f"{_fmt(p['top']['language_control'])} | {_fmt(p['random_mean']['language_control'])} |"
           for p in summary["blocking_curve"]],
         "",
-        "## Amplification on the baseline's failed items",
-        "",
-        f"Heads {summary['amplify']['heads']} scaled by α on the {summary['amplify']['failed_items']} follow items the "
-        f"baseline got wrong. Best α = {summary['amplify']['best_alpha']:g}, restoration rate "
-        f"{summary['amplify']['restoration_rate']:.3f}.",
-        "",
-        "| α | restored / failed | restoration rate | visual control | language control |",
-        "|---:|---:|---:|---:|---:|",
-        *[f"| {p['alpha']:g} | {p['restored']}/{p['failed']} | {_fmt(p['restoration_rate'])} | "
-          f"{_fmt(p['visual_control'])} | {_fmt(p['language_control'])} |" for p in summary["amplify"]["curve"]],
+        *amplify_lines(summary["amplify"]),
         "",
         "![amplification](figures/amplification.png)",
         "",
         "## Head identification",
         "",
-        f"Ranking used for the specs: {summary['identify']['method']}. Attribution vs exact ablation sweep: top-k overlap "
+        *objective_lines(summary),
+        "",
+        f"Ranking used for the headline block: {summary['identify']['method']}. Attribution vs exact ablation sweep: top-k overlap "
         f"{summary['identify']['top_overlap']:.2f}, Spearman rank correlation {summary['identify']['rank_correlation']:.2f}.",
         "",
         *gate_findings(summary["identify"]),
@@ -192,6 +189,7 @@ def markdown(summary: dict, flow: dict, folder: Path) -> str:
         *[f"# block the top {k_top}% of the {method} ranking\n{run['command']}"
           for method, run in summary["block_top_by_ranking"].items() if method != summary["identify"]["method"]],
         *[f"# block random draw {i + 1}\n{draw['command']}" for i, draw in enumerate(rand["draws"])],
+        f"# amplify (learned gates)\n{summary['amplify']['command']}",
         *[f"# amplify x{p['alpha']:g}\n{p['command']}" for p in summary["amplify"]["curve"]],
         f"# identify\n{summary['identify']['command']}",
         f"# flow\n{summary['flow']['command']}",
@@ -219,6 +217,68 @@ def data_section(data: dict) -> list[str]:
         top = by_type["block_top"].get(kind, {}).get("mf_ratio")
         lines.append(f"| {kind} | {_fmt(base['mf_ratio'])} | {_fmt(top)} | {max(base['n'].values())} |")
     return [*lines, ""]
+
+
+def amplify_lines(amplify: dict) -> list[str]:
+    """The amplification section: the learned gates, then the fixed-α sweep, each with restored and broken."""
+    gates = ", ".join(f"L{l}H{h} ×{g:.2f}" for (l, h), g in zip(amplify["heads"], amplify["gates"]))
+    valid = amplify["validation"]
+    at = amplify["sweep_at_best_alpha"]
+    return [
+        "## Amplification: restored and broken items",
+        "",
+        f"Learned gates ≥ 1 (fit on the validation split's failed follow items, keeping the followed ones and both "
+        f"controls): {gates}. On validation they restored {valid['restored']}/{valid['failed']} failed items and broke "
+        f"{valid['broken']}/{valid['followed']} followed ones. On the test split: restored "
+        f"{amplify['restored']}/{amplify['failed_items']} ({amplify['restoration_rate']:.3f}) of the baseline's failed "
+        f"items, broke {amplify['broken']}/{amplify['followed_items']} ({amplify['broken_rate']:.3f}) of the followed "
+        f"ones; visual control {_fmt(amplify['visual_control'])}, language control {_fmt(amplify['language_control'])}.",
+        "",
+        f"Baseline: the top heads {amplify['sweep_heads']} scaled by one α. α = {amplify['best_alpha']:g} was chosen on "
+        f"validation (best restored − 2 × broken − control drops there); on the test split it restored "
+        f"{at['restoration_rate']:.3f} and broke {at['broken_rate']:.3f}. Every α on the test split, for the record "
+        "(not used to choose):",
+        "",
+        "| α | restored / failed | restoration rate | broken / followed | broken rate | visual control | language control |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+        *[f"| {p['alpha']:g} | {p['restored']}/{p['failed']} | {_fmt(p['restoration_rate'])} | "
+          f"{p['broken']}/{p['followed']} | {_fmt(p['broken_rate'])} | {_fmt(p['visual_control'])} | "
+          f"{_fmt(p['language_control'])} |" for p in amplify["curve"]],
+    ]
+
+
+def objective_lines(summary: dict) -> list[str]:
+    """Which ranking's top set solves the objective on validation, and what its block then does on test."""
+    objective, best = summary["identify"].get("objective") or {}, summary["identify"].get("objective_best")
+    if not objective:
+        return []
+    base, blocked = summary["baseline"], summary["block_top_by_ranking"]
+
+    def test_cells(method: str) -> str:
+        run = blocked.get(method)
+        if run is None or not base["mf_ratio"]:
+            return "– | – | –"
+        return (f"{(base['mf_ratio'] - run['mf_ratio']) / base['mf_ratio']:.3f} | "
+                f"{base['visual_control'] - run['visual_control']:+.3f} | "
+                f"{base['language_control'] - run['language_control']:+.3f}")
+
+    lines = [
+        "The objective (validation split, first answer token): relative drop of the following probability P_F minus "
+        "the drops of both controls' correct-answer probability (hinged at 0). Each ranking's top set, blocked:",
+        "",
+        "| ranking | heads | objective | following drop | visual drop | language drop | test: MF relative drop | "
+        "test: visual drop | test: language drop |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        *[f"| {method}{' (best)' if method == best else ''} | {terms['heads']} | {terms['value']:.3f} | "
+          f"{terms['following_drop']:.3f} | {terms.get('visual_control_drop', 0.0):+.3f} | "
+          f"{terms.get('language_control_drop', 0.0):+.3f} | {test_cells(method)} |" for method, terms in objective.items()],
+        "",
+    ]
+    if best is not None:
+        lines.append(f"On validation, **{best}** wins on the objective ({objective[best]['value']:.3f}); on the test "
+                     f"split its block cuts the MF ratio by {test_cells(best).split(' | ')[0]} (relative). Nothing was "
+                     "chosen on the test split: heads, gates and α all come from the validation split.")
+    return lines
 
 
 def gate_findings(identified: dict) -> list[str]:

@@ -1,11 +1,12 @@
 """`modarb reproduce`: the Instruction Anchor paper's experiments on one model, in one command.
 
 Baseline scores -> information flow -> head identification -> blocking curve (top vs random)
--> amplification on failed items -> a report folder (Markdown, figures, summary.json, the
+-> amplification (learned gates, and a fixed-alpha sweep beside it) -> a report folder (Markdown, figures, summary.json, the
 specs and the lm-eval results of every run, with the command that recomputes each).
-Identification and flow use the validation split (MC²: the analysis half); every score comes
-from lm-eval on the test split (MC²: the test half), so the heads are never chosen on the items
-they are judged on. `data` picks shapes, mc2 or mc2_paper:<model> (interventions.analysis.data).
+Identification, flow, the amplification gates and the sweep's alpha use the validation split (MC²: the
+analysis half); every score comes from lm-eval on the test split (MC²: the test half), so nothing is
+chosen on the items it is judged on. `data` picks shapes, mc2 or mc2_paper:<model>
+(interventions.analysis.data).
 """
 
 from __future__ import annotations
@@ -19,9 +20,19 @@ from tqdm import tqdm
 
 from interventions.analysis import report
 from interventions.analysis.evaluation import Evaluator, quiet_lm_eval
-from interventions.analysis.experiments import amplification_sweep, block_each_ranking, blocking_curve, head_count
+from interventions.analysis.amplify import choose_alpha, learn_amplification
+from interventions.analysis.batches import iter_batches
+from interventions.analysis.experiments import (
+    amplification_sweep,
+    amplify_gates,
+    block_each_ranking,
+    blocking_curve,
+    head_count,
+)
 from interventions.analysis.flow_cli import run_flow
-from interventions.analysis.identify import METHODS, run_identify
+from interventions.analysis.identify import METHODS, frozen, run_identify, split_docs
+from interventions.analysis.learned_mask import LearnedMaskOptions
+from interventions.analysis.objective import Objective
 from interventions.errors import ModarbError
 from interventions.outdir import staged
 from interventions.spec import model_fingerprint
@@ -39,9 +50,10 @@ class ReproduceConfig:
     fractions: tuple[float, ...] = (0.01, 0.02, 0.05, 0.10, 0.15, 0.20)
     draws: int = 5
     alphas: tuple[float, ...] = (1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
-    method: str = "attribution"
-    analysis_items: int = 48  # validation items for flow / identify (per instruction side and layout)
-    learned_steps: int = 60  # optimisation steps of the learned head mask
+    method: str = "learned"
+    analysis_items: int = 48  # validation items for flow / identify / amplification (per instruction side and layout)
+    learned_steps: int = LearnedMaskOptions.steps  # optimisation steps of the learned head mask, per start
+    amplify_items: int = 150  # validation items that fit the amplification gates and pick the sweep's alpha
     window: int | None = None  # flow knockout window; None: the odd layer count nearest 30% of the depth
     seed: int = 0
     device: str | None = None
@@ -83,7 +95,7 @@ def reproduce(config: ReproduceConfig) -> dict:
                    for name, docs, dropped in (("flow", flow_docs, flow_dropped),
                                                ("identify", identify_docs, identify_dropped))}
         other_rankings = len(METHODS) - 1  # their top sets are blocked beside the chosen ranking's
-        steps = tqdm(total=4 + other_rankings + len(config.fractions) * (1 + config.draws) + len(config.alphas),
+        steps = tqdm(total=6 + other_rankings + len(config.fractions) * (1 + config.draws) + len(config.alphas),
                      desc="reproduce", unit="step")
 
         def progress(what: str) -> None:
@@ -106,10 +118,15 @@ def reproduce(config: ReproduceConfig) -> dict:
         others = {method: [tuple(head) for head in found["heads"]]
                   for method, found in identified["rankings"].items() if method != config.method}
         by_ranking = block_each_ranking(evaluator, fingerprint, others, config.top, progress)
-        amplify = amplification_sweep(evaluator, fingerprint, top_heads, config.alphas, baseline,
-                                      control_ids=range(config.limit), progress=progress)
-        summary = _summary(config, fingerprint, baseline, curve, amplify, top_heads, by_ranking, identified, flow,
-                           seconds=time.perf_counter() - started)
+        progress("amplification gates (validation)")
+        learned, alpha = _amplification_on_validation(lm, config, source, top_heads)
+        progress("amplify (learned gates)")
+        amplified = amplify_gates(evaluator, fingerprint, {tuple(h): g for h, g in zip(learned["heads"], learned["gates"])},
+                                  baseline, {"name": "amplify (learned gates)", "method": "learned amplification",
+                                             "split": "validation"})
+        amplify = amplification_sweep(evaluator, fingerprint, top_heads, config.alphas, baseline, progress=progress)
+        summary = _summary(config, fingerprint, baseline, curve, (amplified, learned, amplify, alpha), top_heads,
+                           by_ranking, identified, flow, seconds=time.perf_counter() - started)
         summary["data"] = data_summary(source, {"flow": flow_dropped, "identify": identify_dropped}, baseline,
                                        at_fraction(curve, config.top).top)
         progress("report")
@@ -143,10 +160,37 @@ def mf_ratio_by_type(run) -> dict[str, dict]:
             for kind, tasks in sorted(by_type.items())}
 
 
-def _summary(config, fingerprint, baseline, curve, amplify, top_heads, by_ranking, identified, flow, seconds) -> dict:
+def _amplification_on_validation(lm, config: ReproduceConfig, source, top_heads) -> tuple[dict, dict]:
+    """Learned gates (on twice the block set's head count) and the sweep's alpha, both on validation items
+    (MC²: the analysis half).
+
+    More items than identify uses: the gates are fit to the failed items, and 48 items have only ~10.
+    """
+    from interventions.analysis.data import analysis_docs
+    from interventions.analysis.identify import CONTROL_KINDS, FOLLOW_KINDS
+
+    docs, _ = analysis_docs(source, lm.model.config, lm.tokenizer, config.amplify_items, (*FOLLOW_KINDS, *CONTROL_KINDS))
+    follow, control = split_docs(docs)
+    with frozen(lm.model):
+        objective = Objective(lm.model, list(iter_batches(lm.model, lm.processor, follow, config.batch_size)),
+                              list(iter_batches(lm.model, lm.processor, control, config.batch_size)))
+        learned = learn_amplification(objective, 2 * len(top_heads), progress=False)
+    return learned, choose_alpha(objective, [tuple(h) for h in top_heads], list(config.alphas))
+
+
+def _amplify_point(point) -> dict:
+    return {"restored": point.restored, "failed": point.failed, "restoration_rate": point.restoration_rate,
+            "broken": point.broken, "followed": point.followed, "broken_rate": point.broken_rate,
+            "visual_control": point.run.scores.get("visual_control"),
+            "language_control": point.run.scores.get("language_control"), "command": point.run.command}
+
+
+def _summary(config, fingerprint, baseline, curve, amplification, top_heads, by_ranking, identified, flow,
+             seconds) -> dict:
+    amplified, learned, amplify, alpha = amplification
     at_top = at_fraction(curve, config.top)
     mean_random = {key: _mean(run.scores[key] for run in at_top.random) for key in SCORE_KEYS}
-    best = max(amplify, key=lambda point: (point.restoration_rate, -point.alpha))
+    at_alpha = next(point for point in amplify if point.alpha == alpha["alpha"])
     return {
         "model": config.model or "modarb-organism",
         "fingerprint": fingerprint.describe(),
@@ -164,20 +208,26 @@ def _summary(config, fingerprint, baseline, curve, amplify, top_heads, by_rankin
              "random": [_scores(run) for run in p.random]}
             for p in curve
         ],
-        "amplify": {
-            "heads": [list(h) for h in top_heads],
-            "best_alpha": best.alpha,
-            "restoration_rate": best.restoration_rate,
-            "failed_items": best.failed,
-            "curve": [{"alpha": p.alpha, "restored": p.restored, "failed": p.failed,
-                       "restoration_rate": p.restoration_rate,
-                       "visual_control": p.run.scores.get("visual_control"),
-                       "language_control": p.run.scores.get("language_control"),
-                       "command": p.run.command} for p in amplify],
+        "amplify": {  # learned gates; chosen on validation, scored here on the test split
+            "method": "learned",
+            "heads": learned["heads"],
+            "gates": learned["gates"],
+            **{key: value for key, value in _amplify_point(amplified).items() if key not in ("failed", "followed")},
+            "failed_items": amplified.failed,
+            "followed_items": amplified.followed,
+            "validation": learned["validation"],
+            # the fixed-alpha baseline on the top heads, alpha chosen on validation too
+            "sweep_heads": [list(h) for h in top_heads],
+            "best_alpha": alpha["alpha"],
+            "sweep_at_best_alpha": {key: value for key, value in _amplify_point(at_alpha).items() if key != "command"},
+            "alpha_validation": alpha["validation"],
+            "curve": [{"alpha": p.alpha, **_amplify_point(p)} for p in amplify],
         },
         "identify": {
             "method": config.method,
             "fraction": config.top,
+            "objective": identified["objective"].get("by_ranking", {}),  # on validation, each ranking's top set
+            "objective_best": identified["objective"].get("best"),
             "top_overlap": identified["top_overlap"],
             "rank_correlation": identified["rank_correlation"],
             "gate_response": [{key: curve[key] for key in ("head", "exact_drop", "attribution_estimate",

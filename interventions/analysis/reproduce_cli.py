@@ -27,13 +27,13 @@ def register(subparsers) -> None:
     parser.add_argument("--fractions", type=_floats, default=defaults.fractions, help="blocking curve fractions, comma-separated")
     parser.add_argument("--draws", type=int, default=defaults.draws, help="random head sets per fraction (default: %(default)s)")
     parser.add_argument("--alphas", type=_floats, default=defaults.alphas, help="amplification factors, comma-separated")
-    parser.add_argument("--method", choices=("attribution", "ablation", "learned"), default=defaults.method,
+    parser.add_argument("--method", choices=("attribution", "ablation", "selective", "learned"), default=defaults.method,
                         help="ranking that picks the heads (default: %(default)s)")
     parser.add_argument("--analysis-items", type=int, default=defaults.analysis_items,
                         help="validation (MC²: analysis-half) items per instruction side for flow and identify "
                         "(default: %(default)s)")
     parser.add_argument("--learned-steps", type=int, default=defaults.learned_steps,
-                        help="optimisation steps of the learned head mask (default: %(default)s)")
+                        help="optimisation steps of the learned head mask, per start (default: %(default)s)")
     parser.add_argument("--window", type=int, default=defaults.window, help="flow knockout window in layers (default: the odd count nearest 30%% of the depth)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="default: %(default)s")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -82,8 +82,11 @@ def _run(args: argparse.Namespace) -> int:
     for name, scores in rows:
         print(f"{name:<26}" + "".join(f"{scores[c]:>18.3f}" for c in columns))
     amplify = summary["amplify"]
-    print(f"amplify x{amplify['best_alpha']:g}: restored {amplify['restoration_rate']:.3f} of "
-          f"{amplify['failed_items']} failed items\n")
+    print(f"amplify (learned gates): restored {amplify['restoration_rate']:.3f} of {amplify['failed_items']} failed "
+          f"items, broke {amplify['broken_rate']:.3f} of {amplify['followed_items']} followed; fixed x"
+          f"{amplify['best_alpha']:g} (chosen on validation): restored "
+          f"{amplify['sweep_at_best_alpha']['restoration_rate']:.3f}, broke "
+          f"{amplify['sweep_at_best_alpha']['broken_rate']:.3f}\n")
     print(f"report: {config.out / 'report.md'}")
     for target in summary["targets"]:
         print(f"  {'met   ' if target['met'] else 'MISSED'} {target['check']}: {target['value']:.3f} (bar {target['bar']})")
