@@ -17,27 +17,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from interventions.errors import ModarbError
+from modarb_tasks.files import check_writable
 
 MANIFEST = ".modarb-output.json"
-
-
-def check_writable(folder: Path, flag: str = "--out", shown: Path | None = None) -> None:
-    """ModarbError unless `folder` (or the nearest folder above it that exists) can be written in;
-    messages name `shown` (what the user typed) when given."""
-    folder = Path(folder)
-    shown = folder if shown is None else shown
-    if folder.exists() and not folder.is_dir():
-        raise ModarbError(f"{flag} {shown} is a file, not a folder; give a folder path (it is created if missing)")
-    existing = next(p for p in (folder.absolute(), *folder.absolute().parents) if p.exists())
-    if not existing.is_dir():
-        raise ModarbError(f"{flag} {shown}: {existing} is a file, not a folder; give a folder path")
-    try:  # a real write: permissions, read-only mounts and root all answer the same way
-        handle, probe = tempfile.mkstemp(dir=existing, prefix=".modarb-write-test-")
-    except OSError as error:
-        reason = (error.strerror or type(error).__name__).lower()
-        raise ModarbError(f"{flag} {shown}: cannot write in {existing} ({reason}); choose a writable folder") from None
-    os.close(handle)
-    os.unlink(probe)
 
 
 def check_out(out: Path, flag: str = "--out") -> None:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from interventions.errors import ModarbError
-from interventions.outdir import check_writable
+from modarb_tasks.errors import ModarbError
+from modarb_tasks.files import check_writable
 from leaderboard.board import BOARD_DIR, build_board
 from leaderboard.check import DEFAULT_TOLERANCE, DEFAULT_Z, compare, format_report
 from leaderboard.entries import ENTRIES_DIR, add_results

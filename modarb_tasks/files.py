@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader (or a CI diff) never sees a half-written spec, report or entry."""
+"""Atomic file writes (a reader, or a CI diff, never sees a half-written spec, report or entry), and
+the check that an output folder can be written before any work starts."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import io
 import os
 import tempfile
 from pathlib import Path
+
+from modarb_tasks.errors import ModarbError
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -22,6 +25,25 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+def check_writable(folder: Path, flag: str = "--out", shown: Path | None = None) -> None:
+    """ModarbError unless `folder` (or the nearest folder above it that exists) can be written in;
+    messages name `shown` (what the user typed) when given."""
+    folder = Path(folder)
+    shown = folder if shown is None else shown
+    if folder.exists() and not folder.is_dir():
+        raise ModarbError(f"{flag} {shown} is a file, not a folder; give a folder path (it is created if missing)")
+    existing = next(p for p in (folder.absolute(), *folder.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise ModarbError(f"{flag} {shown}: {existing} is a file, not a folder; give a folder path")
+    try:  # a real write: permissions, read-only mounts and root all answer the same way
+        handle, probe = tempfile.mkstemp(dir=existing, prefix=".modarb-write-test-")
+    except OSError as error:
+        reason = (error.strerror or type(error).__name__).lower()
+        raise ModarbError(f"{flag} {shown}: cannot write in {existing} ({reason}); choose a writable folder") from None
+    os.close(handle)
+    os.unlink(probe)
 
 
 def write_png(figure, path: Path, dpi: int = 120) -> Path:

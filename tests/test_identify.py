@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from interventions import cli
-from interventions.analysis.batches import candidate_log_mass, iter_batches
+from interventions.analysis.batches import candidate_log_mass, iter_batches, last_logits
 from interventions.analysis.gates import gate_heads
 from interventions.analysis.gate_response import GATES, describe, gate_response
 from interventions.analysis.selective import exhaustive_sets, selective_sweep
@@ -21,7 +21,6 @@ from interventions.analysis.identify import (
     block_spec,
     curve_heads,
     identify,
-    last_logits,
     learned_mask_scores,
     logit_difference,
     rank_correlation,

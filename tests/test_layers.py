@@ -40,3 +40,12 @@ def test_tasks_are_the_base_layer():
 @pytest.mark.parametrize("forbidden", ["interventions", "torch"])
 def test_the_leaderboard_needs_neither_the_model_code_nor_torch(forbidden):
     assert _ours(loaded_after_importing("leaderboard"), forbidden) == []
+
+
+def test_help_needs_no_torch():
+    """`modarb --help` builds every subcommand's parser; none of them may import torch or lm-eval."""
+    done = subprocess.run([sys.executable, "-c", "import json, sys\nfrom interventions.cli import build_parser\n"
+                           "build_parser().format_help()\nprint(json.dumps(sorted(sys.modules)))"],
+                          capture_output=True, text=True, check=True, timeout=300)
+    loaded = set(json.loads(done.stdout))
+    assert _ours(loaded, "torch") == [] and _ours(loaded, "lm_eval") == []

@@ -41,7 +41,8 @@ from tqdm.auto import tqdm
 from interventions.analysis.batches import DocBatch, iter_batches, logit_difference
 from interventions.analysis.gate_response import GATES, describe, gate_response
 from interventions.analysis.gates import gate_heads
-from interventions.analysis.learned_mask import LearnedMaskOptions, learned_mask
+from interventions.analysis.defaults import METHODS, LearnedMaskOptions, check_fraction
+from interventions.analysis.learned_mask import learned_mask
 from interventions.analysis.objective import Objective
 from interventions.analysis.selective import MAX_SETS, exhaustive_sets, selective_sweep, set_count
 from interventions.errors import ModarbError
@@ -52,7 +53,6 @@ from modarb_tasks.docs import to_doc
 from modarb_tasks.shapes import make_items
 
 SCHEMA_VERSION = "modarb.identify/v1"
-METHODS = ("attribution", "ablation", "selective", "learned")
 FOLLOW_KINDS = ("follow_image", "follow_text")
 CONTROL_KINDS = ("visual_control", "language_control")
 DATA_SEED = 0  # the `shapes` generator seed of the benchmark's own splits
@@ -144,12 +144,6 @@ def rank_heads(scores: torch.Tensor) -> list[tuple[int, int, float]]:
     layers, heads = scores.shape
     cells = [(l, h, float(scores[l, h])) for l in range(layers) for h in range(heads)]
     return sorted(cells, key=lambda cell: (-cell[2], cell[0], cell[1]))
-
-
-def check_fraction(fraction: float) -> float:
-    if not (isinstance(fraction, (int, float)) and 0 < fraction < 1):
-        raise ModarbError(f"top fraction {fraction!r} must be in (0, 1), e.g. 0.05 for the top 5% of heads")
-    return float(fraction)
 
 
 def top_k(num_heads: int, fraction: float) -> int:

@@ -10,8 +10,7 @@ import argparse
 from pathlib import Path
 
 from interventions.analysis.data import add_data_arguments
-from interventions.analysis.identify import METHODS, LearnedMaskOptions, check_fraction
-from interventions.analysis.selective import MAX_SETS
+from interventions.analysis.defaults import MAX_SETS, METHODS, LearnedMaskOptions, check_fraction
 from interventions.errors import ModarbError
 from interventions.outdir import check_out, staged
 

@@ -26,23 +26,10 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from interventions.analysis.defaults import LearnedMaskOptions
 from interventions.analysis.objective import Objective
 
 Head = tuple[int, int]
-
-
-@dataclass(frozen=True)
-class LearnedMaskOptions:
-    """The learned mask's search (see the module docstring)."""
-
-    steps: int = 24  # gradient steps per start, each one forward+backward of every analysis batch
-    lr: float = 0.3
-    init_logits: tuple[float, ...] = (3.0, 2.0)  # starting log alpha: 20% / 40% of the gates drawn not fully open
-    sparsity: float = 0.02  # starting price of one fully closed head (the continuation adapts it)
-    control: float = 1.0  # the objective's control weight
-    jitter: float = 0.1  # seeded noise on the starting logits
-    candidates: int = 8  # swaps tried per member in the refinement
-    refine_sets: int = 32  # at most this many sets scored exactly in the refinement
 
 
 @dataclass

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
@@ -31,39 +30,13 @@ from interventions.analysis.experiments import (
 )
 from interventions.analysis.flow_cli import run_flow
 from interventions.analysis.identify import METHODS, frozen, run_identify, split_docs
-from interventions.analysis.learned_mask import LearnedMaskOptions
+from interventions.analysis.defaults import ReproduceConfig
 from interventions.analysis.objective import Objective
 from interventions.errors import ModarbError
 from interventions.outdir import staged
 from interventions.spec import model_fingerprint
 
 SCORE_KEYS = ("follow_image", "follow_text", "mf_ratio", "visual_control", "language_control")
-
-
-@dataclass
-class ReproduceConfig:
-    model: str | None = None  # None: the bundled organism
-    out: Path = Path("reports/demo")
-    limit: int = 200  # test-split items per task scored by lm-eval
-    batch_size: int = 64
-    top: float = 0.05
-    fractions: tuple[float, ...] = (0.01, 0.02, 0.05, 0.10, 0.15, 0.20)
-    draws: int = 5
-    alphas: tuple[float, ...] = (1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
-    method: str = "learned"
-    analysis_items: int = 48  # validation items for flow / identify / amplification (per instruction side and layout)
-    learned_steps: int = LearnedMaskOptions.steps  # optimisation steps of the learned head mask, per start
-    amplify_items: int = 150  # validation items that fit the amplification gates and pick the sweep's alpha
-    window: int | None = None  # flow knockout window; None: the odd layer count nearest 30% of the depth
-    seed: int = 0
-    device: str | None = None
-    dtype: str = "float32"
-    use_cache: Path | None = None  # lm-eval's request cache folder: a rerun answers finished runs from it
-    trust_remote_code: bool = False  # run the model folder's own code (some families need it)
-    data: str = "shapes"  # shapes, mc2 or mc2_paper:<model> (interventions.analysis.data)
-    mc2_json: str | None = None  # default: $MODARB_MC2_JSON
-    mc2_images: str | None = None  # default: $MODARB_MC2_IMAGES
-    steps: list[str] = field(default_factory=list)
 
 
 def reproduce(config: ReproduceConfig) -> dict:

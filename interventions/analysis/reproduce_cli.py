@@ -48,7 +48,7 @@ def register(subparsers) -> None:
 
 
 def _defaults():
-    from interventions.analysis.reproduce import ReproduceConfig
+    from interventions.analysis.defaults import ReproduceConfig
 
     return ReproduceConfig()
 
@@ -61,7 +61,8 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from interventions.analysis.reproduce import ReproduceConfig, reproduce
+    from interventions.analysis.defaults import ReproduceConfig
+    from interventions.analysis.reproduce import reproduce
     from interventions.model_files import check_device
 
     for name in ("limit", "batch_size", "draws", "analysis_items", "learned_steps"):

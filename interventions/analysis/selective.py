@@ -19,11 +19,11 @@ from itertools import combinations
 import torch
 from tqdm.auto import tqdm
 
+from interventions.analysis.defaults import MAX_SETS
 from interventions.analysis.objective import CONTROL_KINDS, Objective
 from interventions.errors import ModarbError
 
 Head = tuple[int, int]
-MAX_SETS = 2_000  # exhaustive search only up to this many sets (the organism at k = 2: 1,128)
 TERMS = ("following_drop", *(f"{kind}_drop" for kind in CONTROL_KINDS))
 
 
