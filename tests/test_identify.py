@@ -385,7 +385,7 @@ def test_amplify_point_counts_restored_and_broken_items():
 
     def run(image, text):
         return Run("r", {}, {"mf_follow_image": dict(enumerate(image)), "mf_follow_text": dict(enumerate(text))},
-                   Path("x"), "cmd")
+                   {}, Path("x"), "cmd")
 
     baseline = run([1, 1, 0, 1], [0, 0, 1, 1])  # 3 failed, 5 followed
     point = amplify_point(baseline, run([1, 0, 1, 1], [1, 0, 1, 0]), alpha=2.0)

@@ -223,10 +223,12 @@ def prepare_docs(source: DataSource, model: str | None, n_items: int, kinds: Seq
     config only, so bad data is reported before the model's weights are loaded."""
     from transformers import AutoConfig
 
+    from interventions.model_files import check_pretrained
     from interventions.organism import organism_path
     from interventions.processors import load_processor
 
     path = str(organism_path() if model is None else model)
+    check_pretrained(path, trust_remote_code=trust_remote_code)  # a missing or text-only model: one line
     processor = load_processor(path, trust_remote_code=trust_remote_code)
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     return analysis_docs(source, config, processor.tokenizer, n_items, kinds, layouts, half)
