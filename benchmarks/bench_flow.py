@@ -38,8 +38,8 @@ PROMPT_PARTS = (("bos", 1), ("image", 576), ("context", 64), ("instruction", 30)
 
 def bench_organism(args: argparse.Namespace) -> dict:
     from interventions.analysis.flow import flow_sweep
-    from interventions.analysis.flow_cli import follow_docs
-    from interventions.loading import load_model
+    from interventions.cli.flow import follow_docs
+    from interventions.model.loading import load_model
 
     model, processor = load_model(args.model, device=args.device)
     docs = follow_docs(args.n_items, "validation", ["standard"])
@@ -91,7 +91,7 @@ def llava_7b_config(num_layers: int):
 def random_doc_batch(model, batch_size: int, seed: int = 0):
     """A DocBatch of random prompts laid out as PROMPT_PARTS, with contiguous token groups."""
     from interventions.analysis.batches import DocBatch
-    from interventions.token_groups import GROUP_NAMES
+    from interventions.mechanism.token_groups import GROUP_NAMES
 
     gen = torch.Generator().manual_seed(seed)
     length = sum(count for _, count in PROMPT_PARTS)
@@ -122,8 +122,8 @@ def random_doc_batch(model, batch_size: int, seed: int = 0):
 
 def bench_7b(args: argparse.Namespace) -> dict:
     from interventions.analysis.flow import sweep_batch
-    from interventions.knockout import layer_window
-    from interventions.random_init import build_from_config
+    from interventions.mechanism.knockout import layer_window
+    from interventions.testing.random_init import build_from_config
 
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
     torch.manual_seed(0)

@@ -74,7 +74,7 @@ MODEL_CONFIGS = {"llava-1.5-7b": llava_15_7b_config}
 
 def random_doc_batches(model, count: int, batch_size: int, text_tokens: int, seed: int) -> list[DocBatch]:
     """Batches of random prompts [text][576 image tokens][text] with a random F and C answer token per row."""
-    from interventions.random_init import random_batch
+    from interventions.testing.random_init import random_batch
 
     vocab = model.config.get_text_config().vocab_size
     gen = torch.Generator().manual_seed(seed)
@@ -218,7 +218,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
 
     if args.model_config:
-        from interventions.random_init import build_from_config
+        from interventions.testing.random_init import build_from_config
 
         device = args.device or "cuda"
         config = MODEL_CONFIGS[args.model_config]()
@@ -230,7 +230,7 @@ def main() -> None:
         name, extra = f"random-init {args.model_config}", {"build_seconds": round(build_seconds, 1),
                                                             "prompt_tokens": follow[0].inputs["input_ids"].shape[1]}
     else:
-        from interventions.loading import load_model
+        from interventions.model.loading import load_model
 
         device = args.device or "cpu"
         model, processor = load_model(args.model, device=device)

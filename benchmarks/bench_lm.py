@@ -55,10 +55,10 @@ def main() -> None:
     from lm_eval.models.hf_vlms import HFMultimodalLM
 
     from interventions.analysis.experiments import head_count, random_heads, scaled_spec
-    from interventions.lm import ModarbVLM
+    from interventions.model.lm import ModarbVLM
     from interventions.organism import organism_path
     from interventions.organism.answers import generate_answers
-    from interventions.spec import model_fingerprint
+    from interventions.mechanism.spec import model_fingerprint
 
     path = args.model or str(organism_path())
     requests, docs = build_requests(["mf_follow_image", "mf_follow_text"], args.docs)

@@ -10,8 +10,8 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from interventions.random_init import IMAGE_TOKEN_ID, TINY_FAMILIES, build_tiny_model  # noqa: E402
-from interventions.random_init import random_batch  # noqa: E402
+from interventions.testing.random_init import IMAGE_TOKEN_ID, TINY_FAMILIES, build_tiny_model  # noqa: E402
+from interventions.testing.random_init import random_batch  # noqa: E402
 
 ATTENTIONS = ("eager", "sdpa")
 

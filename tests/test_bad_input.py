@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from interventions.outdir import MANIFEST
+from modarb_tasks.outdir import MANIFEST
 
 BIN = Path(sys.executable).parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "leaderboard"
@@ -240,7 +240,7 @@ def _user_files(root: Path, organism: Path) -> dict[str, Path]:
     blocked.mkdir()
     (blocked / "modarb-organism").write_text("not a folder\n")
     paths |= {"blocked_results": blocked, "entries": FIXTURES.parent.parent.parent / "leaderboard" / "entries"}
-    from interventions.spec import HeadScale, InterventionSpec, model_fingerprint
+    from interventions.mechanism.spec import HeadScale, InterventionSpec, model_fingerprint
     from transformers import AutoModelForImageTextToText
 
     fingerprint = model_fingerprint(AutoModelForImageTextToText.from_pretrained(organism))

@@ -1,6 +1,6 @@
 """`--use_cache`: answers are keyed by model and intervention, never shared between them.
 
-lm-eval keys a cached request by its content alone; modarb's scoped cache (interventions/cache.py)
+lm-eval keys a cached request by its content alone; modarb's scoped cache (interventions/model/cache.py)
 adds the model's fingerprint and the spec's identity. The CLI test runs what issue 15 ran; the
 in-process tests count the model's forward calls to show what was recomputed and what was not.
 """
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from interventions import cache
-from interventions.spec import HeadScale, InterventionSpec, KnockoutSpec, model_fingerprint
+from interventions.model import cache
+from interventions.mechanism.spec import HeadScale, InterventionSpec, KnockoutSpec, model_fingerprint
 from modarb_tasks import TASKS_PATH
 from untrained_organism import save_untrained_organism
 
@@ -86,7 +86,7 @@ def task_manager():
 
 
 def _load(pretrained=None):
-    from interventions.lm import ModarbVLM
+    from interventions.model.lm import ModarbVLM
 
     lm = ModarbVLM(pretrained=pretrained, batch_size=16, device="cpu")
     return lm, _Counter(lm.model)

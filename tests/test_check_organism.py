@@ -14,14 +14,14 @@ import pytest
 
 from interventions.analysis.evaluation import Evaluator, quiet_lm_eval
 from interventions.cli import main
-from interventions.spec import InterventionSpec
+from interventions.mechanism.spec import InterventionSpec
 
 TOP20_SPEC = Path(__file__).resolve().parents[1] / "leaderboard" / "specs" / "modarb-organism_block_top20.json"
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, organism_dir):
-    from interventions.lm import ModarbVLM
+    from interventions.model.lm import ModarbVLM
 
     quiet_lm_eval()
     lm = ModarbVLM(batch_size=64)

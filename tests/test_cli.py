@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForImageTextToText
 
-from interventions.random_init import build_tiny_model
-from interventions.spec import HeadScale, InterventionSpec, model_fingerprint
+from interventions.testing.random_init import build_tiny_model
+from interventions.mechanism.spec import HeadScale, InterventionSpec, model_fingerprint
 from modarb_tasks import TASKS_PATH
 
 BIN = Path(sys.executable).parent

@@ -1,6 +1,6 @@
 """identify, flow and reproduce on every family hf-modarb evaluates (tiny random-init models) and on the organism.
 
-The analyses encode docs through interventions.encoding, as hf-modarb does; these tests check the
+The analyses encode docs through interventions.model.encoding, as hf-modarb does; these tests check the
 token groups against the processor's expanded input ids, family by family, and that every
 command runs end to end.
 """
@@ -13,15 +13,15 @@ import pytest
 import torch
 
 from interventions.analysis.batches import encode_docs
-from interventions.analysis.flow_cli import run_flow
+from interventions.cli.flow import run_flow
 from interventions.analysis.identify import run_identify
 from interventions.analysis.reproduce import ReproduceConfig, reproduce
-from interventions.encoding import image_string
-from interventions.loading import load_model
+from interventions.model.encoding import image_string
+from interventions.model.loading import load_model
 from interventions.organism import organism_path
-from interventions.processors import save_tiny_family
-from interventions.random_init import TINY_FAMILIES
-from interventions.token_groups import image_token_id
+from interventions.model.processors import save_tiny_family
+from interventions.testing.random_init import TINY_FAMILIES
+from interventions.mechanism.token_groups import image_token_id
 from modarb_tasks.docs import to_doc
 from modarb_tasks.shapes import make_items
 
@@ -111,7 +111,7 @@ def test_small_reproduce_runs_on_every_family(name, folders, tmp_path):
 @pytest.mark.parametrize("name", MODELS)
 def test_hf_modarb_and_the_analyses_give_the_model_the_same_inputs(name, folders, layout_docs):
     """The eval path (hf-modarb's encoder) and the analyses' encoder are one function: same ids, same pixels."""
-    from interventions.lm import ModarbVLM
+    from interventions.model.lm import ModarbVLM
 
     lm = ModarbVLM(pretrained=str(folders[name]), batch_size=4, device="cpu")
     docs = [d for d in layout_docs if d["image"] is not None][:4]

@@ -16,13 +16,13 @@ from interventions.analysis.flow import (
     flow_sweep,
     following_probability,
 )
-from interventions.analysis.flow_cli import follow_docs
+from interventions.cli.flow import follow_docs
 from interventions.analysis.lens import logit_lens
-from interventions.knockout import knockout
+from interventions.mechanism.knockout import knockout
 from untrained_organism import save_untrained_organism
 
 LAYERS = 3
-FLOW_CLI = "interventions.analysis.flow_cli"
+FLOW_CLI = "interventions.cli.flow"
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def organism_folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loaded(organism_folder):
-    from interventions.loading import load_model
+    from interventions.model.loading import load_model
 
     return load_model(organism_folder)
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interventions.heads import scale_heads
-from interventions.locate import InterventionError, locate_heads
-from interventions.random_init import HEAD_DIM, HEADS, LAYERS, random_batch
+from interventions.mechanism.heads import scale_heads
+from interventions.mechanism.locate import InterventionError, locate_heads
+from interventions.testing.random_init import HEAD_DIM, HEADS, LAYERS, random_batch
 
 ALL_HEADS = [(layer, head) for layer in range(LAYERS) for head in range(HEADS)]
 

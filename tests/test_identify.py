@@ -29,14 +29,14 @@ from interventions.analysis.identify import (
     top_heads,
     top_overlap,
 )
-from interventions.errors import ModarbError
+from modarb_tasks.errors import ModarbError
 from interventions.organism import organism_path
-from interventions.heads import scale_heads
-from interventions.locate import InterventionError
-from interventions.spec import InterventionSpec
+from interventions.mechanism.heads import scale_heads
+from interventions.mechanism.locate import InterventionError
+from interventions.mechanism.spec import InterventionSpec
 from untrained_organism import save_untrained_organism
 
-IDENTIFY_CLI = "interventions.analysis.identify_cli"
+IDENTIFY_CLI = "interventions.cli.identify"
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +46,7 @@ def organism_folder(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def loaded(organism_folder):
-    from interventions.loading import load_model
+    from interventions.model.loading import load_model
 
     return load_model(organism_folder)
 
@@ -140,7 +140,7 @@ def test_ablation_score_is_the_measured_drop(loaded, follow_batches):
 
 def test_learned_mask_is_deterministic_and_reports_its_set(docs):
     """On the trained organism: an untrained model has no following circuit for the mask to break."""
-    from interventions.loading import load_model
+    from interventions.model.loading import load_model
 
     model, processor = load_model(str(organism_path()))
     follow, control = split_docs(docs)
@@ -327,7 +327,7 @@ def test_failed_run_leaves_no_identify_json(loaded, tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def organism_objective(organism_dir):
     """The objective on 16 validation items of the bundled organism (32 follow + 32 control docs)."""
-    from interventions.loading import load_model
+    from interventions.model.loading import load_model
 
     model, processor = load_model(str(organism_dir))
     follow, control = split_docs(shapes_docs(16))

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch.nn.functional import pad
 
-from interventions.knockout import knockout, layer_window
-from interventions.locate import InterventionError
-from interventions.random_init import HEADS, LAYERS, random_batch
+from interventions.mechanism.knockout import knockout, layer_window
+from interventions.mechanism.locate import InterventionError
+from interventions.testing.random_init import HEADS, LAYERS, random_batch
 
 EVERY_LAYER = list(range(LAYERS))
 

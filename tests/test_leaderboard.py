@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from fixtures.leaderboard.helpers import raw_results, results_file, run_modarb
 
-from interventions.errors import ModarbError
+from modarb_tasks.errors import ModarbError
 from leaderboard.entries import (DuplicateEntryError, Metric, add_results, load_entries, read_results_entry,
                                  task_slot)
 

@@ -15,11 +15,11 @@ from lm_eval.models.hf_vlms import HFMultimodalLM
 from lm_eval.tasks import TaskManager
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from interventions.errors import ModarbError
-from interventions.lm import ModarbVLM
+from modarb_tasks.errors import ModarbError
+from interventions.model.lm import ModarbVLM
 from interventions.organism import ORGANISM_NAME
 from interventions.organism.answers import generate_answers
-from interventions.spec import InterventionSpec, KnockoutSpec, model_fingerprint
+from interventions.mechanism.spec import InterventionSpec, KnockoutSpec, model_fingerprint
 from modarb_tasks import TASKS_PATH
 from modarb_tasks.matching import classify
 

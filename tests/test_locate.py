@@ -5,8 +5,8 @@ import torch
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from interventions.locate import UnsupportedModelError, locate_heads
-from interventions.random_init import (
+from interventions.mechanism.locate import UnsupportedModelError, locate_heads
+from interventions.testing.random_init import (
     HEAD_DIM,
     HEADS,
     LAYERS,

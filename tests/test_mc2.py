@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from interventions.errors import ModarbError
+from modarb_tasks.errors import ModarbError
 from modarb_tasks import mc2
 from modarb_tasks.datasets import mc2_dataset
 from modarb_tasks.docs import to_doc

@@ -18,10 +18,10 @@ from PIL import Image
 from interventions import cli
 from interventions.analysis.batches import encode_docs, load_image
 from interventions.analysis.data import DROP_SHARED, analysis_docs, resolve_data
-from interventions.encoding import image_string
-from interventions.loading import load_model
-from interventions.processors import save_tiny_family
-from interventions.token_groups import image_token_id
+from interventions.model.encoding import image_string
+from interventions.model.loading import load_model
+from interventions.model.processors import save_tiny_family
+from interventions.mechanism.token_groups import image_token_id
 from modarb_tasks import mc2
 
 MC2_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mc2"
@@ -163,8 +163,8 @@ def no_model_load(monkeypatch):
     def refuse(*_args, **_kwargs):
         raise AssertionError("a model was loaded before the bad input was reported")
 
-    monkeypatch.setattr("interventions.loading.load_model", refuse)
-    monkeypatch.setattr("interventions.lm.ModarbVLM.__init__", refuse)
+    monkeypatch.setattr("interventions.model.loading.load_model", refuse)
+    monkeypatch.setattr("interventions.model.lm.ModarbVLM.__init__", refuse)
 
 
 def _partial_coco(coco: Path, tmp_path: Path) -> tuple[Path, str]:

@@ -9,7 +9,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaForCon
 
 from interventions.organism import organism_path
 from interventions.organism.answers import accuracy, generate_answers, normalise
-from interventions.organism.cli import main as organism_main
+from interventions.cli.organism import main as organism_main
 from interventions.organism.model import Architecture
 from interventions.organism.recipe import Schedule, score, train
 from interventions.organism.tokenizer import train_tokenizer

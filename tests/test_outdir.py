@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from interventions.errors import ModarbError
-from interventions.outdir import MANIFEST, check_out, staged
+from modarb_tasks.errors import ModarbError
+from modarb_tasks.outdir import MANIFEST, check_out, staged
 
 
 def _tree(folder) -> dict[str, str]:

@@ -11,10 +11,10 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, Qwen2VLImageProcessorPil, Qwen2VLProcessor
 from transformers.utils import is_torchvision_available
 
-from interventions.errors import ModarbError
-from interventions.loading import load_model
+from modarb_tasks.errors import ModarbError
+from interventions.model.loading import load_model
 from interventions.organism.tokenizer import train_tokenizer, train_word_tokenizer
-from interventions.processors import (
+from interventions.model.processors import (
     FAMILY_TOKENS,
     IMAGES_ONLY_PROCESSORS,
     Qwen2VLProcessorImagesOnly,
@@ -23,8 +23,8 @@ from interventions.processors import (
     load_processor,
     save_tiny_family,
 )
-from interventions.random_init import TINY_FAMILIES, build_tiny_model
-from interventions.token_groups import image_token_id, token_groups
+from interventions.testing.random_init import TINY_FAMILIES, build_tiny_model
+from interventions.mechanism.token_groups import image_token_id, token_groups
 from interventions.testing.smoke import make_smoke_entries, model_args
 from modarb_tasks.docs import to_doc
 from modarb_tasks.prompts import IMAGE_PLACEHOLDER, INSTRUCTIONS

@@ -6,12 +6,12 @@ import math
 import pytest
 import torch
 
-from interventions.apply import apply_spec
-from interventions.heads import scale_heads
-from interventions.knockout import knockout
-from interventions.locate import locate_heads
-from interventions.random_init import HEAD_DIM, HEADS, LAYERS, build_tiny_model
-from interventions.spec import (
+from interventions.mechanism.apply import apply_spec
+from interventions.mechanism.heads import scale_heads
+from interventions.mechanism.knockout import knockout
+from interventions.mechanism.locate import locate_heads
+from interventions.testing.random_init import HEAD_DIM, HEADS, LAYERS, build_tiny_model
+from interventions.mechanism.spec import (
     SCHEMA_VERSION,
     HeadScale,
     InterventionSpec,
@@ -20,7 +20,7 @@ from interventions.spec import (
     SpecNotFoundError,
     model_fingerprint,
 )
-from interventions.token_groups import EmptyGroupError
+from interventions.mechanism.token_groups import EmptyGroupError
 
 
 

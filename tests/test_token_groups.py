@@ -5,7 +5,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from interventions.token_groups import GROUP_NAMES, EmptyGroupError, image_token_id, require_groups, token_groups
+from interventions.mechanism.token_groups import GROUP_NAMES, EmptyGroupError, image_token_id, require_groups, token_groups
 from modarb_tasks.prompts import IMAGE_PLACEHOLDER, build_prompt
 
 IMAGE_TOKENS = 5  # how many tokens the fake processor expands "<image>" into

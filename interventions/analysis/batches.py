@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from interventions.encoding import encode_multimodal, encode_text, image_string
-from interventions.errors import ModarbError
-from interventions.token_groups import doc_token_groups, image_token_id
+from interventions.model.encoding import encode_multimodal, encode_text, image_string
+from modarb_tasks.errors import ModarbError
+from interventions.mechanism.token_groups import doc_token_groups, image_token_id
 
 
 @dataclass
@@ -35,7 +35,7 @@ class DocBatch:
 
 def encode_docs(model, processor, docs: Sequence[dict]) -> DocBatch:
     """Encode `docs` (lm-eval docs from modarb_tasks.docs.to_doc) for one forward pass, as hf-modarb
-    encodes them (interventions.encoding): the model's image string, one processor call."""
+    encodes them (interventions.model.encoding): the model's image string, one processor call."""
     tokenizer = processor.tokenizer
     images = [[load_image(doc["image"])] if doc.get("image") is not None else [] for doc in docs]
     prompts = [doc["prompt"] for doc in docs]

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from interventions.errors import ModarbError
+from modarb_tasks.errors import ModarbError
 from modarb_tasks import mc2
 from modarb_tasks.docs import ConflictItem, to_doc
 
@@ -210,7 +210,7 @@ def analysis_docs(source: DataSource, config, tokenizer, n_items: int, kinds: Se
                   layouts: Sequence[str] = ("standard",), half: str | None = None) -> tuple[list[dict], dict[str, int]]:
     """(usable docs of the first `n_items` analysis items, {reason: docs dropped}) for one model;
     `half` picks another shapes split (MC² analyses always read the analysis half)."""
-    from interventions.encoding import image_string, model_string
+    from interventions.model.encoding import image_string, model_string
 
     image_text = image_string(config, tokenizer)
     docs = item_docs(source.items(n_items, None if source.is_mc2 else half), kinds, layouts)
@@ -223,9 +223,9 @@ def prepare_docs(source: DataSource, model: str | None, n_items: int, kinds: Seq
     config only, so bad data is reported before the model's weights are loaded."""
     from transformers import AutoConfig
 
-    from interventions.model_files import check_pretrained
+    from interventions.model.model_files import check_pretrained
     from interventions.organism import organism_path
-    from interventions.processors import load_processor
+    from interventions.model.processors import load_processor
 
     path = str(organism_path() if model is None else model)
     check_pretrained(path, trust_remote_code=trust_remote_code)  # a missing or text-only model: one line

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from interventions.analysis.data import SHAPES_TASKS, TaskSet
-from interventions.lm import ModarbVLM
-from interventions.spec import InterventionSpec
+from interventions.model.lm import ModarbVLM
+from interventions.mechanism.spec import InterventionSpec
 from modarb_tasks import TASKS_PATH
 
 
@@ -67,11 +67,11 @@ class Evaluator:
         self.limit = limit
         self.batch_size = batch_size
         self.tasks = tasks  # which tasks score follow image/text and the controls (shapes or MC²)
-        # lm-eval's request cache, scoped by model and spec (interventions/cache.py): a rerun resumes
+        # lm-eval's request cache, scoped by model and spec (interventions/model/cache.py): a rerun resumes
         self.use_cache = str(Path(use_cache) / "requests") if use_cache is not None else None
         from lm_eval.tasks import TaskManager
 
-        from interventions import cache
+        from interventions.model import cache
 
         cache.install()
 
@@ -170,7 +170,7 @@ def quiet_lm_eval() -> None:
     from lm_eval.api import task
     from tqdm import tqdm
 
-    from interventions.harness import quiet_known_warnings
+    from interventions.model.harness import quiet_known_warnings
 
     for name in ("lm_eval", "lm-eval"):
         logging.getLogger(name).setLevel(logging.ERROR)

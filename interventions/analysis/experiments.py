@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from interventions.analysis.evaluation import Evaluator, Run
-from interventions.spec import HeadScale, InterventionSpec, ModelFingerprint
+from interventions.mechanism.spec import HeadScale, InterventionSpec, ModelFingerprint
 
 Head = tuple[int, int]
 

@@ -24,9 +24,9 @@ import torch
 from tqdm.auto import tqdm
 
 from interventions.analysis.batches import DocBatch, following_scores, iter_batches, last_logits
-from interventions.errors import ModarbError
-from interventions.knockout import knockout, layer_window
-from interventions.locate import locate_heads
+from modarb_tasks.errors import ModarbError
+from interventions.mechanism.knockout import knockout, layer_window
+from interventions.mechanism.locate import locate_heads
 
 # edge name -> (key group: where information comes from, query group: where it would go)
 EDGES: dict[str, tuple[str, str]] = {

@@ -18,9 +18,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from interventions.analysis.batches import DocBatch, logit_difference
-from interventions.errors import ModarbError
-from interventions.files import write_png
-from interventions.heads import scale_heads
+from modarb_tasks.errors import ModarbError
+from modarb_tasks.files import write_png
+from interventions.mechanism.heads import scale_heads
 
 GATES = (0.0, 0.25, 0.5, 0.75, 1.0, 2.0, 4.0, 8.0)
 SIDES = ("follow_image", "follow_text")

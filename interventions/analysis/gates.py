@@ -14,7 +14,7 @@ from contextlib import ExitStack, contextmanager
 import torch
 from torch import nn
 
-from interventions.locate import HeadLayout, InterventionError, locate_heads
+from interventions.mechanism.locate import HeadLayout, InterventionError, locate_heads
 
 
 @contextmanager

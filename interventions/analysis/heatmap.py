@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from interventions.files import write_png  # noqa: E402
+from modarb_tasks.files import write_png  # noqa: E402
 
 
 def plot_head_scores(

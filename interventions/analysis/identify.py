@@ -45,10 +45,10 @@ from interventions.analysis.defaults import METHODS, LearnedMaskOptions, check_f
 from interventions.analysis.learned_mask import learned_mask
 from interventions.analysis.objective import Objective
 from interventions.analysis.selective import MAX_SETS, exhaustive_sets, selective_sweep, set_count
-from interventions.errors import ModarbError
-from interventions.heads import scale_heads
-from interventions.locate import locate_heads
-from interventions.spec import HeadScale, InterventionSpec, model_fingerprint
+from modarb_tasks.errors import ModarbError
+from interventions.mechanism.heads import scale_heads
+from interventions.mechanism.locate import locate_heads
+from interventions.mechanism.spec import HeadScale, InterventionSpec, model_fingerprint
 from modarb_tasks.docs import to_doc
 from modarb_tasks.shapes import make_items
 
@@ -469,7 +469,7 @@ def run_identify(
     """
     from interventions.analysis.gate_response import plot_gate_response
     from interventions.analysis.heatmap import plot_head_scores
-    from interventions.files import write_atomic
+    from modarb_tasks.files import write_atomic
 
     check_fraction(top)
     if method not in METHODS:

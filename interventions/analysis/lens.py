@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from interventions.analysis.batches import DocBatch, candidate_log_mass, following_scores, iter_batches
 from interventions.analysis.flow import band, split_docs
-from interventions.locate import UnsupportedModelError, locate_heads
+from interventions.mechanism.locate import UnsupportedModelError, locate_heads
 
 
 @dataclass(frozen=True)

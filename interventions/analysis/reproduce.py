@@ -28,13 +28,13 @@ from interventions.analysis.experiments import (
     blocking_curve,
     head_count,
 )
-from interventions.analysis.flow_cli import run_flow
+from interventions.cli.flow import run_flow
 from interventions.analysis.identify import METHODS, frozen, run_identify, split_docs
 from interventions.analysis.defaults import ReproduceConfig
 from interventions.analysis.objective import Objective
-from interventions.errors import ModarbError
-from interventions.outdir import staged
-from interventions.spec import model_fingerprint
+from modarb_tasks.errors import ModarbError
+from modarb_tasks.outdir import staged
+from interventions.mechanism.spec import model_fingerprint
 
 SCORE_KEYS = ("follow_image", "follow_text", "mf_ratio", "visual_control", "language_control")
 
@@ -44,9 +44,9 @@ def reproduce(config: ReproduceConfig) -> dict:
     if not 0 < config.top < 1 or config.top not in config.fractions:
         raise ModarbError(f"--top {config.top} must be one of the blocking fractions {list(config.fractions)}")
     from interventions.analysis.data import analysis_docs, data_record, prepare_docs, resolve_data
-    from interventions.analysis.flow_cli import DEFAULT_LAYOUTS, FOLLOW_KINDS
+    from interventions.cli.flow import DEFAULT_LAYOUTS, FOLLOW_KINDS
     from interventions.analysis.identify import CONTROL_KINDS
-    from interventions.lm import ModarbVLM
+    from interventions.model.lm import ModarbVLM
 
     source = resolve_data(config.data, config.mc2_json, config.mc2_images,
                           uses=[("analysis", config.analysis_items), ("test", config.limit)])

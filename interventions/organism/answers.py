@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from interventions.encoding import encode_docs_text
+from interventions.model.encoding import encode_docs_text
 from modarb_tasks.prompts import IMAGE_PLACEHOLDER
 
 

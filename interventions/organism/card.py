@@ -121,7 +121,7 @@ def write_model_card(out_dir: str | Path, record: dict) -> Path:
         f"modarb organism train --out DIR --seed {record['seed']} --steps {record['steps']}",
         "```",
         "",
-        "(or `python -m interventions.organism.cli train --out DIR --seed "
+        "(or `python -m interventions.cli.organism train --out DIR --seed "
         f"{record['seed']}`). Retraining with the same seed reproduces the scores within ±0.02.",
         "",
     ]

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from interventions.encoding import encode_docs_text
+from interventions.model.encoding import encode_docs_text
 from interventions.organism.captions import CAPTION_KINDS, caption_doc
 from interventions.organism.answers import accuracy, chat_prompt, generate_answers
 from interventions.organism.model import Architecture, build_model, build_processor

@@ -19,8 +19,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from interventions.processors import FAMILY_TOKENS, image_prompt, save_tiny_family
-from interventions.random_init import TINY_FAMILIES
+from interventions.model.processors import FAMILY_TOKENS, image_prompt, save_tiny_family
+from interventions.testing.random_init import TINY_FAMILIES
 from leaderboard.entries import ENTRIES_DIR
 
 SMOKE_TASKS = "modality_following"

@@ -13,7 +13,7 @@ keys are ignored. User knobs read from `--metadata`:
 
 from __future__ import annotations
 
-from interventions.errors import ModarbError
+from modarb_tasks.errors import ModarbError
 from modarb_tasks.datasets import SHAPES_EVAL_SIZE, mc2_dataset, shapes_dataset
 from modarb_tasks.metrics import answer_choices, conditional_ratio, score_choice, score_control, score_generation
 

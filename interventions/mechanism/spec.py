@@ -21,10 +21,10 @@ from typing import Any
 import jsonschema
 from torch import nn
 
-from interventions.files import write_atomic
-from interventions.locate import InterventionError, locate_heads
+from modarb_tasks.files import write_atomic
+from interventions.mechanism.locate import InterventionError, locate_heads
 from interventions.organism import ORGANISM_DIR, ORGANISM_NAME
-from interventions.token_groups import GROUP_NAMES
+from interventions.mechanism.token_groups import GROUP_NAMES
 
 SCHEMA_VERSION = "modarb.intervention/v1"
 POSITION_SCOPES = ("all", "last", *GROUP_NAMES)

@@ -24,16 +24,16 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.hf_vlms import HFMultimodalLM
 from tqdm import tqdm
 
-from interventions.apply import apply_spec
-from interventions.cache import cache_record, weights_fingerprint
-from interventions.encoding import encode_multimodal, image_string
-from interventions.errors import ModarbError
-from interventions.model_files import check_pretrained
-from interventions.model_args import check_model_args, check_tasks_for_spec
+from interventions.mechanism.apply import apply_spec
+from interventions.model.cache import cache_record, weights_fingerprint
+from interventions.model.encoding import encode_multimodal, image_string
+from modarb_tasks.errors import ModarbError
+from interventions.model.model_files import check_pretrained
+from interventions.model.model_args import check_model_args, check_tasks_for_spec
 from interventions.organism import organism_path
-from interventions.processors import load_processor
-from interventions.spec import InterventionSpec, model_name
-from interventions.token_groups import doc_token_groups, image_token_id
+from interventions.model.processors import load_processor
+from interventions.mechanism.spec import InterventionSpec, model_name
+from interventions.mechanism.token_groups import doc_token_groups, image_token_id
 
 MODARB_VERSION = "0.1.0"
 DEFAULT_ALPHA = 2.0  # amplify= heads' scale when alpha= is not given
@@ -61,13 +61,13 @@ class ModarbVLM(HFMultimodalLM):
         if isinstance(pretrained, str):
             check_pretrained(pretrained, trust_remote_code=bool(kwargs.get("trust_remote_code")))
         super().__init__(str(organism_path()) if pretrained is None else pretrained, **kwargs)
-        # the analyses' rule too (interventions.encoding): Qwen's vision start/end, Gemma 3's begin-of-image
+        # the analyses' rule too (interventions.model.encoding): Qwen's vision start/end, Gemma 3's begin-of-image
         self.image_token = image_string(self.config, self.tokenizer, kwargs.get("image_string"),
                                         int(kwargs["image_token_id"]) if kwargs.get("image_token_id") else None)
         alpha = DEFAULT_ALPHA if alpha is None else alpha
         self.spec = load_spec(self.model, spec=spec, block=block, amplify=amplify, alpha=alpha, positions=positions)
         self._model_fingerprint = weights_fingerprint(self.model)
-        self.cache_path: str | None = None  # set by the scoped --use_cache wrapper (interventions/cache.py)
+        self.cache_path: str | None = None  # set by the scoped --use_cache wrapper (interventions/model/cache.py)
         self._docs_by_context: dict[str, dict] = {}
         self._batch_groups: dict[str, torch.Tensor] | None = None
 
@@ -118,7 +118,7 @@ class ModarbVLM(HFMultimodalLM):
         return self._encode(strings, images, docs, padding_side, left_truncate_len, truncation)
 
     def _encode(self, strings, images, docs, padding_side="left", left_truncate_len=None, truncation=False):
-        """The stock encoder's steps through interventions.encoding (the function the analyses call),
+        """The stock encoder's steps through interventions.model.encoding (the function the analyses call),
         and the batch's token groups."""
         encoding, texts = encode_multimodal(
             self.processor, getattr(self.config, "model_type", ""), strings, images, image_text=self.image_token,

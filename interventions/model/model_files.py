@@ -8,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from interventions.errors import ModarbError
+from modarb_tasks.errors import ModarbError
 
 
 def check_device(device: str | None) -> None:

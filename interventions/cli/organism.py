@@ -15,8 +15,8 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-from interventions.errors import ModarbError
-from interventions.outdir import check_writable, staged
+from modarb_tasks.errors import ModarbError
+from modarb_tasks.outdir import check_writable, staged
 
 
 def register(subparsers) -> None:
@@ -66,7 +66,7 @@ def _path(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the `organism` command on its own (`python -m interventions.organism.cli train ...`)."""
+    """Run the `organism` command on its own (`python -m interventions.cli.organism train ...`)."""
     from interventions.cli import main as modarb
 
     return modarb(["organism", *(sys.argv[1:] if argv is None else argv)])

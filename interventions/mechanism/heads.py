@@ -25,7 +25,7 @@ from typing import Union
 import torch
 from torch import nn
 
-from interventions.locate import HeadLayout, InterventionError, call_span, locate_heads, window
+from interventions.mechanism.locate import HeadLayout, InterventionError, call_span, locate_heads, window
 
 Positions = Union[None, str, torch.Tensor]
 

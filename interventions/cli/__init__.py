@@ -11,24 +11,24 @@ import argparse
 import os
 import sys
 
-from interventions.errors import ModarbError
+from modarb_tasks.errors import ModarbError
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # the shell's code for a process ended by SIGINT
 SUBCOMMAND_MODULES = [
-    "interventions.organism.cli",
-    "interventions.analysis.identify_cli",
-    "interventions.analysis.flow_cli",
-    "interventions.analysis.reproduce_cli",
+    "interventions.cli.organism",
+    "interventions.cli.identify",
+    "interventions.cli.flow",
+    "interventions.cli.reproduce",
     "leaderboard.cli",
 ]
 # command -> the module that registers it: `modarb <command> ...` imports only that one, so a bad
 # flag of a light command (leaderboard, check, organism, flow) is answered without importing lm-eval.
 COMMAND_MODULES = {
-    "organism": "interventions.organism.cli",
-    "identify": "interventions.analysis.identify_cli",
-    "flow": "interventions.analysis.flow_cli",
-    "reproduce": "interventions.analysis.reproduce_cli",
+    "organism": "interventions.cli.organism",
+    "identify": "interventions.cli.identify",
+    "flow": "interventions.cli.flow",
+    "reproduce": "interventions.cli.reproduce",
     "leaderboard": "leaderboard.cli",
     "check": "leaderboard.cli",
 }
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         if argv and argv[0] == "eval":
-            from interventions.harness import run_lm_eval
+            from interventions.model.harness import run_lm_eval
 
             run_lm_eval(argv[1:])
             return 0

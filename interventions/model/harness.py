@@ -16,8 +16,8 @@ import logging
 import sys
 from pathlib import Path
 
-from interventions.errors import ModarbError
-from interventions.outdir import check_writable
+from modarb_tasks.errors import ModarbError
+from modarb_tasks.outdir import check_writable
 from modarb_tasks import TASKS_PATH
 
 DEFAULT_MODEL = "hf-modarb"
@@ -35,10 +35,10 @@ def register_modarb() -> None:
     from lm_eval.api.registry import model_registry
     from lm_eval.tasks import manager
 
-    from interventions import cache
+    from interventions.model import cache
 
     if DEFAULT_MODEL not in model_registry:  # imported (with torch) only when a run creates it
-        model_registry.register(DEFAULT_MODEL, target="interventions.lm:ModarbVLM")
+        model_registry.register(DEFAULT_MODEL, target="interventions.model.lm:ModarbVLM")
     cache.install()  # --use_cache keys answers by model and spec too
 
     original = manager.TaskManager.__init__
@@ -105,7 +105,7 @@ def quiet_known_warnings() -> None:
 def check_run_config(cfg, device: str | None) -> None:
     """One-line errors for a run's arguments, before lm-eval loads a model or builds a task;
     `device` is the --device given (lm-eval's own default, cuda:0, falls back to the CPU by itself)."""
-    from interventions.model_files import check_device
+    from interventions.model.model_files import check_device
 
     if cfg.output_path:
         path = Path(cfg.output_path)
@@ -115,15 +115,15 @@ def check_run_config(cfg, device: str | None) -> None:
         check_writable(path.parent if path.suffix == ".json" else path, "--output_path")
     check_device(device)
     if cfg.model == DEFAULT_MODEL:
-        from interventions.model_args import check_cli_model_args
+        from interventions.model.model_args import check_cli_model_args
 
         check_cli_model_args(cfg.model_args or {})
 
 
 def check_tasks(lm, task_dict) -> None:
     """Stop before the first request when the model cannot run one of the tasks, naming it."""
-    from interventions.lm import ModarbVLM
-    from interventions.model_args import is_multimodal_task
+    from interventions.model.lm import ModarbVLM
+    from interventions.model.model_args import is_multimodal_task
 
     tasks = _leaf_tasks(task_dict)
     with_images = [name for name, task in tasks if is_multimodal_task(task)]

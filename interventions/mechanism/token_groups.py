@@ -17,7 +17,7 @@ from difflib import SequenceMatcher
 
 import torch
 
-from interventions.locate import InterventionError
+from interventions.mechanism.locate import InterventionError
 from modarb_tasks.prompts import IMAGE_PLACEHOLDER
 
 TEXT_GROUPS = ("system", "context", "instruction", "question", "constraint")

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from interventions.errors import ModarbError
+from modarb_tasks.errors import ModarbError
 from interventions.families import FamilyLayout, family_layout
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForImageTextToText
 
-from interventions.errors import ModarbError
-from interventions.model_files import check_device, check_pretrained
+from modarb_tasks.errors import ModarbError
+from interventions.model.model_files import check_device, check_pretrained
 from interventions.organism import organism_path
-from interventions.processors import load_processor
+from interventions.model.processors import load_processor
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -8,10 +8,10 @@ from contextlib import ExitStack, contextmanager
 import torch
 from torch import nn
 
-from interventions.heads import scale_heads
-from interventions.knockout import knockout
-from interventions.spec import InterventionSpec
-from interventions.token_groups import EmptyGroupError, require_groups
+from interventions.mechanism.heads import scale_heads
+from interventions.mechanism.knockout import knockout
+from interventions.mechanism.spec import InterventionSpec
+from interventions.mechanism.token_groups import EmptyGroupError, require_groups
 
 
 @contextmanager

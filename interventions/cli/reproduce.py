@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from interventions.analysis.data import add_data_arguments
-from interventions.errors import ModarbError
-from interventions.outdir import check_out
+from modarb_tasks.errors import ModarbError
+from modarb_tasks.outdir import check_out
 
 
 def register(subparsers) -> None:
@@ -63,7 +63,7 @@ def _floats(text: str) -> tuple[float, ...]:
 def _run(args: argparse.Namespace) -> int:
     from interventions.analysis.defaults import ReproduceConfig
     from interventions.analysis.reproduce import reproduce
-    from interventions.model_files import check_device
+    from interventions.model.model_files import check_device
 
     for name in ("limit", "batch_size", "draws", "analysis_items", "learned_steps"):
         if getattr(args, name) < 1:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from interventions.errors import ModarbError
+from modarb_tasks.errors import ModarbError
 from modarb_tasks.files import check_writable
 
 MANIFEST = ".modarb-output.json"

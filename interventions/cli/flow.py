@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from interventions.analysis.data import add_data_arguments
-from interventions.errors import ModarbError
-from interventions.files import write_atomic
-from interventions.outdir import check_out, staged
+from modarb_tasks.errors import ModarbError
+from modarb_tasks.files import write_atomic
+from modarb_tasks.outdir import check_out, staged
 from modarb_tasks.shapes.scenes import SPLITS
 
 SCHEMA_VERSION = "modarb.flow/v1"
@@ -159,7 +159,7 @@ def _run(args: argparse.Namespace) -> int:
     docs, dropped = prepare_docs(source, args.model, args.n_items, FOLLOW_KINDS, layouts, half=args.split,
                                  trust_remote_code=args.trust_remote_code)
     print(docs_line(source, docs, dropped))
-    from interventions.loading import load_model
+    from interventions.model.loading import load_model
 
     model, processor = load_model(args.model, device=args.device, dtype=args.dtype,
                                   trust_remote_code=args.trust_remote_code)

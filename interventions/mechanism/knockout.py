@@ -25,8 +25,8 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from interventions.heads import check_heads
-from interventions.locate import CallSpan, HeadLayout, InterventionError, call_span, locate_heads, window
+from interventions.mechanism.heads import check_heads
+from interventions.mechanism.locate import CallSpan, HeadLayout, InterventionError, call_span, locate_heads, window
 
 Edge = tuple[torch.Tensor, torch.Tensor]  # (query_mask [B, S], key_mask [B, S]), bool
 MASKED_BACKENDS = ("eager", "sdpa")

@@ -13,7 +13,7 @@ import difflib
 import inspect
 import math
 
-from interventions.errors import ModarbError
+from modarb_tasks.errors import ModarbError
 
 OWN_ARGS = ("pretrained", "spec", "block", "amplify", "alpha", "positions")
 FROM_PRETRAINED_ARGS = (
@@ -37,7 +37,7 @@ def known_args() -> set[str]:
 
 def check_model_args(kwargs: dict, *, spec, block, amplify, alpha, positions) -> None:
     """ModarbError for the first model arg that cannot work; `kwargs` are those hf-modarb passes on."""
-    from interventions.spec import POSITION_SCOPES
+    from interventions.mechanism.spec import POSITION_SCOPES
 
     quick = set(OWN_ARGS) | set(FROM_PRETRAINED_ARGS) | set(COMMON_ARGS)
     known = quick if set(kwargs) <= quick else known_args()  # known_args imports lm-eval's HF model (seconds)
@@ -72,7 +72,7 @@ def check_model_args(kwargs: dict, *, spec, block, amplify, alpha, positions) ->
 def check_cli_model_args(model_args: dict) -> None:
     """check_model_args (and the pretrained= folder) for `modarb eval --model hf-modarb --model_args ...`,
     before lm-eval indexes its tasks (half a minute) and loads the model."""
-    from interventions.model_files import check_pretrained
+    from interventions.model.model_files import check_pretrained
 
     own = {name: model_args.get(name) for name in ("spec", "block", "amplify", "alpha")}
     rest = {name: value for name, value in model_args.items() if name not in OWN_ARGS}

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from interventions.analysis.data import add_data_arguments
 from interventions.analysis.defaults import MAX_SETS, METHODS, LearnedMaskOptions, check_fraction
-from interventions.errors import ModarbError
-from interventions.outdir import check_out, staged
+from modarb_tasks.errors import ModarbError
+from modarb_tasks.outdir import check_out, staged
 
 
 def register(subparsers) -> None:
@@ -74,7 +74,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from interventions.analysis.identify import run_identify
-    from interventions.loading import load_model
+    from interventions.model.loading import load_model
 
     from interventions.analysis.data import data_record, docs_line, prepare_docs, resolve_data
     from interventions.analysis.identify import CONTROL_KINDS, FOLLOW_KINDS

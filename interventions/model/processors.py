@@ -45,10 +45,10 @@ from transformers import (
 )
 from transformers.utils import cached_file
 
-from interventions.errors import ModarbError
+from modarb_tasks.errors import ModarbError
 from interventions.organism.tokenizer import BOS, CHAT_TEMPLATE, EOS, PAD, UNK, train_word_tokenizer
-from interventions.random_init import TINY_FAMILIES, build_tiny_model
-from interventions.token_groups import image_token_id
+from interventions.testing.random_init import TINY_FAMILIES, build_tiny_model
+from interventions.mechanism.token_groups import image_token_id
 from modarb_tasks.prompts import IMAGE_PLACEHOLDER
 
 
