@@ -9,22 +9,19 @@ from __future__ import annotations
 import base64
 import html
 import io
-import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from leaderboard.entries import (BASELINE, ENTRIES_DIR, SLOTS, Metric, headline, load_entries,
-                                 suite_task, task_slot)
+from leaderboard.entries import BASELINE, ENTRIES_DIR, headline, load_entries
+from modarb_tasks.catalog import FOLLOW_SLOTS, LABELS, MF_RATIO, SCORES, SLOTS, Metric, catalog, pooled_mf_ratio
 from modarb_tasks.files import write_atomic
 
 BOARD_DIR = ENTRIES_DIR.parent
-COLUMNS = ("model", "intervention", "suite", "items", "follow_image", "follow_text", "mf_ratio",
-           "visual_control", "language_control", "delta_mf_ratio")
+TEXT_COLUMNS = ("model", "intervention", "suite")
+COLUMNS = (*TEXT_COLUMNS, "items", *SCORES, "delta_mf_ratio")
 HEADERS = {"model": "Model", "intervention": "Intervention", "suite": "Suite", "items": "Items (n)",
-           "follow_image": "Follow image", "follow_text": "Follow text", "mf_ratio": "MF ratio",
-           "visual_control": "Visual control", "language_control": "Language control",
-           "delta_mf_ratio": "Δ MF ratio"}
+           **{score: LABELS[score].heading for score in SCORES}, "delta_mf_ratio": "Δ MF ratio"}
 PLOT_FILES = {"scatter": "plots/mf_ratio_vs_controls.png", "bars": "plots/per_task.png"}
 MISSING = "–"
 
@@ -40,7 +37,7 @@ class Row:
     identity: str
     suite: str
     date: str
-    scores: dict[str, Metric | None]  # slots + "mf_ratio"
+    scores: dict[str, Metric | None]  # keyed by SCORES: the slots and "mf_ratio"
     delta_mf_ratio: float | None = None
 
     @property
@@ -53,25 +50,13 @@ class Row:
         return f"{self.model} / {self.intervention} ({self.suite})"
 
 
-def pooled_mf_ratio(image: Metric | None, text: Metric | None) -> Metric | None:
-    """MF ratio over all follow items of both sides (sample-weighted), with its stderr."""
-    if image is None or text is None:
-        return None
-    n = image.n + text.n
-    value = (image.n * image.value + text.n * text.value) / n
-    if image.stderr is None or text.stderr is None:
-        return Metric(value, None, n)
-    return Metric(value, math.hypot(image.n * image.stderr, text.n * text.stderr) / n, n)
-
-
 def _rows_of(slug: str, entry: dict[str, Any]) -> list[Row]:
     rows = []
-    for suite in sorted({task_slot(task)[0] for task in entry["tasks"]}):
-        tasks = {slot: suite_task(suite, slot) for slot in SLOTS}
+    for suite in sorted({catalog().tasks[task].suite for task in entry["tasks"]}):
+        present = {slot: task for slot, task in catalog().suites[suite].items() if task in entry["tasks"]}
         scores: dict[str, Metric | None] = {
-            slot: headline(task, entry["tasks"][task]) if task in entry["tasks"] else None
-            for slot, task in tasks.items()}
-        scores["mf_ratio"] = pooled_mf_ratio(scores["follow_image"], scores["follow_text"])
+            slot: headline(present[slot], entry["tasks"][present[slot]]) if slot in present else None for slot in SLOTS}
+        scores[MF_RATIO] = pooled_mf_ratio(*(scores[slot] for slot in FOLLOW_SLOTS))
         rows.append(Row(slug, entry["kind"], entry["model"], entry["intervention"]["name"],
                         entry["intervention"]["identity"], suite, entry["date"], scores))
     return rows
@@ -88,15 +73,15 @@ def board_rows(entries: dict[str, dict[str, Any]]) -> list[Row]:
     rows = sorted((row for slug, entry in entries.items() for row in _rows_of(slug, entry)), key=_sort_key)
     baselines: dict[tuple, Row] = {}
     for row in rows:
-        if row.identity == BASELINE["identity"] and row.scores["mf_ratio"] is not None:
+        if row.identity == BASELINE["identity"] and row.scores[MF_RATIO] is not None:
             key = (row.kind, row.model, row.suite, row.items)
             if key not in baselines or (row.date, row.slug) > (baselines[key].date, baselines[key].slug):
                 baselines[key] = row
     out = []
     for row in rows:
         base = baselines.get((row.kind, row.model, row.suite, row.items))
-        delta = (row.scores["mf_ratio"].value - base.scores["mf_ratio"].value
-                 if base is not None and row.scores["mf_ratio"] is not None else None)
+        delta = (row.scores[MF_RATIO].value - base.scores[MF_RATIO].value
+                 if base is not None and row.scores[MF_RATIO] is not None else None)
         out.append(replace(row, delta_mf_ratio=delta))
     return out
 
@@ -121,7 +106,7 @@ def format_items(items: tuple[int | None, ...]) -> str:
 
 def cell_text(row: Row, column: str) -> str:
     """The text a column shows for a row, shared by the Markdown and HTML tables."""
-    if column in ("model", "intervention", "suite"):
+    if column in TEXT_COLUMNS:
         return getattr(row, column)
     if column == "items":
         return format_items(row.items)
@@ -131,7 +116,7 @@ def cell_text(row: Row, column: str) -> str:
 
 
 def _sort_value(row: Row, column: str) -> str:
-    if column in ("model", "intervention", "suite"):
+    if column in TEXT_COLUMNS:
         return getattr(row, column)
     if column == "items":
         return repr(sum(n for n in row.items if n is not None))
@@ -306,7 +291,7 @@ def render_plots(rows: list[Row]) -> dict[str, bytes]:
 
     figure, axes = plt.subplots(figsize=(7, 5))
     for i, row in enumerate(results):
-        mf = row.scores["mf_ratio"]
+        mf = row.scores[MF_RATIO]
         for slot, marker in (("visual_control", "o"), ("language_control", "^")):
             control = row.scores[slot]
             if mf is not None and control is not None:
@@ -321,7 +306,7 @@ def render_plots(rows: list[Row]) -> dict[str, bytes]:
     plots["scatter"] = _png(figure)
     plt.close(figure)
 
-    columns = [*SLOTS[:2], "mf_ratio", *SLOTS[2:]]
+    columns = SCORES
     figure, axes = plt.subplots(figsize=(max(7, 1.6 * len(columns) + 0.25 * len(results)), 5))
     width = 0.8 / len(results)
     for i, row in enumerate(results):

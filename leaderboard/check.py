@@ -13,8 +13,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from modarb_tasks.catalog import SLOTS, Metric, catalog
 from modarb_tasks.errors import ModarbError
-from leaderboard.entries import HEADLINE_METRIC, SLOTS, Metric, headline, load_scores, task_slot
+from leaderboard.entries import headline, load_scores
 
 DEFAULT_TOLERANCE = 0.02
 DEFAULT_Z = 1.96
@@ -39,8 +40,8 @@ def regression_floor(baseline: Metric, new: Metric, tolerance: float, z: float) 
 
 
 def _task_order(task: str) -> tuple[str, int]:
-    suite, slot = task_slot(task)
-    return suite, SLOTS.index(slot)
+    found = catalog().tasks[task]
+    return found.suite, SLOTS.index(found.slot)
 
 
 def compare(baseline_path: Path, results_path: Path, tolerance: float = DEFAULT_TOLERANCE,
@@ -56,7 +57,7 @@ def compare(baseline_path: Path, results_path: Path, tolerance: float = DEFAULT_
     comparisons = []
     for task in sorted(baseline, key=_task_order):
         base_metric, new_metric = headline(task, baseline[task]), headline(task, new[task])
-        metric = HEADLINE_METRIC[task_slot(task)[1]]
+        metric = catalog().tasks[task].headline
         if base_metric is None or new_metric is None:
             raise ModarbError(f"task {task}: no {metric!r} metric in the baseline or the new results")
         if base_metric.n != new_metric.n:

@@ -11,11 +11,12 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
+from modarb_tasks.catalog import (HEADLINE_METRIC, SLOTS, Metric, catalog,  # noqa: F401 (re-exported)
+                                  suite_task, task_slot)
 from modarb_tasks.errors import ModarbError
 from modarb_tasks.files import write_atomic
 
@@ -25,42 +26,11 @@ DEFAULT_MODEL = "modarb-organism"
 BASELINE = {"identity": "none", "name": "baseline"}
 ENTRIES_DIR = Path(__file__).resolve().parent / "entries"
 
-SLOTS = ("follow_image", "follow_text", "visual_control", "language_control")
-HEADLINE_METRIC = {"follow_image": "mf_ratio", "follow_text": "mf_ratio",
-                   "visual_control": "acc", "language_control": "acc"}
-
-
-_TASK_NAME = re.compile(r"^(?P<head>mf|mc2(?:_paper)?)_(?P<slot>follow_image|follow_text|visual_control|language_control)"
-                        r"(?P<tail>_\w+)?$")
-"""modarb's task names: mf_* (shapes), mc2_*, mc2_paper_*, with variants such as _ll or _instruction_after."""
-
-
-def task_slot(task: str) -> tuple[str, str] | None:
-    """(suite, slot) of a modarb task, the suite being the name with the slot starred:
-    mf_follow_image_ll -> ("mf_*_ll", "follow_image"); None for a task that is not modarb's."""
-    match = _TASK_NAME.match(task)
-    return None if match is None else (f"{match['head']}_*{match['tail'] or ''}", match["slot"])
-
-
-def suite_task(suite: str, slot: str) -> str:
-    """The task of `suite` that fills `slot` (inverse of task_slot)."""
-    return suite.replace("*", slot)
-
-
 _HOW_TO_GET = "pass the results_*.json (or its folder) that `lm_eval --output_path` writes"
 
 
 class DuplicateEntryError(ModarbError):
     """The run is already on the leaderboard; refused unless replacing is asked for."""
-
-
-@dataclass(frozen=True)
-class Metric:
-    """One number with its standard error (None where lm-eval reports N/A) and sample count."""
-
-    value: float
-    stderr: float | None
-    n: int
 
 
 def find_results_files(path: Path) -> list[Path]:
@@ -121,7 +91,7 @@ def _task_metrics(task: str, scores: dict[str, Any], path: Path) -> tuple[str, d
         raise ModarbError(f"{path}: task {task} has no metric values; {_HOW_TO_GET}")
     filter_name = "none" if "none" in by_filter else min(by_filter)
     metrics = by_filter[filter_name]
-    needed = HEADLINE_METRIC[task_slot(task)[1]]
+    needed = catalog().tasks[task].headline
     if needed not in metrics:
         raise ModarbError(f"{path}: task {task} lacks the {needed!r} metric; "
                           "run it with modarb's task YAMLs (modarb tasks-path)")
@@ -133,7 +103,7 @@ def entry_from_results(data: dict[str, Any], path: Path, source_sha256: str, *,
     """Normalise a loaded lm-eval results dict (see load_results) into an entry."""
     if kind not in KINDS:
         raise ModarbError(f"entry kind {kind!r} unknown; use one of {', '.join(KINDS)}")
-    ours = sorted(task for task in data["results"] if task_slot(task) is not None)
+    ours = sorted(task for task in data["results"] if task in catalog().tasks)
     if not ours:
         found = ", ".join(sorted(data["results"])[:5]) or "nothing"
         raise ModarbError(f"{path}: no modarb task in these results (found: {found}); "
@@ -214,6 +184,10 @@ def read_entry(path: Path) -> dict[str, Any]:
     if not isinstance(entry, dict) or entry.get("schema") != ENTRY_SCHEMA:
         raise ModarbError(f"{path}: not a leaderboard entry (schema is not {ENTRY_SCHEMA}); "
                           "re-create it with `modarb leaderboard add`")
+    unknown = sorted(set(entry.get("tasks", {})) - set(catalog().tasks))
+    if unknown:
+        raise ModarbError(f"{path}: task {unknown[0]} is not in modarb's task pack (modarb_tasks/tasks); "
+                          "restore its YAML or remove the entry")
     return entry
 
 
@@ -284,5 +258,5 @@ def _is_entry(path: Path) -> bool:
 
 def headline(task: str, record: dict[str, Any]) -> Metric | None:
     """The metric the board and `check` use for a task (mf_ratio or acc), if recorded."""
-    metric = record["metrics"].get(HEADLINE_METRIC[task_slot(task)[1]])
+    metric = record["metrics"].get(catalog().tasks[task].headline)
     return None if metric is None else Metric(metric["value"], metric["stderr"], record["n"])

@@ -15,8 +15,7 @@ import pytest
 from fixtures.leaderboard.helpers import raw_results, results_file, run_modarb
 
 from modarb_tasks.errors import ModarbError
-from leaderboard.entries import (DuplicateEntryError, Metric, add_results, load_entries, read_results_entry,
-                                 task_slot)
+from leaderboard.entries import DuplicateEntryError, add_results, load_entries, read_results_entry
 
 RESULT_RUNS = ("organism_baseline", "organism_block_top5", "organism_amplify_top5")
 
@@ -164,7 +163,7 @@ def test_markdown_table_matches_the_entries(board: Path, tmp_path: Path):
             "Δ MF ratio": f"{round(mf - base_mf, 3) + 0.0:+.3f}",
             "MF ratio": f"{mf:.3f}",
         })
-    for row in results + smoke:  # the pooled stderr is checked in test_pooled_mf_ratio
+    for row in results + smoke:  # the pooled stderr is checked in test_catalog.py
         row["MF ratio"] = row["MF ratio"].split(" ± ")[0]
     assert results == expected
     assert [row["Δ MF ratio"] for row in results] == ["+0.000", "+0.050", "-0.525"]
@@ -177,17 +176,6 @@ def test_markdown_table_matches_the_entries(board: Path, tmp_path: Path):
         "MF ratio": f"{qwen['groups']['modality_following']['mf_ratio,none']:.3f}",
         "Visual control": "–", "Language control": "–", "Δ MF ratio": "+0.000",
     }]
-
-
-def test_pooled_mf_ratio_weights_by_items_and_propagates_stderr():
-    from leaderboard.board import pooled_mf_ratio
-
-    pooled = pooled_mf_ratio(Metric(0.5, 0.1, 30), Metric(0.8, 0.2, 10))
-    assert pooled.n == 40
-    assert pooled.value == pytest.approx((0.5 * 30 + 0.8 * 10) / 40)
-    assert pooled.stderr == pytest.approx((3.0**2 + 2.0**2) ** 0.5 / 40)
-    assert pooled_mf_ratio(Metric(0.5, None, 30), Metric(0.8, 0.2, 10)).stderr is None
-    assert pooled_mf_ratio(Metric(0.5, 0.1, 30), None) is None
 
 
 def test_build_is_byte_identical_for_the_same_entries(board: Path, tmp_path: Path):
@@ -260,16 +248,27 @@ def test_html_page_renders_in_headless_chromium_with_the_entries_rows(board: Pat
     assert dom.count('src="data:image/png;base64,') == 2
 
 
-def test_every_task_of_the_task_pack_has_a_leaderboard_slot():
-    from modarb_tasks import TASKS_PATH
+def test_names_are_escaped_for_each_page(tmp_path: Path):
+    """Markdown cells escape | and backslash; the HTML page is autoescaped."""
+    from leaderboard.board import build_board
 
-    names = [m.group(1) for path in sorted(Path(TASKS_PATH).glob("*.yaml"))
-             if (m := re.search(r"^task: (\w+)$", path.read_text(), re.MULTILINE))]
-    assert "mf_follow_image" in names and "mc2_language_control" in names
-    assert {name: task_slot(name) is not None for name in names} == {name: True for name in names}
-    assert task_slot("mc2_paper_follow_text_qwen2_5_vl_7b") == ("mc2_paper_*_qwen2_5_vl_7b", "follow_text")
-    assert task_slot("mf_follow_image_ll") == ("mf_*_ll", "follow_image")
-    assert task_slot("arc_easy") is None and task_slot("modality_following") is None
+    entries = tmp_path / "entries"
+    add_results([results_file("organism_baseline")], entries, model_name="a|b\\c <i>&")
+    build_board(entries, tmp_path / "out")
+    assert "| a\\|b\\\\c <i>& | baseline |" in (tmp_path / "out" / "README.md").read_text()
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert '<td data-sort="a|b\\c &lt;i&gt;&amp;">a|b\\c &lt;i&gt;&amp;</td>' in page and "<i>" not in page
+
+
+def test_an_entry_with_a_task_the_pack_lacks_is_a_one_line_error(tmp_path: Path):
+    entries = tmp_path / "entries"
+    (stored,) = add_results([results_file("organism_baseline")], entries)
+    entry = json.loads(stored.read_text())
+    entry["tasks"]["mf_follow_image_retired"] = entry["tasks"]["mf_follow_image"]
+    stored.write_text(json.dumps(entry))
+    with pytest.raises(ModarbError, match=r"task mf_follow_image_retired is not in modarb's task pack "
+                                          r"\(modarb_tasks/tasks\); restore its YAML or remove the entry$"):
+        load_entries(entries)
 
 
 def test_each_suite_of_an_entry_gets_its_own_row(tmp_path: Path):

@@ -19,16 +19,25 @@ from interventions.analysis.data import SHAPES_TASKS, TaskSet
 from interventions.model.lm import ModarbVLM
 from interventions.mechanism.spec import InterventionSpec
 from modarb_tasks import TASKS_PATH
+from modarb_tasks.catalog import FOLLOW_SLOTS, HEADLINE_METRIC, MF_RATIO, SLOTS, Metric, pooled_mf_ratio
 
 
 def headline(tasks: TaskSet) -> dict[str, tuple[str, str]]:
-    """summary key -> (task, metric) for one task set."""
-    return {
-        "follow_image": (tasks.follow_image, "mf_ratio"),
-        "follow_text": (tasks.follow_text, "mf_ratio"),
-        "visual_control": (tasks.visual_control, "acc"),
-        "language_control": (tasks.language_control, "acc"),
-    }
+    """summary key (a slot) -> (task, metric) for one task set."""
+    return {slot: (getattr(tasks, slot), HEADLINE_METRIC[slot]) for slot in SLOTS}
+
+
+def headline_scores(results: dict, tasks: TaskSet) -> dict[str, float]:
+    """The run's headline numbers from lm-eval's results: each slot's metric that ran, and the MF ratio
+    pooled over both follow tasks as the catalog defines it (item-weighted, as the leaderboard shows it)."""
+    found = {slot: Metric(float(results["results"][task][f"{metric},none"]), None,
+                          results["n-samples"][task]["effective"])
+             for slot, (task, metric) in headline(tasks).items() if task in results["results"]}
+    scores = {slot: metric.value for slot, metric in found.items()}
+    pooled = pooled_mf_ratio(*(found.get(slot) for slot in FOLLOW_SLOTS))
+    if pooled is not None:
+        scores[MF_RATIO] = pooled.value
+    return scores
 
 
 @dataclass
@@ -119,7 +128,7 @@ class Evaluator:
         results_file = max((run_dir / "results").glob("results_*.json"))
         return Run(
             name=name,
-            scores=_headline_scores(results["results"], headline(self.tasks)),
+            scores=headline_scores(results, self.tasks),
             follow_by_doc={
                 task: {sample["doc_id"]: float(sample["follow"]) for sample in logged[task]}
                 for task in self.tasks.follow
@@ -149,16 +158,6 @@ class Evaluator:
         if samples is not None:
             parts += ["--samples", json.dumps({task: samples[task] for task in tasks}, separators=(",", ":"))]
         return shlex.join(parts)
-
-
-def _headline_scores(task_results: dict, keys: dict[str, tuple[str, str]]) -> dict[str, float]:
-    scores = {}
-    for key, (task, metric) in keys.items():
-        if task in task_results:
-            scores[key] = float(task_results[task][f"{metric},none"])
-    if "follow_image" in scores and "follow_text" in scores:
-        scores["mf_ratio"] = (scores["follow_image"] + scores["follow_text"]) / 2
-    return scores
 
 
 def quiet_lm_eval() -> None:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import matplotlib
 
+from modarb_tasks.catalog import LABELS, SCORES
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -22,13 +24,7 @@ PAPER_TARGETS = {
     "broken_rate": 0.05,  # ... while breaking <= 5% of the items the model followed
     "top_overlap": 0.60,  # attribution's top-5% overlaps the exact sweep's by >= 0.6
 }
-SCORE_LABELS = {
-    "follow_image": "follow-image",
-    "follow_text": "follow-text",
-    "mf_ratio": "MF ratio",
-    "visual_control": "visual control",
-    "language_control": "language control",
-}
+SCORE_LABELS = {score: LABELS[score].prose for score in SCORES}
 
 
 def write(folder: Path, summary: dict, config) -> None:

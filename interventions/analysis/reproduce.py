@@ -32,11 +32,11 @@ from interventions.cli.flow import run_flow
 from interventions.analysis.identify import METHODS, frozen, run_identify, split_docs
 from interventions.analysis.defaults import ReproduceConfig
 from interventions.analysis.objective import Objective
+from modarb_tasks.catalog import SCORES as SCORE_KEYS
+from modarb_tasks.catalog import Metric, pooled_mf_ratio
 from modarb_tasks.errors import ModarbError
 from modarb_tasks.outdir import staged
 from interventions.mechanism.spec import model_fingerprint
-
-SCORE_KEYS = ("follow_image", "follow_text", "mf_ratio", "visual_control", "language_control")
 
 
 def reproduce(config: ReproduceConfig) -> dict:
@@ -123,12 +123,13 @@ def data_summary(source, dropped: dict[str, dict[str, int]], baseline, block_top
 
 
 def mf_ratio_by_type(run) -> dict[str, dict]:
-    """question type -> {mf_ratio (mean of the two follow tasks' ratios), n per follow task}."""
+    """question type -> {mf_ratio (pooled over both follow tasks' items, as the catalog pools), n per follow task}."""
     by_type: dict[str, dict[str, list[float]]] = {}
     for task, follows in run.follow_by_doc.items():
         for doc, follow in follows.items():
             by_type.setdefault(run.type_by_doc[task][doc], {}).setdefault(task, []).append(follow)
-    return {kind: {"mf_ratio": _mean(_mean(values) for values in tasks.values()),
+    return {kind: {"mf_ratio": pooled_mf_ratio(*(Metric(_mean(values), None, len(values))
+                                                 for values in tasks.values())).value,
                    "n": {task: len(values) for task, values in tasks.items()}}
             for kind, tasks in sorted(by_type.items())}
 
