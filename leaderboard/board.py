@@ -1,13 +1,14 @@
 """The board: leaderboard/README.md, a static sortable index.html and two plots, from the entries.
 
 Output is a pure function of the entries (sorted input, fixed formatting, PNGs without
-timestamps), so CI can rebuild the board and `git diff --exit-code` it.
+timestamps), so CI can rebuild the board and `git diff --exit-code` it. This module computes the
+rows and each cell's text; the pages' layout and wording live in leaderboard/templates (Jinja).
 """
 
 from __future__ import annotations
 
 import base64
-import html
+import functools
 import io
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,12 +19,26 @@ from modarb_tasks.catalog import FOLLOW_SLOTS, LABELS, MF_RATIO, SCORES, SLOTS, 
 from modarb_tasks.files import write_atomic
 
 BOARD_DIR = ENTRIES_DIR.parent
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 TEXT_COLUMNS = ("model", "intervention", "suite")
 COLUMNS = (*TEXT_COLUMNS, "items", *SCORES, "delta_mf_ratio")
 HEADERS = {"model": "Model", "intervention": "Intervention", "suite": "Suite", "items": "Items (n)",
            **{score: LABELS[score].heading for score in SCORES}, "delta_mf_ratio": "Δ MF ratio"}
 PLOT_FILES = {"scatter": "plots/mf_ratio_vs_controls.png", "bars": "plots/per_task.png"}
+PLOT_ALTS = {"scatter": "MF ratio vs control accuracy", "bars": "Scores per task"}
 MISSING = "–"
+
+
+@dataclass(frozen=True)
+class Column:
+    """One table column: its key (as cell_text takes it), its header, and whether it holds numbers."""
+
+    key: str
+    header: str
+    numeric: bool  # right-aligned, sorted as a number
+
+
+COLUMN_SPECS = tuple(Column(c, HEADERS[c], c not in TEXT_COLUMNS) for c in COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -124,146 +139,40 @@ def _sort_value(row: Row, column: str) -> str:
     return "" if value is None else repr(value)
 
 
-def markdown_table(rows: list[Row]) -> str:
-    def escape(text: str) -> str:
-        return text.replace("\\", "\\\\").replace("|", "\\|")
+def _markdown_escape(text: str) -> str:
+    """A table cell's text, safe inside a Markdown table row."""
+    return text.replace("\\", "\\\\").replace("|", "\\|")
 
-    lines = ["| " + " | ".join(HEADERS[c] for c in COLUMNS) + " |",
-             "|" + "|".join("---" if c in ("model", "intervention", "suite") else "---:" for c in COLUMNS) + "|"]
-    def cell(row: Row, column: str) -> str:
-        text = escape(cell_text(row, column))
-        return f"`{text}`" if column == "suite" else text  # suites hold "*" and "_"
 
-    lines += ["| " + " | ".join(cell(row, c) for c in COLUMNS) + " |" for row in rows]
-    return "\n".join(lines)
+@functools.cache
+def _templates():
+    """The Jinja environment of leaderboard/templates; HTML templates are autoescaped."""
+    import jinja2
+
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES_DIR), autoescape=jinja2.select_autoescape(["html.j2"]),
+        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    environment.filters["md"] = _markdown_escape
+    environment.globals.update(columns=COLUMN_SPECS, cell_text=cell_text, sort_value=_sort_value)
+    return environment
+
+
+def _by_kind(rows: list[Row]) -> dict[str, list[Row]]:
+    return {"results": [r for r in rows if r.kind == "result"], "smoke": [r for r in rows if r.kind == "smoke"]}
 
 
 def render_markdown(rows: list[Row]) -> str:
-    results = [r for r in rows if r.kind == "result"]
-    smoke = [r for r in rows if r.kind == "smoke"]
-    parts = [
-        "# modarb leaderboard",
-        "",
-        "Built by `modarb leaderboard build` from the entries in `entries/` (one JSON per "
-        "lm-eval run, added with `modarb leaderboard add`); do not edit by hand. "
-        "Sortable page with plots: `index.html`.",
-        "",
-        "Scores are value ± standard error. Follow image / follow text: modality-following ratio "
-        "(share of conflict items answered from the instructed modality); MF ratio: both sides "
-        "pooled; visual / language control: accuracy on image-only / context-only questions. "
-        "Suite: the task family, named by its tasks with the slot starred (`mf_*`: shapes, "
-        "`mc2_*`: MC², `*_ll`: likelihood scoring). "
-        "Items (n): items scored per task (per follow image / follow text / visual / language "
-        "control task when they differ). "
-        "Δ MF ratio: against the latest baseline entry of the same model and suite on the same items "
-        "(– where there is none: runs on different items are not compared).",
-        "",
-        "## Results",
-        "",
-        markdown_table(results) if results else "No result entries yet.",
-        "",
-    ]
-    if results:
-        parts += [f"![MF ratio vs control accuracy]({PLOT_FILES['scatter']})", "",
-                  f"![Scores per task]({PLOT_FILES['bars']})", ""]
-    parts += [
-        "## Smoke entries (tiny random-init models, not results)",
-        "",
-        "These rows only show that a model family runs end to end; their scores mean nothing.",
-        "",
-        markdown_table(smoke) if smoke else "No smoke entries.",
-        "",
-    ]
-    return "\n".join(parts)
-
-
-SORT_SCRIPT = """
-function sortBy(table, column, descending) {
-  const index = [...table.tHead.rows[0].cells].findIndex(th => th.dataset.column === column);
-  if (index < 0) return;
-  const numeric = table.tHead.rows[0].cells[index].dataset.type === "number";
-  const key = row => row.cells[index].dataset.sort;
-  const rows = [...table.tBodies[0].rows];
-  rows.sort((a, b) => {
-    const x = key(a), y = key(b);
-    if (x === "" || y === "") return (x === "") - (y === "");  // blanks last
-    const order = numeric ? Number(x) - Number(y) : x.localeCompare(y);
-    return descending ? -order : order;
-  });
-  rows.forEach(row => table.tBodies[0].appendChild(row));
-  for (const th of table.tHead.rows[0].cells) th.removeAttribute("aria-sort");
-  table.tHead.rows[0].cells[index].setAttribute("aria-sort", descending ? "descending" : "ascending");
-}
-document.querySelectorAll("table.board").forEach(table => {
-  for (const th of table.tHead.rows[0].cells) {
-    th.addEventListener("click", () =>
-      sortBy(table, th.dataset.column, th.getAttribute("aria-sort") === "ascending"));
-  }
-  const wanted = new URLSearchParams(location.hash.slice(1)).get("sort");  // e.g. #sort=-mf_ratio
-  if (wanted) sortBy(table, wanted.replace(/^-/, ""), wanted.startsWith("-"));
-});
-document.body.dataset.sortable = "ready";
-"""
-
-STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; }
-table.board { border-collapse: collapse; margin-bottom: 1.5rem; }
-table.board th, table.board td { border: 1px solid #ccc; padding: 0.3rem 0.6rem; }
-table.board th { background: #f2f2f2; cursor: pointer; user-select: none; }
-table.board th[aria-sort=ascending]::after { content: " ▲"; }
-table.board th[aria-sort=descending]::after { content: " ▼"; }
-table.board td.number { text-align: right; font-variant-numeric: tabular-nums; }
-img { max-width: 100%; }
-"""
-
-
-def html_table(rows: list[Row], table_id: str) -> str:
-    def header(column: str) -> str:
-        kind = "text" if column in ("model", "intervention", "suite") else "number"
-        return f'<th data-column="{column}" data-type="{kind}">{html.escape(HEADERS[column])}</th>'
-
-    def cell(row: Row, column: str) -> str:
-        css = "" if column in ("model", "intervention", "suite") else ' class="number"'
-        return (f'<td data-sort="{html.escape(_sort_value(row, column))}"{css}>'
-                f"{html.escape(cell_text(row, column))}</td>")
-
-    body = "\n".join(f'<tr data-entry="{html.escape(row.slug)}">' + "".join(cell(row, c) for c in COLUMNS) + "</tr>"
-                     for row in rows)
-    return (f'<table class="board" id="{table_id}">\n<thead><tr>{"".join(header(c) for c in COLUMNS)}</tr></thead>\n'
-            f"<tbody>\n{body}\n</tbody>\n</table>")
+    """README.md: the tables, and links to the plot files when there are result rows."""
+    tables = _by_kind(rows)
+    plots = [{"alt": PLOT_ALTS[name], "file": PLOT_FILES[name]} for name in PLOT_FILES] if tables["results"] else []
+    return _templates().get_template("README.md.j2").render(**tables, plots=plots)
 
 
 def render_html(rows: list[Row], plots: dict[str, bytes]) -> str:
-    results = [r for r in rows if r.kind == "result"]
-    smoke = [r for r in rows if r.kind == "smoke"]
-    images = "\n".join(
-        f'<img alt="{alt}" src="data:image/png;base64,{base64.b64encode(plots[name]).decode()}">'
-        for name, alt in (("scatter", "MF ratio vs control accuracy"), ("bars", "Scores per task"))
-        if name in plots)
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>modarb leaderboard</title>
-<style>{STYLE}</style>
-</head>
-<body>
-<h1>modarb leaderboard</h1>
-<p>Modality-following ratio (share of conflict items answered from the instructed modality) and
-control accuracies, value ± standard error. Suite: the task family (<code>mf_*</code>: shapes,
-<code>mc2_*</code>: MC², <code>*_ll</code>: likelihood scoring). Items (n): items scored per task. Δ MF ratio: against
-the latest baseline entry of the same model and suite on the same items (– where there is none: runs on different items
-are not compared). Click a column header to sort; link a sorted view with <code>#sort=-mf_ratio</code>.</p>
-<h2>Results</h2>
-{html_table(results, "results") if results else "<p>No result entries yet.</p>"}
-{images}
-<h2>Smoke entries (tiny random-init models, not results)</h2>
-<p>These rows only show that a model family runs end to end; their scores mean nothing.</p>
-{html_table(smoke, "smoke") if smoke else "<p>No smoke entries.</p>"}
-<script>{SORT_SCRIPT}</script>
-</body>
-</html>
-"""
+    """index.html: self-contained (styles, sorting script and `plots` inline)."""
+    images = [{"alt": PLOT_ALTS[name], "data": base64.b64encode(plots[name]).decode()}
+              for name in PLOT_FILES if name in plots]
+    return _templates().get_template("index.html.j2").render(**_by_kind(rows), plots=images)
 
 
 def _png(figure) -> bytes:
