@@ -55,6 +55,14 @@ def test_the_image_strings_are_the_records_where_they_differ_from_the_image_toke
                              "gemma3": "<start_of_image>"}
 
 
+def test_internvl_is_a_real_architecture_with_its_decoder_where_the_default_layout_says():
+    model = build_tiny_model("internvl")[0]
+    assert type(model).__name__ == "InternVLForConditionalGeneration"
+    heads = locate_heads(model)
+    assert (heads.num_layers, heads.num_heads, heads.num_kv_heads) == (3, 4, 2)
+    assert heads.attentions[0] is model.model.language_model.layers[0].self_attn
+
+
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("families")

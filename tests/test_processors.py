@@ -28,7 +28,7 @@ from modarb_tasks.shapes import make_items
 
 NO_TORCHVISION = pytest.mark.skipif(is_torchvision_available(), reason="the failure only happens without torchvision")
 # Families whose stock processor takes a video processor (the images-only subclass loads them here).
-VIDEO_FAMILIES = {"qwen2_vl", "qwen2_5_vl", "llava_onevision", "smolvlm"}
+VIDEO_FAMILIES = {"qwen2_vl", "qwen2_5_vl", "llava_onevision", "smolvlm", "internvl"}
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +127,15 @@ def test_the_processor_and_the_random_batch_give_an_image_the_same_image_tokens(
     processed = _encode(load_processor(saved[family]), family, docs[0])["input_ids"]
     batch_ids = random_batch(model, batch_size=1)["input_ids"]
     assert (processed == image_id).sum() == (batch_ids == image_id).sum() > 1
+
+
+def test_internvl_expands_an_image_into_context_tokens_between_img_tags(saved, docs):
+    processor = load_processor(saved["internvl"])
+    tokens = processor.tokenizer.convert_ids_to_tokens(_encode(processor, "internvl", docs[0])["input_ids"][0].tolist())
+    start = tokens.index("<img>")
+    assert tokens[start:start + 6] == ["<img>", *["<IMG_CONTEXT>"] * 4, "</img>"] and tokens.count("<IMG_CONTEXT>") == 4
+    assert json.loads((saved["internvl"] / "processor_config.json").read_text())["processor_class"] == "InternVLProcessor"
+    assert model_args("internvl") == "pretrained=tiny-internvl"  # lm-eval's rule gives <IMG_CONTEXT>, what it expands
 
 
 @NO_TORCHVISION

@@ -10,7 +10,7 @@ FAMILIES, and its tiny model joins every family-parametrised test.
 from __future__ import annotations
 
 from modarb_tasks.errors import ModarbError
-from interventions.families import gemma3, idefics3, llava, paligemma, qwen2_vl
+from interventions.families import gemma3, idefics3, internvl, llava, paligemma, qwen2_vl
 from interventions.families.record import DEFAULT_LAYOUT, FamilyLayout, FamilyRecord, FamilyTokens, TinyModel
 
 FAMILIES: tuple[FamilyRecord, ...] = (
@@ -19,6 +19,7 @@ FAMILIES: tuple[FamilyRecord, ...] = (
     *idefics3.RECORDS,
     *paligemma.RECORDS,
     *gemma3.RECORDS,
+    *internvl.RECORDS,
 )
 _BY_MODEL_TYPE: dict[str, FamilyRecord] = {record.model_type: record for record in FAMILIES}
 FAMILY_NAMES: tuple[str, ...] = tuple(_BY_MODEL_TYPE)

@@ -1,7 +1,7 @@
 """The base of the images-only processors: stock processors that load without a video processor.
 
 Without torchvision, transformers has no video processors, and every processor whose `__init__`
-takes a `video_processor` (Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision, SmolVLM) fails its
+takes a `video_processor` (Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision, SmolVLM, InternVL) fails its
 argument check while being built, even for images only. A family's record names its subclass
 (images work, videos are unsupported); it saves under the stock class name, so a machine with
 torchvision loads the same folder with AutoProcessor.

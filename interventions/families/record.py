@@ -38,6 +38,7 @@ class FamilyTokens:
     # What stands for one image in a plain prompt where it is not `image` itself (the processor
     # expands it; lm-eval's `image_string`). None: the image token's text, lm-eval's own rule.
     image_string: str | None = None
+    image_aliases: tuple[str, ...] = ()  # other tokenizer attributes naming the image token
 
     @property
     def prompt_image(self) -> str:
@@ -47,7 +48,8 @@ class FamilyTokens:
     @property
     def tokenizer_attributes(self) -> dict[str, str]:
         """tokenizer attribute -> token text, for every special token the family's processor reads."""
-        return {"image_token": self.image, **{name: text for name, (text, _) in self.with_ids.items()}, **self.free}
+        return {"image_token": self.image, **dict.fromkeys(self.image_aliases, self.image),
+                **{name: text for name, (text, _) in self.with_ids.items()}, **self.free}
 
 
 PixelMaker = Callable[..., torch.Tensor]  # random pixels of a given shape (the test batch's generator)

@@ -1,7 +1,7 @@
 """Processors that load offline and without torchvision: `load_processor`, what hf-modarb and the analyses call.
 
 Without torchvision, transformers has no video processors, and every processor whose `__init__`
-takes a `video_processor` (Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision, SmolVLM) fails its
+takes a `video_processor` (Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision, SmolVLM, InternVL) fails its
 argument check while being built, even for images only. `load_processor` tries AutoProcessor
 first and falls back, only for that failure, to the images-only subclass the family's record
 names (interventions/families/).
@@ -26,6 +26,7 @@ from interventions.families.images_only import stock_name
 # Importable from here as before: the family tokens and the images-only classes (defined with their records).
 from interventions.families import FAMILY_TOKENS, FamilyTokens, image_prompt  # noqa: F401
 from interventions.families.idefics3 import SmolVLMProcessorImagesOnly  # noqa: F401
+from interventions.families.internvl import InternVLProcessorImagesOnly  # noqa: F401
 from interventions.families.llava import LlavaOnevisionProcessorImagesOnly  # noqa: F401
 from interventions.families.qwen2_vl import Qwen2_5_VLProcessorImagesOnly, Qwen2VLProcessorImagesOnly  # noqa: F401
 
