@@ -8,6 +8,7 @@ command runs end to end.
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -16,17 +17,50 @@ from interventions.analysis.batches import encode_docs
 from interventions.cli.flow import run_flow
 from interventions.analysis.identify import run_identify
 from interventions.analysis.reproduce import ReproduceConfig, reproduce
-from interventions.model.encoding import image_string
+from interventions.cli import main
+from interventions.families import DEFAULT_LAYOUT, FAMILIES, family_layout, family_record, get_family
+from interventions.mechanism.locate import locate_heads
+from interventions.model.encoding import IMAGE_STRINGS, image_string
 from interventions.model.loading import load_model
 from interventions.organism import organism_path
-from interventions.model.processors import save_tiny_family
-from interventions.testing.random_init import TINY_FAMILIES
+from interventions.testing.random_init import TINY_FAMILIES, build_tiny_model
+from interventions.testing.tiny_processors import save_tiny_family
+from modarb_tasks.errors import ModarbError
+from interventions.mechanism.spec import InterventionSpec
 from interventions.mechanism.token_groups import image_token_id
 from modarb_tasks.docs import to_doc
 from modarb_tasks.shapes import make_items
 
 MODELS = (*TINY_FAMILIES, "organism")
 TEXT_PARTS = ("system", "context", "instruction", "question", "constraint")
+
+
+def test_every_record_names_a_distinct_model_type_its_tiny_config_has():
+    assert len({record.model_type for record in FAMILIES}) == len(FAMILIES) == len(TINY_FAMILIES)
+    for record in FAMILIES:
+        assert record.tiny.config().model_type == record.model_type
+        assert family_record(record.model_type) is get_family(record.model_type) is record
+
+
+def test_a_family_without_a_record_gets_the_defaults():
+    assert family_record("mllama") is None and family_layout("mllama") == DEFAULT_LAYOUT
+    assert family_layout("smolvlm").decoder_path == "model.text_model"
+    with pytest.raises(ModarbError, match=r"no family record for 'llava2'; choose one of llava, "):
+        get_family("llava2")
+
+
+def test_the_image_strings_are_the_records_where_they_differ_from_the_image_token():
+    assert IMAGE_STRINGS == {"qwen2_vl": "<|vision_start|><|image_pad|><|vision_end|>",
+                             "qwen2_5_vl": "<|vision_start|><|image_pad|><|vision_end|>",
+                             "gemma3": "<start_of_image>"}
+
+
+def test_internvl_is_a_real_architecture_with_its_decoder_where_the_default_layout_says():
+    model = build_tiny_model("internvl")[0]
+    assert type(model).__name__ == "InternVLForConditionalGeneration"
+    heads = locate_heads(model)
+    assert (heads.num_layers, heads.num_heads, heads.num_kv_heads) == (3, 4, 2)
+    assert heads.attentions[0] is model.model.language_model.layers[0].self_attn
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +140,28 @@ def test_small_reproduce_runs_on_every_family(name, folders, tmp_path):
     written = json.loads((out / "summary.json").read_text())
     assert (out / "report.md").is_file() and written["baseline"] == summary["baseline"]
     assert all(0.0 <= summary["baseline"][key] <= 1.0 for key in ("mf_ratio", "visual_control"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TINY_FAMILIES)
+def test_the_identify_eval_and_flow_commands_run_on_every_family(name, folders, tmp_path, monkeypatch):
+    """What a user types on a new model: identify its heads, evaluate under the spec it wrote, trace the flow."""
+    monkeypatch.setattr(sys, "argv", list(sys.argv))  # `modarb eval` hands lm-eval its arguments through sys.argv
+    folder, out = str(folders[name]), tmp_path
+    assert main(["identify", "--model", folder, "--out", str(out / "identify"), "--n-items", "2", "--batch-size", "4",
+                 "--no-exact", "--learned-steps", "2", "--curve-heads", "0"]) == 0
+    spec = InterventionSpec.load(out / "identify" / "spec_top5.json")
+    assert main(["eval", "--model", "hf-modarb", "--model_args", f"pretrained={folder},spec={out}/identify/spec_top5.json",
+                 "--tasks", "modality_following", "--limit", "2", "--device", "cpu", "--batch_size", "4",
+                 "--output_path", str(out / "eval")]) == 0
+    [results_file] = (out / "eval").rglob("results_*.json")
+    results = json.loads(results_file.read_text())
+    assert results["config"]["modarb_spec_identity"] == spec.identity()
+    assert {task: n["effective"] for task, n in results["n-samples"].items()} == {"mf_follow_image": 2, "mf_follow_text": 2}
+    assert 0.0 <= results["results"]["modality_following"]["mf_ratio,none"] <= 1.0
+    assert main(["flow", "--model", folder, "--out", str(out / "flow"), "--n-items", "2", "--batch-size", "4",
+                 "--layouts", "standard"]) == 0
+    assert json.loads((out / "flow" / "flow.json").read_text())["flow"]["standard"]
 
 
 @pytest.mark.parametrize("name", MODELS)

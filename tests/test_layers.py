@@ -49,3 +49,29 @@ def test_help_needs_no_torch():
                           capture_output=True, text=True, check=True, timeout=300)
     loaded = set(json.loads(done.stdout))
     assert _ours(loaded, "torch") == [] and _ours(loaded, "lm_eval") == []
+
+
+_HF_MODARB_LOADED = """
+import importlib.metadata, json, sys
+model_class = importlib.metadata.entry_points(group="lm_eval.models")["hf-modarb"].load()
+model_class(batch_size=1, device="cpu")  # the bundled organism, through AutoProcessor
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def test_hf_modarb_loads_no_test_support_no_training_and_no_analysis():
+    """What lm-eval loads for `--model hf-modarb` (and the organism it runs by default) is the run-time code only."""
+    done = subprocess.run([sys.executable, "-c", _HF_MODARB_LOADED], capture_output=True, text=True, check=True,
+                          timeout=300)
+    loaded = set(json.loads(done.stdout))
+    assert "interventions.model.lm" in loaded and "interventions.families" in loaded
+    for forbidden in ("interventions.testing", "interventions.analysis", "interventions.cli"):
+        assert _ours(loaded, forbidden) == [], forbidden
+    # the organism ships as a save_pretrained folder: its package gives the path, no recipe, tokenizer or trainer
+    assert [m for m in _ours(loaded, "interventions.organism") if m != "interventions.organism"] == []
+    assert [m for m in loaded if m.startswith("interventions") and "train" in m] == []
+
+
+@pytest.mark.parametrize("forbidden", ["lm_eval", "interventions.cli"])
+def test_the_mechanism_needs_neither_lm_eval_nor_the_cli(forbidden):
+    assert _ours(loaded_after_importing("interventions.mechanism"), forbidden) == []

@@ -44,7 +44,7 @@ def test_unsupported_model_lists_what_was_looked_for():
     assert str(err.value) == (
         "no decoder attention heads found in CLIPVisionModel (model_type 'clip_vision_model'): looked in "
         "'model.language_model' and get_decoder() for modules with q_proj, o_proj, layer_idx, head_dim; "
-        "add the family to interventions/families.py"
+        "add a record for the family to interventions/families/"
     )
 
 

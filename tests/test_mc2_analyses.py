@@ -20,7 +20,7 @@ from interventions.analysis.batches import encode_docs, load_image
 from interventions.analysis.data import DROP_SHARED, analysis_docs, resolve_data
 from interventions.model.encoding import image_string
 from interventions.model.loading import load_model
-from interventions.model.processors import save_tiny_family
+from interventions.testing.tiny_processors import save_tiny_family
 from interventions.mechanism.token_groups import image_token_id
 from modarb_tasks import mc2
 

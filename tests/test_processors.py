@@ -13,17 +13,13 @@ from transformers.utils import is_torchvision_available
 
 from modarb_tasks.errors import ModarbError
 from interventions.model.loading import load_model
+from interventions.families import FAMILY_TOKENS, image_prompt
 from interventions.organism.tokenizer import train_tokenizer, train_word_tokenizer
-from interventions.model.processors import (
-    FAMILY_TOKENS,
-    IMAGES_ONLY_PROCESSORS,
-    Qwen2VLProcessorImagesOnly,
-    build_tiny_processor,
-    image_prompt,
-    load_processor,
-    save_tiny_family,
-)
-from interventions.testing.random_init import TINY_FAMILIES, build_tiny_model
+from interventions.model import processors
+from interventions.model.processors import IMAGES_ONLY_PROCESSORS, Qwen2VLProcessorImagesOnly, load_processor
+from interventions.testing import tiny_processors
+from interventions.testing.random_init import TINY_FAMILIES, build_tiny_model, random_batch
+from interventions.testing.tiny_processors import build_tiny_processor, save_tiny_family
 from interventions.mechanism.token_groups import image_token_id, token_groups
 from interventions.testing.smoke import make_smoke_entries, model_args
 from modarb_tasks.docs import to_doc
@@ -32,7 +28,7 @@ from modarb_tasks.shapes import make_items
 
 NO_TORCHVISION = pytest.mark.skipif(is_torchvision_available(), reason="the failure only happens without torchvision")
 # Families whose stock processor takes a video processor (the images-only subclass loads them here).
-VIDEO_FAMILIES = {"qwen2_vl", "qwen2_5_vl", "llava_onevision", "smolvlm"}
+VIDEO_FAMILIES = {"qwen2_vl", "qwen2_5_vl", "llava_onevision", "smolvlm", "internvl"}
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +119,25 @@ def test_token_groups_find_image_instruction_and_question(family, saved, docs):
         assert words == processor.tokenizer.tokenize(text)  # exactly the part's tokens, in order
 
 
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_the_processor_and_the_random_batch_give_an_image_the_same_image_tokens(family, saved, docs):
+    """A record's two tiny recipes agree: its processor and its image block (random_batch) size an image alike."""
+    model = AutoModelForImageTextToText.from_pretrained(saved[family])
+    image_id = image_token_id(model.config)
+    processed = _encode(load_processor(saved[family]), family, docs[0])["input_ids"]
+    batch_ids = random_batch(model, batch_size=1)["input_ids"]
+    assert (processed == image_id).sum() == (batch_ids == image_id).sum() > 1
+
+
+def test_internvl_expands_an_image_into_context_tokens_between_img_tags(saved, docs):
+    processor = load_processor(saved["internvl"])
+    tokens = processor.tokenizer.convert_ids_to_tokens(_encode(processor, "internvl", docs[0])["input_ids"][0].tolist())
+    start = tokens.index("<img>")
+    assert tokens[start:start + 6] == ["<img>", *["<IMG_CONTEXT>"] * 4, "</img>"] and tokens.count("<IMG_CONTEXT>") == 4
+    assert json.loads((saved["internvl"] / "processor_config.json").read_text())["processor_class"] == "InternVLProcessor"
+    assert model_args("internvl") == "pretrained=tiny-internvl"  # lm-eval's rule gives <IMG_CONTEXT>, what it expands
+
+
 @NO_TORCHVISION
 def test_qwen2_vl_folder_needs_the_workaround_without_torchvision(saved):
     folder = saved["qwen2_vl"]
@@ -174,8 +189,15 @@ def test_load_model_loads_a_video_family_folder(saved):
 
 def test_unknown_family_is_one_clear_error():
     model, _ = build_tiny_model("llava")
-    with pytest.raises(ModarbError, match=r"no tiny processor for family 'llava2'; choose one of llava, "):
+    with pytest.raises(ModarbError, match=r"no family record for 'llava2'; choose one of llava, llava_next, "):
         build_tiny_processor("llava2", model)
+
+
+def test_the_tiny_processor_recipes_still_import_from_their_old_module():
+    for name in ("tiny_tokenizer", "trained_tokenizer", "build_tiny_processor", "save_tiny_family", "TOKENIZER_KINDS"):
+        assert getattr(processors, name) is getattr(tiny_processors, name)
+    with pytest.raises(AttributeError, match="has no attribute 'tiny_tokenizer2'"):
+        processors.tiny_tokenizer2
 
 
 def test_smoke_model_args_give_image_string_only_where_the_image_text_differs():

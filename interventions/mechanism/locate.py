@@ -64,7 +64,7 @@ def locate_heads(model: nn.Module) -> HeadLayout:
         raise UnsupportedModelError(
             f"no decoder attention heads found in {type(model).__name__} (model_type {model_type!r}): looked in "
             f"{layout.decoder_path!r} and get_decoder() for modules with {', '.join(layout.attention_attrs)}; "
-            "add the family to interventions/families.py"
+            "add a record for the family to interventions/families/"
         )
     found.sort(key=lambda module: module.layer_idx)
     indices = [module.layer_idx for module in found]

@@ -5,10 +5,10 @@ text a model sees under identify / flow is the text lm-eval scores: the doc's li
 replaced by the model's own image string (unless a chat template already placed the image), the
 processor called once per batch with padding, and the processor's training-only `labels` dropped.
 
-The image string: `image_string=` if the caller gives one, else the family's prompt form where it
-differs from the bare image token (Qwen2-VL / 2.5-VL wrap `<|image_pad|>` in vision start/end,
-Gemma 3's processor expands its begin-of-image token), else the config's image token as text
-(lm-eval's own rule).
+The image string: `image_string=` if the caller gives one, else the family record's image string
+where it differs from the bare image token (Qwen2-VL / 2.5-VL wrap `<|image_pad|>` in vision
+start/end, Gemma 3's processor expands its begin-of-image token), else the config's image token
+as text (lm-eval's own rule).
 
 `encode_docs_text` is the organism's older helper (training and greedy answers, LLaVA only).
 """
@@ -19,15 +19,12 @@ from collections.abc import Sequence
 
 from lm_eval.models.utils import flatten_image_list, replace_placeholders
 
+from interventions.families import FAMILIES, family_record
 from modarb_tasks.prompts import IMAGE_PLACEHOLDER
 
 # model_type -> the text standing for one image in a plain (no chat template) prompt, where it is
 # not the image token itself (the processors expand these; the chat templates render the same).
-IMAGE_STRINGS = {
-    "qwen2_vl": "<|vision_start|><|image_pad|><|vision_end|>",
-    "qwen2_5_vl": "<|vision_start|><|image_pad|><|vision_end|>",
-    "gemma3": "<start_of_image>",
-}
+IMAGE_STRINGS = {record.model_type: record.tokens.image_string for record in FAMILIES if record.tokens.image_string}
 
 
 def image_string(config, tokenizer, override: str | None = None, image_token_id: int | None = None) -> str:
@@ -69,7 +66,8 @@ def encode_multimodal(
     images = [list(row)[:max_images] for row in images]
     if rgb:
         images = [[image.convert("RGB") for image in row] for row in images]
-    if model_type == "llava":
+    record = family_record(model_type)
+    if record and record.flat_image_list:  # lm-eval's rule for LLaVA
         images = flatten_image_list(images)
     tokenizer = processor.tokenizer
     old_side, tokenizer.padding_side = tokenizer.padding_side, padding_side

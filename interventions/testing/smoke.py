@@ -19,8 +19,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from interventions.model.processors import FAMILY_TOKENS, image_prompt, save_tiny_family
+from interventions.families import get_family
 from interventions.testing.random_init import TINY_FAMILIES
+from interventions.testing.tiny_processors import save_tiny_family
 from leaderboard.entries import ENTRIES_DIR
 
 SMOKE_TASKS = "modality_following"
@@ -53,8 +54,8 @@ def model_args(family: str) -> str:
     begin-of-image token its processor expands, so those get `image_string` (as real ones do).
     """
     args = f"pretrained={model_name(family)}"
-    if image_prompt(family) != FAMILY_TOKENS[family].image:
-        args += f",image_string={image_prompt(family)}"
+    if image_string := get_family(family).tokens.image_string:
+        args += f",image_string={image_string}"
     return args
 
 
