@@ -16,10 +16,14 @@ from lm_eval.tasks import TaskManager
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from modarb_tasks.errors import ModarbError
+from interventions.mechanism import apply as apply_module, heads as heads_module, knockout as knockout_module
+from interventions.mechanism import locate, spec as spec_module
+from interventions.mechanism.apply import BatchState
+from interventions.model import lm as lm_module
 from interventions.model.lm import ModarbVLM
 from interventions.organism import ORGANISM_NAME
 from interventions.organism.answers import generate_answers
-from interventions.mechanism.spec import InterventionSpec, KnockoutSpec, model_fingerprint
+from interventions.mechanism.spec import HeadScale, InterventionSpec, KnockoutSpec, model_fingerprint
 from modarb_tasks import TASKS_PATH
 from modarb_tasks.matching import classify
 
@@ -73,13 +77,21 @@ def baseline_run(baseline) -> dict:
 
 @pytest.fixture(scope="module")
 def tasks() -> dict:
-    """The follow tasks and the image loglikelihood task, by name, with the docs the runs see."""
+    """The follow tasks, the text-only control and the image loglikelihood task, by name, with the docs the runs see."""
     manager = TaskManager(include_path=TASKS_PATH, include_defaults=False, metadata={"shapes_n": LOOP_LIMIT})
-    return manager.load(["modality_following", "mf_follow_image_ll"])["tasks"]
+    return manager.load(["modality_following", "mf_language_control", "mf_follow_image_ll"])["tasks"]
 
 
 def _docs(tasks: dict, name: str, n: int) -> list[dict]:
     return list(tasks[name].test_docs())[:n]
+
+
+def _generation(doc: dict, prompt: str | None = None, max_gen_toks: int = 4) -> Instance:
+    """A generate_until request for `doc` (its prompt unless `prompt` is given), with its image when the prompt has one."""
+    prompt = doc["prompt"] if prompt is None else prompt
+    visual = ({"visual": [doc["image"]]},) if "<image>" in prompt else ()
+    return Instance(request_type="generate_until", doc=doc, idx=0,
+                    arguments=(prompt, {"until": ["\n"], "max_gen_toks": max_gen_toks}, *visual))
 
 
 # --- interventions through lm-eval ------------------------------------------------------------
@@ -146,14 +158,21 @@ def test_token_group_spec_on_a_doc_without_spans_is_one_line_error(organism_dir,
     lm = _modarb(organism_dir, block=_all_heads(range(layers), heads), positions="instruction")
     doc = _docs(tasks, "mf_follow_image", 1)[0]
     foreign = {"question": doc["question"], "image": doc["image"]}  # another task's doc: no prompt spans
-    request = Instance(request_type="generate_until", doc=foreign, idx=0,
-                       arguments=(doc["prompt"], {"until": ["\n"], "max_gen_toks": 4}, {"visual": [doc["image"]]}))
     with pytest.raises(ModarbError) as error:
-        lm.generate_until([request], disable_tqdm=True)
+        lm.generate_until([_generation(foreign, prompt=doc["prompt"])], disable_tqdm=True)
     message = str(error.value)
     assert "\n" not in message
     assert f"spec {lm.spec.identity()} needs token groups ['instruction']" in message
     assert "record no prompt spans; run it on a modarb task" in message
+
+
+def test_max_gen_toks_beyond_max_length_is_one_line_error(baseline, tasks):
+    doc = _docs(tasks, "mf_language_control", 1)[0]
+    with pytest.raises(ModarbError) as error:
+        baseline.generate_until([_generation(doc, max_gen_toks=baseline.max_length)], disable_tqdm=True)
+    assert str(error.value) == (
+        f"max_gen_toks={baseline.max_length} leaves no room for the prompt in max_length={baseline.max_length}; "
+        "lower max_gen_toks (the task's generation_kwargs or --gen_kwargs) or raise max_length=")
 
 
 def test_token_group_spec_refuses_text_only_loglikelihood(organism_dir, geometry, tasks):
@@ -161,14 +180,94 @@ def test_token_group_spec_refuses_text_only_loglikelihood(organism_dir, geometry
     layers, heads = geometry
     lm = _modarb(organism_dir, block=_all_heads(range(layers), heads), positions="question")
     doc = _docs(tasks, "mf_follow_image", 1)[0]
-    image_request = Instance(request_type="generate_until", doc=doc, idx=0,
-                             arguments=(doc["prompt"], {"until": ["\n"], "max_gen_toks": 2}, {"visual": [doc["image"]]}))
-    lm.generate_until([image_request], disable_tqdm=True)  # leaves this batch's groups behind
+    lm.generate_until([_generation(doc, max_gen_toks=2)], disable_tqdm=True)  # an image batch with groups first
     text_prompt = doc["prompt"].replace("<image>", "")
     text_request = Instance(request_type="loglikelihood", doc=doc | {"prompt": text_prompt}, idx=0,
                             arguments=(text_prompt, " " + doc["answer_text"]))
     with pytest.raises(ModarbError, match=r"needs token groups \['question'\], which hf-modarb builds for generation"):
         lm.loglikelihood([text_request], disable_tqdm=True)
+
+
+# --- the spec prepared once per load, each batch hooked with its own docs ----------------------
+
+
+@pytest.fixture
+def preparations(monkeypatch) -> dict[str, int]:
+    """How often, from here on, a spec is validated against a model and a model's heads are located."""
+    calls = {"validated": 0, "located": 0}
+    validate, find_heads = InterventionSpec.validate_against, locate.locate_heads
+
+    def counted_validate(self, *args, **kwargs):
+        calls["validated"] += 1
+        return validate(self, *args, **kwargs)
+
+    def counted_locate(model):
+        calls["located"] += 1
+        return find_heads(model)
+
+    monkeypatch.setattr(InterventionSpec, "validate_against", counted_validate)
+    for module in (spec_module, heads_module, knockout_module, apply_module, lm_module):
+        monkeypatch.setattr(module, "locate_heads", counted_locate)
+    return calls
+
+
+@pytest.fixture
+def hooked(monkeypatch) -> list[BatchState]:
+    """The BatchState of every batch hf-modarb hooks from here on, in order."""
+    states = []
+
+    def recording(prepared, batch=None):
+        states.append(batch)
+        return apply_module.apply_prepared(prepared, batch)
+
+    monkeypatch.setattr(lm_module, "apply_prepared", recording)
+    return states
+
+
+def test_spec_is_validated_and_heads_located_once_per_load(organism_dir, baseline, tasks, tmp_path, preparations, hooked):
+    """Seven batches (image and text-only generation, image loglikelihood) under a spec with scaled heads
+    on the question and a knockout: one validation and one head search, when the model loads."""
+    spec = InterventionSpec(model=model_fingerprint(baseline.model), heads=(HeadScale(3, 4, 0.0), HeadScale(2, 1, 3.0)),
+                            positions="question", knockout=KnockoutSpec(edges=(("last", "question"),), layers=(2, 3)))
+    path = spec.save(tmp_path / "spec.json")
+    preparations.update(validated=0, located=0)  # model_fingerprint above located the heads
+    lm = ModarbVLM(pretrained=str(organism_dir), device="cpu", batch_size=2, spec=str(path))
+    assert preparations == {"validated": 1, "located": 1}
+    lm.generate_until([_generation(doc) for doc in _docs(tasks, "mf_follow_image", 5)], disable_tqdm=True)
+    lm.generate_until([_generation(doc) for doc in _docs(tasks, "mf_language_control", 3)], disable_tqdm=True)
+    scored = tasks["mf_follow_image_ll"]
+    lm.loglikelihood([r for doc in _docs(tasks, "mf_follow_image_ll", 2) for r in scored.construct_requests(doc, doc["prompt"])],
+                     disable_tqdm=True)
+    assert [len(state.docs) for state in hooked] == [2, 2, 1, 2, 1, 2, 2]
+    assert all(set(state.token_groups) >= {"question", "last"} for state in hooked)
+    assert preparations == {"validated": 1, "located": 1}
+    _modarb(organism_dir, block="L1H2;L3H0", positions="question")  # inline heads: the same once per load
+    assert preparations == {"validated": 2, "located": 2}
+    lm.spec = None  # swapping the spec of a loaded model prepares the new one, once
+    lm.spec = spec
+    assert preparations == {"validated": 3, "located": 3}
+
+
+def test_each_batch_is_hooked_with_exactly_its_own_docs(organism_dir, baseline, tasks, tmp_path, hooked):
+    """Six requests in three batches, one the twin of another (same prompt, same image) whose recorded
+    spans swap instruction and question: every batch's knockout follows the docs of its own rows, so
+    the run answers as running each batch alone does, and the twin's answer is not its original's."""
+    spec = InterventionSpec(model=model_fingerprint(baseline.model),
+                            knockout=KnockoutSpec(edges=(("last", "instruction"),), layers=tuple(range(6))))
+    lm = ModarbVLM(pretrained=str(organism_dir), device="cpu", batch_size=2, spec=str(spec.save(tmp_path / "spec.json")))
+    docs = _docs(tasks, "mf_follow_image", 5)
+    spans = docs[0]["spans"]
+    docs.append(dict(docs[0], spans=dict(spans, instruction=spans["question"], question=spans["instruction"])))
+    requests = [_generation(doc, max_gen_toks=6) for doc in docs]
+    answers = lm.generate_until(requests, disable_tqdm=True)
+    batches = [state.docs for state in hooked]
+    assert len(batches) == 3 and sorted(id(doc) for batch in batches for doc in batch) == sorted(map(id, docs))
+    request_of = {id(request.doc): request for request in requests}
+    answer_of = {id(doc): answer for doc, answer in zip(docs, answers, strict=True)}
+    for batch in batches:
+        alone = lm.generate_until([request_of[id(doc)] for doc in batch], disable_tqdm=True)
+        assert alone == [answer_of[id(doc)] for doc in batch]
+    assert answers[5] != answers[0]
 
 
 def test_model_info_names_the_spec_without_touching_the_network(organism_dir, baseline, tmp_path, monkeypatch):

@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
-from interventions.mechanism.apply import apply_spec
+from interventions.mechanism.apply import BatchState, apply_prepared, apply_spec, prepare_spec
 from interventions.mechanism.heads import scale_heads
 from interventions.mechanism.knockout import knockout
-from interventions.mechanism.locate import locate_heads
-from interventions.testing.random_init import HEAD_DIM, HEADS, LAYERS, build_tiny_model
+from interventions.mechanism.locate import InterventionError, locate_heads
+from interventions.testing.random_init import HEAD_DIM, HEADS, LAYERS, build_tiny_model, random_batch
 from interventions.mechanism.spec import (
     SCHEMA_VERSION,
     HeadScale,
@@ -98,6 +98,37 @@ def test_spec_knockout_and_scope_equal_the_direct_calls(tiny, batch):
         direct = tiny(**batch).logits
     assert torch.equal(via_spec, direct)
     assert not torch.equal(via_spec, tiny(**batch).logits)
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+@pytest.mark.parametrize("attn", ["sdpa"])
+def test_a_prepared_spec_hooks_each_batch_as_apply_spec_does(tiny):
+    """Prepared once, applied to two batches with their own masks: each batch gets the direct calls on its masks."""
+    spec = InterventionSpec(
+        model=model_fingerprint(tiny),
+        heads=(HeadScale(0, 1, 0.0), HeadScale(2, 3, 3.0)),
+        positions="question",
+        knockout=KnockoutSpec(edges=(("question", "image"), ("last", "context")), layers=(1, 2)),
+    )
+    batches = [random_batch(tiny, batch_size=2, seed=0), random_batch(tiny, batch_size=3, text_after=8, seed=1)]
+    expected = []
+    for batch in batches:
+        groups = _groups(tiny, batch)
+        edges = [(groups["question"], groups["image"]), (groups["last"], groups["context"])]
+        with scale_heads(tiny, spec.scales(), groups["question"]), knockout(tiny, edges, [1, 2]):
+            expected.append(tiny(**batch).logits)
+    prepared = prepare_spec(tiny, spec)
+    for batch, want in zip(batches, expected, strict=True):
+        with apply_prepared(prepared, BatchState(token_groups=_groups(tiny, batch))):
+            assert torch.equal(tiny(**batch).logits, want)
+    assert not torch.equal(tiny(**batches[0]).logits, expected[0])  # the hooks left with the block
+
+
+def test_batch_state_refuses_docs_and_masks_of_different_batches():
+    masks = {"question": torch.ones(2, 5, dtype=torch.bool)}
+    assert BatchState(docs=({}, {}), token_groups=masks).docs == ({}, {})
+    with pytest.raises(InterventionError, match=r"^3 docs but token-group masks for \[2\] rows in one batch$"):
+        BatchState(docs=({}, {}, {}), token_groups=masks)
 
 
 # --- documents -----------------------------------------------------------------------------

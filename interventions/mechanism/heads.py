@@ -47,10 +47,14 @@ def check_scale(scale: float) -> None:
 
 @contextmanager
 def scale_heads(
-    model: nn.Module, scales: Mapping[tuple[int, int], float], positions: Positions = None
+    model: nn.Module,
+    scales: Mapping[tuple[int, int], float],
+    positions: Positions = None,
+    layout: HeadLayout | None = None,
 ) -> Iterator[HeadLayout]:
-    """Within the block, multiply head (layer, head)'s output by scales[(layer, head)]."""
-    layout = locate_heads(model)
+    """Within the block, multiply head (layer, head)'s output by scales[(layer, head)]
+    (`layout`: the model's heads, when the caller has located them already, e.g. apply.prepare_spec)."""
+    layout = locate_heads(model) if layout is None else layout
     factors: dict[int, torch.Tensor] = {}
     for (layer, head), scale in scales.items():
         check_heads(layout, layer, head)

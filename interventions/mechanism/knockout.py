@@ -44,13 +44,18 @@ def layer_window(center: int, k: int, num_layers: int) -> list[int]:
 
 @contextmanager
 def knockout(
-    model: nn.Module, edges: Sequence[Edge], layers: Sequence[int], heads: Sequence[int] | None = None
+    model: nn.Module,
+    edges: Sequence[Edge],
+    layers: Sequence[int],
+    heads: Sequence[int] | None = None,
+    layout: HeadLayout | None = None,
 ) -> Iterator[HeadLayout]:
     """Within the block, queries in each edge's query mask cannot see keys in its key mask.
 
-    Applies at `layers` of the language decoder, to all heads or only to `heads`.
+    Applies at `layers` of the language decoder, to all heads or only to `heads` (`layout`: the
+    model's heads, when the caller has located them already, e.g. apply.prepare_spec).
     """
-    layout = locate_heads(model)
+    layout = locate_heads(model) if layout is None else layout
     for layer in layers:
         check_heads(layout, layer)
     for head in heads or ():

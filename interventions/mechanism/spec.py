@@ -22,7 +22,7 @@ import jsonschema
 from torch import nn
 
 from modarb_tasks.files import write_atomic
-from interventions.mechanism.locate import InterventionError, locate_heads
+from interventions.mechanism.locate import HeadLayout, InterventionError, locate_heads
 from interventions.organism import ORGANISM_DIR, ORGANISM_NAME
 from interventions.mechanism.token_groups import GROUP_NAMES
 
@@ -124,12 +124,13 @@ class KnockoutSpec:
     heads: tuple[int, ...] | None = None
 
 
-def model_fingerprint(model: nn.Module) -> ModelFingerprint:
-    """The fingerprint of `model`: name from its config's name_or_path, geometry from its decoder.
+def model_fingerprint(model: nn.Module, layout: HeadLayout | None = None) -> ModelFingerprint:
+    """The fingerprint of `model`: name from its config's name_or_path, geometry from its decoder
+    (`layout`: its heads, when the caller has located them already).
 
     The bundled organism is named `modarb-organism`, not by the folder it is installed in.
     """
-    layout = locate_heads(model)
+    layout = locate_heads(model) if layout is None else layout
     return ModelFingerprint(
         name=model_name(model),
         family=layout.family,
@@ -236,9 +237,10 @@ class InterventionSpec:
             needed |= {query, key}
         return needed
 
-    def validate_against(self, model: nn.Module) -> None:
-        """SpecError unless the spec was made for `model` (same geometry and family; same name when both have one)."""
-        actual = model_fingerprint(model)
+    def validate_against(self, model: nn.Module, layout: HeadLayout | None = None) -> None:
+        """SpecError unless the spec was made for `model` (same geometry and family; same name when both have one);
+        `layout`: the model's heads, when the caller has located them already."""
+        actual = model_fingerprint(model, layout)
         expected = self.model
         same_geometry = (expected.family, expected.num_layers, expected.num_heads, expected.head_dim) == (
             actual.family,
@@ -262,8 +264,10 @@ class InterventionSpec:
         amplify: str | None = None,
         alpha: float = 1.0,
         positions: str = "all",
+        layout: HeadLayout | None = None,
     ) -> InterventionSpec:
-        """A spec from lm-eval style model args: block="L3H1;L5H7", amplify="L2H0", alpha=2.0."""
+        """A spec from lm-eval style model args: block="L3H1;L5H7", amplify="L2H0", alpha=2.0
+        (`layout`: the model's heads, when the caller has located them already)."""
         alpha = float(alpha)
         if not (math.isfinite(alpha) and alpha >= 0):
             raise SpecError(f"alpha={alpha} must be a finite number >= 0")
@@ -275,7 +279,7 @@ class InterventionSpec:
         heads = [HeadScale(l, h, 0.0) for l, h in blocked] + [HeadScale(l, h, alpha) for l, h in amplified]
         args = ",".join(f"{k}={v}" for k, v in (("block", block), ("amplify", amplify)) if v)
         return cls(
-            model=model_fingerprint(model),
+            model=model_fingerprint(model, layout),
             heads=tuple(heads),
             positions=positions,
             provenance={"method": "inline", "command": f"{args},alpha={alpha}" if amplified else args},

@@ -1,30 +1,51 @@
 """`hf-modarb`: lm-eval's HFMultimodalLM with an intervention spec applied to every request.
 
-It keeps everything the stock class does (batching, chat templates, devices, dtype,
-`parallelize=True`, accelerate data parallelism) and adds three things:
+It keeps everything the stock class does (chat templates, devices, dtype, `parallelize=True`,
+accelerate data parallelism, request caching) and adds:
 - the intervention (`spec=path.json`, or inline `block=L3H1;L5H7`, `amplify=...,alpha=2`),
-  applied by hooks around each batch's forward/generate call, with token groups built from
-  the doc's recorded prompt spans when the spec needs them;
+  checked against the model and its heads located once, when the spec is set (a PreparedSpec);
+  each batch gets hooks for itself only, with token groups built from its docs' recorded
+  prompt spans when the spec needs them (a BatchState handed to apply_prepared);
 - `loglikelihood` for requests with images (stock raises NotImplementedError), one batched
-  processor call and one forward per batch;
-- `gc.freeze()` around request loops: the stock loop runs `gc.collect()` after every batch,
-  which on a small model costs more than the model itself (DESIGN.md §6).
+  processor call and one forward per batch.
+
+lm-eval methods it overrides, and why:
+- `generate_until`: its own batch loop, for text-only and image requests alike, batching them
+  as the stock loops do (same order, same batches, same generation arguments). The stock loops
+  hand the encoder prompt strings only, so a batch's docs could reach its hooks only through a
+  lookup by prompt; here the loop that encodes a batch hooks it, and no per-batch data lives on
+  the instance. Without the stock multimodal loop's `gc.collect()` after every batch, which on a
+  small model costs more than the model itself (DESIGN.md §6).
+- `loglikelihood`: image requests through the loop above's encoder; text-only ones stay stock.
+- `_model_call`: the stock text-only scoring loops (loglikelihood, loglikelihood_rolling) run each
+  batch's forward through it; the spec is applied there, without token groups (they encode
+  request by request, so none exist; a spec that needs them is refused).
+- `tok_batch_multimodal_encode`: the encoder the analyses share (interventions.model.encoding).
+- `_create_tokenizer` (the processor loader) and `get_model_info` (no hub calls).
 """
 
 from __future__ import annotations
 
-import gc
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+import copy
+from collections.abc import Sequence
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 from lm_eval.api.instance import Instance
 from lm_eval.api.registry import register_model
 from lm_eval.models.hf_vlms import HFMultimodalLM
+from lm_eval.models.utils import (
+    Collator,
+    handle_stop_sequences,
+    normalize_gen_kwargs,
+    postprocess_generated_text,
+    resize_image,
+)
 from tqdm import tqdm
 
-from interventions.mechanism.apply import apply_spec
+from interventions.mechanism.apply import BatchState, PreparedSpec, apply_prepared, prepare_spec
+from interventions.mechanism.locate import locate_heads
 from interventions.model.cache import cache_record, weights_fingerprint
 from interventions.model.encoding import encode_multimodal, image_string
 from modarb_tasks.errors import ModarbError
@@ -65,11 +86,20 @@ class ModarbVLM(HFMultimodalLM):
         self.image_token = image_string(self.config, self.tokenizer, kwargs.get("image_string"),
                                         int(kwargs["image_token_id"]) if kwargs.get("image_token_id") else None)
         alpha = DEFAULT_ALPHA if alpha is None else alpha
-        self.spec = load_spec(self.model, spec=spec, block=block, amplify=amplify, alpha=alpha, positions=positions)
+        self._prepared = prepare_model_args(self.model, spec=spec, block=block, amplify=amplify, alpha=alpha,
+                                            positions=positions)
         self._model_fingerprint = weights_fingerprint(self.model)
         self.cache_path: str | None = None  # set by the scoped --use_cache wrapper (interventions/model/cache.py)
-        self._docs_by_context: dict[str, dict] = {}
-        self._batch_groups: dict[str, torch.Tensor] | None = None
+
+    @property
+    def spec(self) -> InterventionSpec | None:
+        """The spec every request runs under (None: the plain model)."""
+        return None if self._prepared is None else self._prepared.spec
+
+    @spec.setter
+    def spec(self, spec: InterventionSpec | None) -> None:
+        """Swap the spec of the loaded model (`modarb reproduce` does): checked and prepared here, once."""
+        self._prepared = None if spec is None else prepare_spec(self.model, spec)
 
     def _create_tokenizer(self, pretrained, tokenizer, revision="main", trust_remote_code=False, **kwargs) -> None:
         """The stock processor loader, through `load_processor`: without torchvision the Qwen2-VL,
@@ -107,19 +137,74 @@ class ModarbVLM(HFMultimodalLM):
 
     # --- generation -----------------------------------------------------------------------
     def generate_until(self, requests: list[Instance], disable_tqdm: bool = False) -> list[str]:
-        self._docs_by_context = {request.args[0]: request.doc for request in requests}
-        parent = super().generate_until
-        with _frozen_gc():
-            return _by_modality(requests, lambda subset: parent(subset, disable_tqdm=disable_tqdm or self.quiet))
+        return _by_modality(requests, lambda subset: self._generate(subset, disable_tqdm or self.quiet))
+
+    def _generate(self, requests: list[Instance], disable_tqdm: bool) -> list[str]:
+        """Requests of one modality, batched as the stock loop batches them: grouped by generation
+        arguments, longest prompt first, `batch_size` at a time."""
+        images = _has_images(requests[0])
+        batches = Collator(requests, sort_fn=lambda r: (-len(self.tok_encode(r.args[0])), r.args[0]),
+                           group_by="gen_kwargs", group_fn=lambda r: r.args[1])
+        eos = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
+        progress = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0,
+                        desc="generate_until (images)" if images else "generate_until (text)")
+        answers = []
+        for batch in batches.get_batched(n=self.batch_size):
+            kwargs, until, max_new = self._generation_args(batch[0].args[1], images, eos)
+            max_prompt = self.max_length - max_new
+            if max_prompt < 1:
+                raise ModarbError(f"max_gen_toks={max_new} leaves no room for the prompt in max_length={self.max_length}; "
+                                  "lower max_gen_toks (the task's generation_kwargs or --gen_kwargs) or raise max_length=")
+            visuals = [[resize_image(image, self.image_width, self.image_height, self.image_max_side)
+                        for image in r.args[2]["visual"]] for r in batch] if images else None
+            encoding, state = self._encode_batch([r.args[0] for r in batch], visuals, [r.doc for r in batch],
+                                                 left_truncate_len=max_prompt, truncation=self.truncation)
+            prompt_length = encoding["input_ids"].shape[1]
+            max_length = kwargs.pop("max_length", prompt_length + max_new)
+            with self._intervention(state):
+                if images:
+                    tokens = self._model_multimodal_generate(encoding, stop=until, max_length=max_length, **kwargs)
+                else:
+                    tokens = self._model_generate(context=encoding["input_ids"], attention_mask=encoding["attention_mask"],
+                                                  stop=until, max_length=max_length, **kwargs)
+            for request, row in zip(batch, tokens.tolist(), strict=True):
+                answer = self._answer(row[prompt_length:], until, images)
+                answers.append(answer)
+                self.cache_hook.add_partial("generate_until", request.args[:2], answer)
+                progress.update(1)
+        progress.close()
+        return batches.get_original(answers)
+
+    def _generation_args(self, gen_kwargs: dict, images: bool, eos: str) -> tuple[dict, list[str], int]:
+        """(generate() kwargs, stop sequences, max new tokens) from a request's gen_kwargs, read as the stock
+        loop of its modality reads them: HFLM normalises them, HFMultimodalLM passes them on as given."""
+        if images:
+            kwargs = copy.deepcopy(gen_kwargs)
+            max_new = kwargs.pop("max_gen_toks", self.max_gen_toks)
+        else:
+            kwargs = dict(normalize_gen_kwargs(gen_kwargs, self.max_gen_toks))
+            max_new = kwargs.pop("max_gen_toks")
+        return kwargs, handle_stop_sequences(kwargs.pop("until", None), eos=eos), max_new
+
+    def _answer(self, tokens: list[int], until: list[str], images: bool) -> str:
+        """The generated tokens as text, cut at the first stop sequence; text-only answers also lose
+        the thinking before `think_end_token` (the stock text loop's rule; the multimodal one has none)."""
+        think = None if images else self.think_end_token
+        if isinstance(think, int):
+            ends = [i for i, token in enumerate(tokens) if token == think]
+            if ends:
+                tokens = tokens[ends[-1] + 1 :]
+            return postprocess_generated_text(self.tok_decode(tokens).lstrip(), until, None)
+        return postprocess_generated_text(self.tok_decode(tokens), until, think)
 
     def tok_batch_multimodal_encode(self, strings, images, padding_side="left", left_truncate_len=None,
                                     truncation=False):
-        docs = [self._docs_by_context.get(s) for s in strings]
-        return self._encode(strings, images, docs, padding_side, left_truncate_len, truncation)
+        """The model inputs of `strings` with `images`, as the analyses encode them (see `_encode`)."""
+        return self._encode(strings, images, padding_side, left_truncate_len, truncation)[0]
 
-    def _encode(self, strings, images, docs, padding_side="left", left_truncate_len=None, truncation=False):
-        """The stock encoder's steps through interventions.model.encoding (the function the analyses call),
-        and the batch's token groups."""
+    def _encode(self, strings, images, padding_side="left", left_truncate_len=None, truncation=False):
+        """(processor output on the device, the texts the processor got): the stock encoder's steps
+        through interventions.model.encoding, the function the analyses call."""
         encoding, texts = encode_multimodal(
             self.processor, getattr(self.config, "model_type", ""), strings, images, image_text=self.image_token,
             chat_applied=self.chat_applied, max_images=self.max_images, rgb=self.rgb, padding_side=padding_side,
@@ -129,61 +214,55 @@ class ModarbVLM(HFMultimodalLM):
         if left_truncate_len:
             encoding["input_ids"] = encoding["input_ids"][:, -left_truncate_len:]
             encoding["attention_mask"] = encoding["attention_mask"][:, -left_truncate_len:]
-        self._batch_groups = self._groups(encoding, texts, docs)
-        return encoding
+        return encoding, texts
 
-    def tok_batch_encode(self, strings, *args, **kwargs):
-        input_ids, attention_mask = super().tok_batch_encode(strings, *args, **kwargs)
-        encoding = {"input_ids": input_ids, "attention_mask": attention_mask}
-        self._batch_groups = self._groups(encoding, strings, [self._docs_by_context.get(s) for s in strings])
-        return input_ids, attention_mask
-
-    def _model_multimodal_generate(self, inputs, max_length, stop, **generation_kwargs):
-        with self._intervention():
-            return super()._model_multimodal_generate(inputs, max_length, stop, **generation_kwargs)
-
-    def _model_generate(self, context, max_length, stop, **generation_kwargs):
-        with self._intervention():
-            return super()._model_generate(context, max_length, stop, **generation_kwargs)
-
-    def _model_call(self, inps, attn_mask=None, labels=None):
-        with self._intervention():
-            return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
+    def _encode_batch(self, strings: list[str], visuals: list[list] | None, docs: list[dict | None],
+                      left_truncate_len: int | None = None, truncation: bool = False):
+        """(model inputs, BatchState) of one batch: `visuals` None for text-only rows (the tokenizer alone,
+        as the stock text loop encodes them)."""
+        if visuals is None:
+            input_ids, attention_mask = self.tok_batch_encode(strings, left_truncate_len=left_truncate_len,
+                                                              truncation=truncation)
+            encoding = {"input_ids": input_ids.to(self.device), "attention_mask": attention_mask.to(self.device)}
+            texts = strings
+        else:
+            encoding, texts = self._encode(strings, visuals, left_truncate_len=left_truncate_len, truncation=truncation)
+        return encoding, BatchState(docs=tuple(docs), token_groups=self._groups(encoding, texts, docs))
 
     # --- likelihood with images -------------------------------------------------------------
     def loglikelihood(self, requests: list[Instance], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
-        self._docs_by_context = {request.args[0]: request.doc for request in requests}
-        with _frozen_gc():
-            return _by_modality(
-                requests,
-                lambda subset: self._image_loglikelihood(subset, disable_tqdm)
-                if _has_images(subset[0])
-                else self._text_loglikelihood(subset, disable_tqdm),
-            )
+        disable_tqdm = disable_tqdm or self.quiet
+        parent = super().loglikelihood
+        return _by_modality(
+            requests,
+            lambda subset: self._image_loglikelihood(subset, disable_tqdm)
+            if _has_images(subset[0])
+            else parent(subset, disable_tqdm=disable_tqdm),
+        )
 
-    def _text_loglikelihood(self, requests: list[Instance], disable_tqdm: bool) -> list[tuple[float, bool]]:
-        """Stock text-only scoring. It encodes request by request, so no token groups exist for it:
-        refuse a spec that needs them rather than reuse the previous batch's masks."""
-        if self.spec is not None and self.spec.groups_needed():
+    def _model_call(self, inps, attn_mask=None, labels=None):
+        """One batch of the stock text-only scoring loops. They encode request by request and build no
+        token groups, so a spec that needs them is refused rather than given masks of another batch."""
+        if self._prepared is not None and self._prepared.groups_needed:
             raise ModarbError(
                 f"spec {self.spec.identity()} needs token groups {sorted(self.spec.groups_needed())}, which hf-modarb "
                 "builds for generation and image loglikelihood only; use positions=all for text-only loglikelihood tasks"
             )
-        return super().loglikelihood(requests, disable_tqdm=disable_tqdm or self.quiet)
+        with self._intervention(None):
+            return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
 
     def _image_loglikelihood(self, requests: list[Instance], disable_tqdm: bool) -> list[tuple[float, bool]]:
         """Score each continuation after its context+image: one processor call and forward per batch."""
         results: list[tuple[float, bool] | None] = [None] * len(requests)
         order = sorted(range(len(requests)), key=lambda i: -len(requests[i].args[0] + requests[i].args[1]))
-        progress = tqdm(total=len(requests), disable=disable_tqdm or self.quiet or self.rank != 0,
-                        desc="loglikelihood (images)")
+        progress = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, desc="loglikelihood (images)")
         for start in range(0, len(order), self.batch_size):
             batch = [requests[i] for i in order[start : start + self.batch_size]]
             pairs = [_split_trailing_space(*request.args[:2]) for request in batch]
             strings = [context + continuation for context, continuation in pairs]
             visuals = [list(request.args[2]["visual"]) for request in batch]
-            encoding = self._encode(strings, visuals, [request.doc for request in batch])
-            with torch.no_grad(), self._intervention():
+            encoding, state = self._encode_batch(strings, visuals, [request.doc for request in batch])
+            with torch.no_grad(), self._intervention(state):
                 logits = self.model(**encoding).logits
             log_probs = F.log_softmax(logits.float(), dim=-1)
             for row, (index, (context, continuation)) in enumerate(zip(order[start : start + self.batch_size], pairs)):
@@ -201,7 +280,7 @@ class ModarbVLM(HFMultimodalLM):
     # --- the intervention around one batch ---------------------------------------------------
     def _groups(self, encoding, texts: Sequence[str], docs: Sequence[dict | None]) -> dict[str, torch.Tensor] | None:
         """Token-group masks for the batch (`texts`: what the processor got), built only when the spec needs them."""
-        if self.spec is None or not self.spec.groups_needed():
+        if self._prepared is None or not self._prepared.groups_needed:
             return None
         missing = next((i for i, doc in enumerate(docs) if not doc or "spans" not in doc or "prompt" not in doc), None)
         if missing is not None:
@@ -211,23 +290,25 @@ class ModarbVLM(HFMultimodalLM):
             )
         return doc_token_groups(encoding, texts, docs, self.tokenizer, image_token_id(self.model.config))
 
-    def _intervention(self):
-        if self.spec is None:
-            return nullcontext()
-        return apply_spec(self.model, self.spec, self._batch_groups)
+    def _intervention(self, batch: BatchState | None):
+        """The prepared spec's hooks for one batch (`batch` None: a batch without token groups)."""
+        return nullcontext() if self._prepared is None else apply_prepared(self._prepared, batch)
 
 
-def load_spec(
+def prepare_model_args(
     model, *, spec: str | None, block: str | None, amplify: str | None, alpha: float, positions: str
-) -> InterventionSpec | None:
-    """The spec from `spec=` (a JSON file) or the inline args (checked by check_model_args), validated against `model`."""
+) -> PreparedSpec | None:
+    """The spec from `spec=` (a JSON file) or the inline args (checked by check_model_args), prepared
+    for `model`: its heads located and the spec validated against it, once."""
     if spec:
-        loaded = InterventionSpec.load(spec)
-        loaded.validate_against(model)
-        return loaded
-    if block or amplify:
-        return InterventionSpec.from_inline(model=model, block=block, amplify=amplify, alpha=alpha, positions=positions)
-    return None
+        loaded, layout = InterventionSpec.load(spec), locate_heads(model)
+    elif block or amplify:
+        layout = locate_heads(model)
+        loaded = InterventionSpec.from_inline(model=model, block=block, amplify=amplify, alpha=alpha,
+                                              positions=positions, layout=layout)
+    else:
+        return None
+    return prepare_spec(model, loaded, layout)
 
 
 def spec_name(spec: InterventionSpec | None) -> str:
@@ -264,13 +345,3 @@ def _split_trailing_space(context: str, continuation: str) -> tuple[str, str]:
     """Move the context's trailing whitespace onto the continuation, as lm-eval's encoders do."""
     stripped = context.rstrip()
     return stripped, context[len(stripped) :] + continuation
-
-
-@contextmanager
-def _frozen_gc() -> Iterator[None]:
-    """Move every object to the permanent generation so per-batch gc.collect() has little to scan."""
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
