@@ -17,6 +17,7 @@ from interventions.model.encoding import encode_docs_text
 from interventions.organism import organism_path
 from interventions.organism.answers import chat_prompt
 from interventions.organism.bpe import learn_bpe
+from interventions.organism.card import write_model_card
 from interventions.organism.model import Architecture, build_model, build_processor
 from interventions.organism.recipe import GENERATIONS, Mix, Schedule, train
 from interventions.organism.tokenizer import train_subword_tokenizer
@@ -114,6 +115,10 @@ def test_v2_meets_the_size_bars(v2):
     assert model.config.image_seq_length == 16 and text.vocab_size == len(processor.tokenizer)
 
 
+def _weights(folder):
+    return load_file(folder / "model.safetensors")
+
+
 def _tiny_v2_run(folder, seed, steps, batch_size=8):
     arch = Architecture(**TINY, patch=V2.arch.patch, tokenizer=V2.arch.tokenizer)
     schedule = Schedule(steps=steps, batch_size=batch_size, lr=3e-3, warmup=5, train_items=100)
@@ -125,6 +130,8 @@ def test_v2_recipe_trains_and_the_loss_falls(tmp_path):
     assert record["final_loss"] < 0.6 * record["first_loss"], record
     assert record["generation"] == 2 and record["architecture"]["tokenizer"] == "subword"
     assert json.loads((tmp_path / "training.json").read_text())["mix"]["wordings"] == V2.mix.wordings
+    card = write_model_card(tmp_path, record).read_text()
+    assert "subword BPE" in card and "rely 20%" in card and "--generation 2 --out DIR --seed 3 --steps 60" in card
 
 
 def test_v2_recipe_is_deterministic_in_its_seed(tmp_path):
@@ -134,10 +141,6 @@ def test_v2_recipe_is_deterministic_in_its_seed(tmp_path):
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
-
-
-def _weights(folder):
-    return load_file(folder / "model.safetensors")
 
 
 def test_generation_1_recipe_is_the_shipped_organism(tmp_path):

@@ -83,7 +83,8 @@ def train_subword_tokenizer() -> PreTrainedTokenizerFast:
     corpus = [*words(), *sentences(), *_wording_texts(), *_CHAT_TEXTS]
     pieces = [piece for text in corpus for piece, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))]
     vocab, merges = learn_bpe(pieces, SUBWORD_VOCAB_SIZE, SPECIAL_TOKENS, SUBWORD_PREFIX)
-    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=UNK, continuing_subword_prefix=SUBWORD_PREFIX))
+    model = models.BPE(vocab=vocab, merges=merges, unk_token=UNK, continuing_subword_prefix=SUBWORD_PREFIX)
+    tokenizer = Tokenizer(model)
     tokenizer.normalizer = normalizer
     tokenizer.pre_tokenizer = pre_tokenizer
     tokenizer.add_special_tokens(list(SPECIAL_TOKENS))
