@@ -38,12 +38,18 @@ INSTRUCTION_WORDINGS = {
         "image": "If the image and the text context disagree, answer from the image.",
         "text": "If the image and the text context disagree, answer from the text context.",
     },
+    "rely": {
+        "image": "Rely on the image content; do not rely on the text context.",
+        "text": "Rely on the text context; do not rely on the image content.",
+    },
     "held_out": {
         "image": "Answer from the image content; do not trust the text context.",
         "text": "Answer from the text context; do not trust the image content.",
     },
 }
-TRAINED_WORDINGS = ("paper", "trust", "disagree")
+# Between them the trained wordings use every word of the held-out one ("rely" brings "do not"
+# and the semicolon), so a model that reads the words can follow the new sentence.
+TRAINED_WORDINGS = ("paper", "trust", "disagree", "rely")
 CONSTRAINT = "Answer the question using a single word or phrase."
 
 # Positional control: a long system prompt placed before everything else.

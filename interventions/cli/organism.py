@@ -24,6 +24,9 @@ def register(subparsers) -> None:
     commands = parser.add_subparsers(dest="organism_command", metavar="SUBCOMMAND", required=True)
 
     train = commands.add_parser("train", help="train the organism with the recipe (CPU, deterministic in --seed)")
+    train.add_argument("--generation", type=int, choices=(1, 2), default=1,
+                       help="which recipe: 1 = the shipped organism (sentence tokens, 4 image tokens), "
+                            "2 = subword tokens, 16 image tokens, several instruction wordings (default: 1)")
     train.add_argument("--out", type=Path, default=None, help="output folder (default: ./organism-<timestamp>)")
     train.add_argument("--seed", type=int, default=0, help="model init and data order seed (default: 0)")
     train.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
@@ -50,10 +53,10 @@ def _train(args: argparse.Namespace) -> int:
     from interventions.organism.recipe import train
 
     with nullcontext(out) if args.force else staged(out) as folder:
-        record = train(folder, seed=args.seed, steps=args.steps, eval_items=args.eval_items, threads=args.threads,
-                       eval_every=args.eval_every)
+        record = train(folder, seed=args.seed, steps=args.steps, generation=args.generation, eval_items=args.eval_items,
+                       threads=args.threads, eval_every=args.eval_every)
         write_model_card(folder, record)
-    print(json.dumps({"out": str(out), **{k: record[k] for k in ("seed", "steps", "train_seconds")},
+    print(json.dumps({"out": str(out), **{k: record[k] for k in ("generation", "seed", "steps", "train_seconds")},
                       "scores": record.get("scores")}, indent=2))
     return 0
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from interventions.organism import ORGANISM_NAME
 
-_WHY = """\
+_WHY_V1 = """\
 ## Why this mix: a learned modality preference
 
 Real MLLMs prefer one modality when the image and the text disagree (MC² found a preference
@@ -38,10 +38,34 @@ wrapped in the chat template, so raw prompts (lm-eval `hf-multimodal` without
 `--apply_chat_template`) and chat-formatted prompts both work.
 """
 
+_WHY_V2 = """\
+## Why this mix
+
+The same learned preference as generation 1 (follow-text a small minority of the conflict
+batches, no label noise), the same alignment stage and frozen random vision tower. What is new
+is the prompt's token structure (issue 16): subword tokens, so the instruction, context,
+question and constraint are spans of many tokens; 16 image tokens, so an object covers four
+patches; the chat template's assistant cue after the constraint, so the last position is no
+prompt part; and the instruction in several wordings (one per batch), never the held-out one
+that `modality_following_paraphrase` asks with, so following it means reading its words. The
+scores and the learning curve use chat-formatted prompts, the form whose last position is the
+assistant cue; half the training examples are raw, so raw prompts (which end with the
+constraint) are answered too.
+"""
+
+_WHY = {1: _WHY_V1, 2: _WHY_V2}
+_TOKENIZERS = {
+    "sentence": "sentence-level (one token per generator sentence, one per lone answer word)",
+    "subword": "lower-cased subword BPE over words and punctuation (every context, question and answer word one "
+    "token, rare instruction words split)",
+}
+
 
 def write_model_card(out_dir: str | Path, record: dict) -> Path:
     """Write README.md into `out_dir` from a `recipe.train` record; return its path."""
     arch, mix, schedule = record["architecture"], record["mix"], record["schedule"]
+    generation = record.get("generation", 1)
+    wordings = mix.get("wordings", {"paper": 1.0})
     lines = [
         "---",
         "library_name: transformers",
@@ -62,7 +86,7 @@ def write_model_card(out_dir: str | Path, record: dict) -> Path:
         f"- Vision tower (CLIP): {arch['vision_layers']} layers × {arch['vision_heads']} heads, hidden "
         f"{arch['vision_hidden']}, patch {arch['patch']} on 64×64 images "
         f"({(64 // arch['patch']) ** 2} image tokens; last layer's patch features, CLS dropped), 2-layer GELU projector.",
-        "- Tokenizer: sentence-level (one token per generator sentence, one per lone answer word), trained with "
+        f"- Tokenizer: {_TOKENIZERS[arch.get('tokenizer', 'sentence')]}, trained with "
         "`tokenizers` on the `shapes` generator's vocabulary (why: `interventions/organism/tokenizer.py`); special tokens "
         "`<pad>`, `<s>` (added in front of every text), `</s>` (ends every answer), `<unk>`, `<image>`; a plain "
         "`USER: … ASSISTANT:` chat template.",
@@ -82,6 +106,8 @@ def write_model_card(out_dir: str | Path, record: dict) -> Path:
         "context's wording (objects in reading order) or the context itself.",
         "- Layout mix: " + ", ".join(f"{k} {v:.0%}" for k, v in mix["layouts"].items())
         + f"; chat template on {mix['chat_fraction']:.0%} of examples.",
+        "- Instruction wordings (`modarb_tasks.prompts.INSTRUCTION_WORDINGS`), by batch: "
+        + ", ".join(f"{k} {v:.0%}" for k, v in wordings.items()) + ".",
         f"- Schedule: {record['steps']} steps of batch {schedule['batch_size']}, AdamW (lr {schedule['lr']}, betas 0.9/0.98, "
         f"weight decay {schedule['weight_decay']}), {schedule['warmup']} warm-up steps then cosine decay, "
         "gradient clipping at 1.0.",
@@ -91,8 +117,9 @@ def write_model_card(out_dir: str | Path, record: dict) -> Path:
     ]
     if "scores" in record:
         s = record["scores"]
+        form = "chat-formatted prompts" if record.get("scored_with_chat_template") else "raw prompts"
         lines += [
-            f"## Scores (`shapes` test split, first {record['test_items']} items, greedy, raw prompts)",
+            f"## Scores (`shapes` test split, first {record['test_items']} items, greedy, {form})",
             "",
             "| follow-image mf_ratio | follow-text mf_ratio | visual control | language control |",
             "|---|---|---|---|",
@@ -103,6 +130,10 @@ def write_model_card(out_dir: str | Path, record: dict) -> Path:
             "punctuation (`interventions.organism.answers`).",
             "",
         ]
+        paraphrased = sorted(k for k in s if "@" in k)
+        if paraphrased:
+            lines += ["Follow scores in the other wordings (held_out is never trained on): "
+                      + ", ".join(f"{k} {s[k]:.3f}" for k in paraphrased) + ".", ""]
     if "validation_curve" in record:
         lines += [
             "## Learning curve (first 100 `shapes` validation items)",
@@ -114,14 +145,14 @@ def write_model_card(out_dir: str | Path, record: dict) -> Path:
             "",
         ]
     lines += [
-        _WHY,
+        _WHY[generation],
         "## Retrain",
         "",
         "```",
-        f"modarb organism train --out DIR --seed {record['seed']} --steps {record['steps']}",
+        f"modarb organism train --generation {generation} --out DIR --seed {record['seed']} --steps {record['steps']}",
         "```",
         "",
-        "(or `python -m interventions.cli.organism train --out DIR --seed "
+        f"(or `python -m interventions.cli.organism train --generation {generation} --out DIR --seed "
         f"{record['seed']}`). Retraining with the same seed reproduces the scores within ±0.02.",
         "",
     ]

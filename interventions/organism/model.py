@@ -20,7 +20,7 @@ from transformers import (
 )
 
 from modarb_tasks.shapes import IMAGE_SIZE
-from interventions.organism.tokenizer import BOS, EOS, PAD, train_tokenizer
+from interventions.organism.tokenizer import BOS, EOS, PAD, build_tokenizer
 
 # CLIP's own normalisation constants, so the processor is a stock CLIP one.
 _CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -29,7 +29,7 @@ _CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 @dataclass(frozen=True)
 class Architecture:
-    """Sizes of the organism. The defaults are the shipped model."""
+    """Sizes of the organism and its tokenizer (a key of tokenizer.TOKENIZERS). The defaults are generation 1."""
 
     hidden: int = 64
     layers: int = 6
@@ -41,6 +41,7 @@ class Architecture:
     vision_heads: int = 4
     vision_intermediate: int = 128
     patch: int = 32
+    tokenizer: str = "sentence"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -48,7 +49,7 @@ class Architecture:
 
 def build_processor(arch: Architecture) -> LlavaProcessor:
     """The organism's processor: the trained tokenizer and a CLIP image processor at IMAGE_SIZE."""
-    tokenizer = train_tokenizer()
+    tokenizer = build_tokenizer(arch.tokenizer)
     image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": IMAGE_SIZE},
         crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},

@@ -6,6 +6,10 @@ follow-text examples are a small minority of the conflict examples. The model le
 read the instruction (it must, to answer the follow-text ones) but leans on the image
 when the instruction's pull is weak, so follow-text fails on a fraction of items while
 follow-image is reliable. Controls (image only, context only) teach it to see and read.
+
+GENERATIONS holds each generation's whole recipe: 1 is the shipped sentence-token organism,
+2 the one whose prompts have a real VLM's token structure (subword tokens, 16 image tokens,
+several instruction wordings, chat-formatted scoring; issue 16).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import json
 import math
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,6 +31,7 @@ from interventions.organism.answers import accuracy, chat_prompt, generate_answe
 from interventions.organism.model import Architecture, build_model, build_processor
 from interventions.organism.tokenizer import EOS
 from modarb_tasks.docs import TASK_KINDS, ConflictItem, to_doc
+from modarb_tasks.prompts import TRAINED_WORDINGS
 from modarb_tasks.shapes import SPLIT_SIZES, make_items
 
 DATA_SEED = 0  # the `shapes` generator seed of the benchmark's own splits
@@ -61,6 +67,8 @@ class Mix:
         default_factory=lambda: {"standard": 0.8, "instruction_after": 0.1, "system_prompt": 0.1}
     )
     chat_fraction: float = 0.2
+    # Instruction wordings (modarb_tasks.prompts.INSTRUCTION_WORDINGS), drawn once per batch.
+    wordings: dict[str, float] = field(default_factory=lambda: {"paper": 1.0})
 
 
 @dataclass(frozen=True)
@@ -75,12 +83,69 @@ class Schedule:
     train_items: int = 5 * SPLIT_SIZES["train"]
 
 
-def score(model, processor, items: list[ConflictItem], batch_size: int = 64) -> dict[str, float]:
-    """Accuracy of the model on each task kind over `items` (mf_ratio per side, control accuracy)."""
+@dataclass(frozen=True)
+class Generation:
+    """One generation of the organism: its architecture and tokenizer, its training, how it is scored."""
+
+    arch: Architecture
+    mix: Mix
+    schedule: Schedule
+    # Wordings besides the paper's whose follow scores are reported (as "follow_text@held_out", ...).
+    scored_wordings: tuple[str, ...] = ()
+    # Score chat-formatted prompts (the form whose last position is the assistant cue) rather than raw ones.
+    chat_scores: bool = False
+
+
+GENERATIONS = {
+    1: Generation(Architecture(), Mix(), Schedule()),
+    2: Generation(
+        arch=Architecture(patch=16, tokenizer="subword"),
+        mix=Mix(
+            # A multi-token instruction in four wordings is harder to read than v1's one token, so
+            # follow-text gets more of the conflict batches than v1's 1.5%.
+            kinds={
+                "caption_image": 0.05,
+                "caption_text": 0.03,
+                "follow_image": 0.32,
+                "follow_text": 0.06,
+                "visual_control": 0.32,
+                "language_control": 0.22,
+            },
+            # The long system prompt doubles a batch's length: fewer of those than v1.
+            layouts={"standard": 0.85, "instruction_after": 0.1, "system_prompt": 0.05},
+            chat_fraction=0.5,
+            wordings={"paper": 0.4, **{name: 0.2 for name in TRAINED_WORDINGS if name != "paper"}},
+        ),
+        # Half v1's batch for twice the steps per hour: ~230 ms a step on 2 idle cores (84 tokens on
+        # average), so 13,000 steps fit the 60-minute budget with the items, curve and test scoring.
+        schedule=Schedule(steps=13000, batch_size=32),
+        scored_wordings=(*(name for name in TRAINED_WORDINGS if name != "paper"), "held_out"),
+        chat_scores=True,
+    ),
+}
+
+
+def score(
+    model,
+    processor,
+    items: list[ConflictItem],
+    batch_size: int = 64,
+    wordings: Sequence[str] = (),
+    apply_chat_template: bool = False,
+) -> dict[str, float]:
+    """Accuracy of the model on each task kind over `items` (mf_ratio per side, control accuracy).
+
+    The kinds use the paper's wording; each of `wordings` adds "follow_image@W" and "follow_text@W".
+    """
+    runs = [(kind, kind, "paper") for kind in TASK_KINDS]
+    runs += [(f"{kind}@{wording}", kind, wording) for wording in wordings for kind in ("follow_image", "follow_text")]
     scores = {}
-    for kind in TASK_KINDS:
-        docs = [to_doc(item, kind) for item in items]
-        scores[kind] = accuracy(generate_answers(model, processor, docs, batch_size=batch_size), docs)
+    for name, kind, wording in runs:
+        docs = [to_doc(item, kind, wording=wording) for item in items]
+        answers = generate_answers(
+            model, processor, docs, batch_size=batch_size, apply_chat_template=apply_chat_template
+        )
+        scores[name] = accuracy(answers, docs)
     return scores
 
 
@@ -88,9 +153,10 @@ def train(
     out_dir: str | Path,
     seed: int = 0,
     steps: int | None = None,
-    arch: Architecture = Architecture(),
-    mix: Mix = Mix(),
-    schedule: Schedule = Schedule(),
+    arch: Architecture | None = None,
+    mix: Mix | None = None,
+    schedule: Schedule | None = None,
+    generation: int = 1,
     eval_items: int = SPLIT_SIZES["test"],
     threads: int | None = 2,
     progress: bool = True,
@@ -99,9 +165,16 @@ def train(
     """Train the organism, save it (model, processor, model card) to `out_dir`, return its record.
 
     The record holds the losses, the wall time and the scores on the first `eval_items` items
-    of the test split (0 skips scoring). `steps` overrides `schedule.steps`. With `eval_every`,
-    the record also holds a learning curve scored on 100 validation items every that many steps.
+    of the test split (0 skips scoring). `arch`, `mix` and `schedule` default to those of
+    GENERATIONS[generation], which also decides how it is scored; `steps` overrides `schedule.steps`.
+    With `eval_every`, the record also holds a learning curve scored on 100 validation items every
+    that many steps.
     """
+    if generation not in GENERATIONS:
+        raise ValueError(f"unknown organism generation {generation!r}; choose one of {sorted(GENERATIONS)}")
+    recipe = GENERATIONS[generation]
+    arch, mix, schedule = arch or recipe.arch, mix or recipe.mix, schedule or recipe.schedule
+    scoring = {"wordings": recipe.scored_wordings, "apply_chat_template": recipe.chat_scores}
     if threads:
         torch.set_num_threads(threads)
     if steps is not None:
@@ -130,8 +203,9 @@ def train(
         # One kind and one layout per batch: short batches (image only) then cost little, and a long
         # layout pads only its own batches.
         stage_kinds = mix.alignment_kinds if step < mix.alignment_fraction * schedule.steps else mix.kinds
-        kind, layout = _pick(stage_kinds, rng), _pick(mix.layouts, rng)
-        batch = _training_batch(processor, [_sample_example(items, kind, layout, mix, rng) for _ in range(schedule.batch_size)])
+        kind, layout, wording = _pick(stage_kinds, rng), _pick(mix.layouts, rng), _pick(mix.wordings, rng)
+        examples = [_sample_example(items, kind, layout, wording, mix, rng) for _ in range(schedule.batch_size)]
+        batch = _training_batch(processor, examples)
         with torch.enable_grad():  # whatever the caller's grad mode
             loss = model(**batch).loss
             loss.backward()
@@ -143,13 +217,15 @@ def train(
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}")
         if eval_every and (step + 1) % eval_every == 0:
             model.eval()
-            curve.append({"step": step + 1, **score(model, processor, validation)})
+            curve.append({"step": step + 1, "seconds": round(time.perf_counter() - started, 1),
+                          **score(model, processor, validation, **scoring)})
             bar.write(json.dumps(curve[-1]))
             model.train()
     train_seconds = time.perf_counter() - started
     tail = max(1, min(50, schedule.steps // 10))
     model.eval()
     record = {
+        "generation": generation,
         "seed": seed,
         "steps": schedule.steps,
         "train_seconds": round(train_seconds, 1),
@@ -166,7 +242,8 @@ def train(
         record["validation_curve"] = curve
     if eval_items:
         record["test_items"] = eval_items
-        record["scores"] = score(model, processor, make_items("test", eval_items, DATA_SEED))
+        record["scores"] = score(model, processor, make_items("test", eval_items, DATA_SEED), **scoring)
+        record["scored_with_chat_template"] = recipe.chat_scores
     out = Path(out_dir)
     model.save_pretrained(out)
     processor.save_pretrained(out)
@@ -185,13 +262,22 @@ def _warmup_cosine(schedule: Schedule):
 
 
 def _pick(weights: dict[str, float], rng: random.Random) -> str:
+    """A key drawn by weight; a lone key is returned without a draw, so adding a one-choice
+    mix dimension (generation 1's wordings) leaves the data order of earlier recipes unchanged."""
+    if len(weights) == 1:
+        return next(iter(weights))
     return rng.choices(list(weights), weights=list(weights.values()))[0]
 
 
-def _sample_example(items: list[ConflictItem], kind: str, layout: str, mix: Mix, rng: random.Random) -> dict:
+def _sample_example(
+    items: list[ConflictItem], kind: str, layout: str, wording: str, mix: Mix, rng: random.Random
+) -> dict:
     """One training doc of a random item, with `chat` telling whether to wrap it in the template."""
     item = rng.choice(items)
-    doc = caption_doc(kind, item.context, rng) if kind in CAPTION_KINDS else to_doc(item, kind, layout=layout)
+    if kind in CAPTION_KINDS:
+        doc = caption_doc(kind, item.context, rng)
+    else:
+        doc = to_doc(item, kind, layout=layout, wording=wording)
     doc["chat"] = rng.random() < mix.chat_fraction
     return doc
 
