@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test install
+.PHONY: demo test test-fast install
 
 install: $(STAMP)
 
@@ -25,3 +25,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# Everything but the tests marked slow (pyproject.toml says which): the quick check while editing.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"

@@ -1,8 +1,9 @@
-"""Shared test setup: never touch the network, and tiny random-init VLMs of every family."""
+"""Shared test setup: never touch the network, tiny random-init VLMs of every family, the real MC² folder."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -14,6 +15,8 @@ from interventions.testing.random_init import IMAGE_TOKEN_ID, TINY_FAMILIES, bui
 from interventions.testing.random_init import random_batch  # noqa: E402
 
 ATTENTIONS = ("eager", "sdpa")
+MC2_DIR_ENV = "MODARB_MC2_DIR"  # the folder of the real MC² JSON files (they are not in the repository)
+MC2_BESIDE_THE_REPO = Path(__file__).resolve().parents[2] / "shared" / "data" / "mc2"
 
 # Tests run tiny models on 2 shared cores: one intra-op thread avoids oversubscription (5-10x faster).
 torch.set_num_threads(1)
@@ -102,3 +105,29 @@ def organism_dir():
         return organism_path()
     except FileNotFoundError as error:
         pytest.skip(f"bundled organism not available: {error}")
+
+
+@pytest.fixture(scope="session")
+def mc2_dir_if_present() -> Path | None:
+    """The real MC² folder ($MODARB_MC2_DIR, else ../shared/data/mc2 beside the repository), None when absent.
+
+    For a fixture that runs its MC² part only where the files are; tests take `mc2_dir`.
+    A $MODARB_MC2_DIR that does not hold the benchmark is an error, not a skip: it was asked for.
+    """
+    from modarb_tasks.mc2 import BENCHMARK_FILE
+
+    configured = os.environ.get(MC2_DIR_ENV)
+    folder = Path(configured) if configured else MC2_BESIDE_THE_REPO
+    if (folder / BENCHMARK_FILE).is_file():
+        return folder
+    if configured:
+        pytest.fail(f"{MC2_DIR_ENV}={configured} holds no {BENCHMARK_FILE}; point it at the MC² folder or unset it")
+    return None
+
+
+@pytest.fixture(scope="session")
+def mc2_dir(mc2_dir_if_present) -> Path:
+    """The real MC² folder (a Path); skips, naming where it looked, when the files are not on this machine."""
+    if mc2_dir_if_present is None:
+        pytest.skip(f"real MC² files not found at {MC2_BESIDE_THE_REPO} (set {MC2_DIR_ENV} to their folder)")
+    return mc2_dir_if_present

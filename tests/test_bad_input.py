@@ -290,6 +290,9 @@ def outcomes(organism_dir, tmp_path_factory) -> tuple[dict[str, Outcome], dict[s
     deadline = time.monotonic() + 1200
     started: dict[str, float] = {}
     seconds: dict[str, float] = {}
+    # A background job (nohup, `&`) starts with Ctrl-C ignored, and the cases would inherit that: a handler
+    # here makes them start with a terminal's Ctrl-C (exec resets a handler to the default, not an ignore).
+    sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         while pending or running:
             while pending and len(running) < PARALLEL:
@@ -314,6 +317,7 @@ def outcomes(organism_dir, tmp_path_factory) -> tuple[dict[str, Outcome], dict[s
             assert time.monotonic() < deadline, f"still running after 20 minutes: {sorted(running)}"
             time.sleep(0.1)
     finally:
+        signal.signal(signal.SIGINT, sigint)
         for _, process, _, _ in running.values():
             process.kill()
         if read_only is not None and read_only != Path("/sys"):
@@ -326,6 +330,7 @@ def test_the_catalogue_has_at_least_40_cases():
     assert len(CASES) >= 40 and len({case.name for case in CASES}) == len(CASES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
 def test_bad_input_is_one_line_with_its_exit_and_nothing_half_written(case, outcomes):
     results, _, paths = outcomes
@@ -347,6 +352,7 @@ def test_bad_input_is_one_line_with_its_exit_and_nothing_half_written(case, outc
     assert leftovers == []
 
 
+@pytest.mark.slow
 def test_nothing_of_the_users_was_deleted_moved_or_changed(outcomes):
     results, before, paths = outcomes
     root = paths["user_dir"].parent.parent
@@ -354,6 +360,7 @@ def test_nothing_of_the_users_was_deleted_moved_or_changed(outcomes):
     assert after == before
 
 
+@pytest.mark.slow
 def test_ctrl_c_leaves_the_earlier_output_whole(outcomes):
     results, _, paths = outcomes
     earlier = paths["earlier"]

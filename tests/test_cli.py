@@ -21,11 +21,11 @@ from interventions.mechanism.spec import HeadScale, InterventionSpec, model_fing
 from modarb_tasks import TASKS_PATH
 
 BIN = Path(sys.executable).parent
-MC2_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mc2"
 LIMIT = 8
 FOLLOW = ("modality_following", "mf_follow_image", "mf_follow_text")
 LISTED_GROUPS = ("modality_following", "modality_controls", "modarb", "modality_following_mc2", "modality_controls_mc2")
 SPEC_NAME = "middle layers blocked"
+pytestmark = pytest.mark.slow  # every test reads the module's real `modarb` / `lm_eval` processes
 
 # bad input: run name -> what its one error line must say
 BAD_INPUT = {
@@ -62,8 +62,8 @@ def _organism_spec(organism_dir: Path, path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def runs(organism_dir, tmp_path_factory) -> dict[str, Run]:
-    """Every command of this module, run concurrently; name -> its Run."""
+def runs(organism_dir, mc2_dir_if_present, tmp_path_factory) -> dict[str, Run]:
+    """Every command of this module, run concurrently; name -> its Run (the MC² one where the files are)."""
     root = tmp_path_factory.mktemp("cli")
     organism = f"pretrained={organism_dir}"
     spec = _organism_spec(organism_dir, root / "spec.json")
@@ -96,8 +96,9 @@ def runs(organism_dir, tmp_path_factory) -> dict[str, Run]:
         "layer_out_of_range": [modarb, "eval", *_eval_args(None, "block=L99H0", "modality_following",
                                                            root / "layer_out_of_range")],
     }
-    if MC2_DATA.is_dir():
-        metadata = json.dumps({"mc2_json": str(MC2_DATA / "evaluate_final.json"), "mc2_images": "/nonexistent"})
+    if mc2_dir_if_present is not None:
+        benchmark = mc2_dir_if_present / "evaluate_final.json"
+        metadata = json.dumps({"mc2_json": str(benchmark), "mc2_images": "/nonexistent"})
         commands["mc2_missing_images"] = [modarb, "eval", *_eval_args(
             "hf-multimodal", organism, "modality_following_mc2", root / "mc2_missing_images", "--metadata", metadata)]
 
@@ -168,9 +169,9 @@ def test_hf_modarb_records_the_spec_identity_in_the_results_config(runs):
 
 
 @pytest.mark.parametrize("name", list(BAD_INPUT))
-def test_bad_input_is_one_line_and_writes_no_results(name, runs):
+def test_bad_input_is_one_line_and_writes_no_results(name, runs, request):
     if name not in runs:
-        pytest.skip(f"real MC² files not found at {MC2_DATA}")
+        request.getfixturevalue("mc2_dir")  # skips, saying where it looked
     run = runs[name]
     assert run.returncode == 2, run.stderr[-3000:]
     assert "Traceback" not in run.stderr

@@ -343,6 +343,7 @@ def _learned(objective, **options):
     return top_heads(ranking.scores, 0.05), ranking
 
 
+@pytest.mark.slow  # a science number at full settings: every one of the 1,128 pairs scored
 def test_learned_mask_scores_90_percent_of_the_exhaustive_optimum(organism_objective):
     optimum = exhaustive_sets(organism_objective, k=2, progress=False)
     assert optimum["sets"] == 1128  # every pair of the organism's 48 heads
@@ -355,6 +356,7 @@ def test_learned_mask_scores_90_percent_of_the_exhaustive_optimum(organism_objec
     assert ranking.passes < optimum["passes"] / 5  # at a fraction of the exhaustive search's cost
 
 
+@pytest.mark.slow  # five learned masks at full settings
 def test_learned_mask_is_robust_to_its_seed_and_sparsity_weight(organism_objective):
     sparsity = LearnedMaskOptions().sparsity
     sets = {f"seed {seed}": _learned(organism_objective, seed=seed)[0] for seed in (0, 1, 2)}

@@ -1,24 +1,22 @@
-"""Answer matching on real MC² answer pairs (../shared/data/mc2) and on the tie-breaking rules."""
+"""Answer matching on real MC² answer pairs (conftest's mc2_dir) and on the tie-breaking rules."""
 
 from __future__ import annotations
 
 import json
 from functools import cache
-from pathlib import Path
 
 import pytest
 
 from modarb_tasks.matching import classify, match, normalize, stem
 
-MC2_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mc2"
 QWEN_TEXT = "v3_following_text_open_ended_qwen_vl_2_5_7b_remaining.json"
 LLAVA_VISION = "v3_following_vision_open_ended_llava-v1.5-7b_remaining.json"
-needs_mc2 = pytest.mark.skipif(not MC2_DATA.is_dir(), reason=f"real MC² files not found at {MC2_DATA}")
 
 
-@cache
-def _records(file_name: str) -> list[dict]:
-    return json.loads((MC2_DATA / file_name).read_text(encoding="utf-8"))
+@pytest.fixture(scope="module")
+def records(mc2_dir):
+    """file name -> the records of that MC² file (each file read once)."""
+    return cache(lambda file_name: json.loads((mc2_dir / file_name).read_text(encoding="utf-8")))
 
 
 # (file, item index, image_id, side, the item's answer, a different spelling from its candidate list)
@@ -46,17 +44,15 @@ REAL_PAIRS = [
 ]
 
 
-@needs_mc2
 @pytest.mark.parametrize(("file_name", "index", "image_id", "side", "answer", "spelling"), REAL_PAIRS)
-def test_real_answer_matches_its_listed_spelling(file_name, index, image_id, side, answer, spelling):
-    record = _records(file_name)[index]
+def test_real_answer_matches_its_listed_spelling(file_name, index, image_id, side, answer, spelling, records):
+    record = records(file_name)[index]
     assert (record["image_id"], record[f"answer_{side}"]) == (image_id, answer)
     assert spelling in record[f"answer_{side}_candidate_list"]
     assert normalize(answer) == normalize(spelling)
     assert match(answer, [spelling]) and match(spelling, [answer])
 
 
-@needs_mc2
 @pytest.mark.parametrize(
     ("prediction", "label"),
     [
@@ -69,28 +65,26 @@ def test_real_answer_matches_its_listed_spelling(file_name, index, image_id, sid
         ("", "other"),
     ],
 )
-def test_classify_on_real_activity_item(prediction, label):
-    record = _records(QWEN_TEXT)[0]  # image: standing, text: walking
+def test_classify_on_real_activity_item(prediction, label, records):
+    record = records(QWEN_TEXT)[0]  # image: standing, text: walking
     follow = [record["answer_img"], *record["answer_img_candidate_list"]]
     compete = [record["answer_text"], *record["answer_text_candidate_list"]]
     assert classify(prediction, follow, compete) == label
 
 
-@needs_mc2
 @pytest.mark.parametrize(
     ("prediction", "label"),
     [("2", "follow"), ("Two.", "follow"), ("There are 3 dogs", "compete"), ("III", "compete"), ("4", "other")],
 )
-def test_classify_counting_digits_and_words(prediction, label):
-    record = _records(QWEN_TEXT)[312]  # image: two, text: three
+def test_classify_counting_digits_and_words(prediction, label, records):
+    record = records(QWEN_TEXT)[312]  # image: two, text: three
     follow = [record["answer_img"], *record["answer_img_candidate_list"]]
     compete = [record["answer_text"], *record["answer_text_candidate_list"]]
     assert classify(prediction, follow, compete) == label
 
 
-@needs_mc2
-def test_candidates_listed_on_both_sides_decide_nothing():
-    record = _records(QWEN_TEXT)[555]  # letters "db" vs "sr"; both lists hold 字母 ("letter")
+def test_candidates_listed_on_both_sides_decide_nothing(records):
+    record = records(QWEN_TEXT)[555]  # letters "db" vs "sr"; both lists hold 字母 ("letter")
     follow = [record["answer_img"], *record["answer_img_candidate_list"]]
     compete = [record["answer_text"], *record["answer_text_candidate_list"]]
     assert "字母" in follow and "字母" in compete
@@ -99,9 +93,8 @@ def test_candidates_listed_on_both_sides_decide_nothing():
     assert classify("Sr", follow, compete) == "compete"
 
 
-@needs_mc2
-def test_empty_candidate_lists_fall_back_to_the_answer():
-    record = _records(LLAVA_VISION)[0]  # walking vs fighting, no candidate lists in the LLaVA file
+def test_empty_candidate_lists_fall_back_to_the_answer(records):
+    record = records(LLAVA_VISION)[0]  # walking vs fighting, no candidate lists in the LLaVA file
     assert record["answer_img_candidate_list"] == [] == record["answer_text_candidate_list"]
     assert classify("walk", [record["answer_img"]], [record["answer_text"]]) == "follow"
     assert classify("They fight.", [record["answer_img"]], [record["answer_text"]]) == "compete"

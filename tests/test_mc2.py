@@ -1,4 +1,4 @@
-"""The MC² loader on the real JSON files, with stand-in images rendered under the real COCO ids."""
+"""The MC² loader on the real JSON files (mc2_dir), with stand-in images rendered under the real COCO ids."""
 
 from __future__ import annotations
 
@@ -16,15 +16,16 @@ from modarb_tasks import mc2
 from modarb_tasks.datasets import mc2_dataset
 from modarb_tasks.docs import to_doc
 
-MC2_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mc2"
-BENCHMARK = MC2_DATA / mc2.BENCHMARK_FILE
-pytestmark = pytest.mark.skipif(not MC2_DATA.is_dir(), reason=f"real MC² files not found at {MC2_DATA}")
-
 
 @pytest.fixture(autouse=True)
 def _no_mc2_environment(monkeypatch):
     monkeypatch.delenv(mc2.MC2_JSON_ENV, raising=False)
     monkeypatch.delenv(mc2.MC2_IMAGES_ENV, raising=False)
+
+
+@pytest.fixture
+def benchmark(mc2_dir) -> Path:
+    return mc2_dir / mc2.BENCHMARK_FILE
 
 
 def write_stand_in_images(folder: Path, image_ids: list[str]) -> None:
@@ -40,8 +41,8 @@ def _first_ids(json_file: Path, n: int, half: str = "test") -> list[str]:
     return [item.scene_id for item in mc2.load_items(json_file, n=n, half=half)]
 
 
-def test_benchmark_loads_all_2000_items():
-    items = mc2.load_items(mc2.resolve_json(str(MC2_DATA)))
+def test_benchmark_loads_all_2000_items(mc2_dir):
+    items = mc2.load_items(mc2.resolve_json(str(mc2_dir)))
     assert len(items) == 2000
     assert {i.question_type for i in items} == {
         "activity_recognition", "attribute", "color", "counting", "object_recognition",
@@ -58,14 +59,14 @@ def test_benchmark_loads_all_2000_items():
     [("follow_text_qwen2_5_vl_7b", 842), ("follow_image_qwen2_5_vl_7b", 842),
      ("follow_image_internvl3_8b", 842), ("follow_image_llava_v1_5_7b", 896)],
 )
-def test_paper_subsets_load_with_their_counts(subset, count):
-    items = mc2.load_items(mc2.resolve_json(str(BENCHMARK), mc2.PAPER_SUBSETS[subset]))
+def test_paper_subsets_load_with_their_counts(subset, count, benchmark):
+    items = mc2.load_items(mc2.resolve_json(str(benchmark), mc2.PAPER_SUBSETS[subset]))
     assert len(items) == count
     assert all(i.question and "\n" not in i.question for i in items)
 
 
-def test_subset_items_keep_question_and_candidate_lists():
-    item = mc2.load_items(mc2.resolve_json(str(MC2_DATA), mc2.PAPER_SUBSETS["follow_text_qwen2_5_vl_7b"]), n=1)[0]
+def test_subset_items_keep_question_and_candidate_lists(mc2_dir):
+    item = mc2.load_items(mc2.resolve_json(str(mc2_dir), mc2.PAPER_SUBSETS["follow_text_qwen2_5_vl_7b"]), n=1)[0]
     assert item.question == "What are the giraffes doing?"
     assert (item.answer_image, item.answer_text) == ("standing", "walking")
     assert item.candidates_image == ["stand", "站立", "站着"]
@@ -76,31 +77,31 @@ def test_subset_items_keep_question_and_candidate_lists():
         "What are the giraffes doing?\nAnswer the question using a single word or phrase.")
 
 
-def test_docs_load_with_stand_in_images(tmp_path):
-    ids = _first_ids(BENCHMARK, 3)
+def test_docs_load_with_stand_in_images(tmp_path, benchmark):
+    ids = _first_ids(benchmark, 3)
     write_stand_in_images(tmp_path / "coco", ids)
-    data = mc2_dataset("follow_image", mc2_json=str(BENCHMARK), mc2_images=str(tmp_path / "coco"), n=3)
+    data = mc2_dataset("follow_image", mc2_json=str(benchmark), mc2_images=str(tmp_path / "coco"), n=3)
     docs = data["test"]
     assert len(docs) == 3
     assert [doc["image"].size for doc in docs] == [(20, 10), (21, 10), (22, 10)]
     assert [doc["scene_id"] for doc in docs] == ids
-    items = mc2.load_items(BENCHMARK, n=3, half="test")
+    items = mc2.load_items(benchmark, n=3, half="test")
     assert [doc["prompt"] for doc in docs] == [to_doc(i, "follow_image")["prompt"] for i in items]
     assert docs[0]["target"] == items[0].answer_image and docs[0]["split"] == "test"
 
 
-def test_environment_variables_are_used_and_metadata_wins(tmp_path, monkeypatch):
-    ids = _first_ids(BENCHMARK, 2)
+def test_environment_variables_are_used_and_metadata_wins(tmp_path, monkeypatch, mc2_dir, benchmark):
+    ids = _first_ids(benchmark, 2)
     write_stand_in_images(tmp_path / "coco", ids)
-    monkeypatch.setenv(mc2.MC2_JSON_ENV, str(MC2_DATA))
+    monkeypatch.setenv(mc2.MC2_JSON_ENV, str(mc2_dir))
     monkeypatch.setenv(mc2.MC2_IMAGES_ENV, str(tmp_path / "coco"))
     assert len(mc2_dataset("visual_control", n=2)["test"]) == 2
     monkeypatch.setenv(mc2.MC2_IMAGES_ENV, str(tmp_path / "nowhere"))
     assert len(mc2_dataset("visual_control", mc2_images=str(tmp_path / "coco"), n=2)["test"]) == 2
 
 
-def test_language_control_needs_no_images():
-    docs = mc2_dataset("language_control", mc2_json=str(BENCHMARK), n=2)["test"]
+def test_language_control_needs_no_images(benchmark):
+    docs = mc2_dataset("language_control", mc2_json=str(benchmark), n=2)["test"]
     assert docs[0]["image"] is None and "<image>" not in docs[0]["prompt"]
 
 
@@ -113,22 +114,22 @@ def _error(call) -> str:
     return message
 
 
-def test_error_image_folder_not_set():
-    assert _error(lambda: mc2_dataset("follow_image", mc2_json=str(BENCHMARK))) == (
+def test_error_image_folder_not_set(benchmark):
+    assert _error(lambda: mc2_dataset("follow_image", mc2_json=str(benchmark))) == (
         "MC² image folder not set: pass --metadata '{\"mc2_images\": \"/path/to/coco/val2014\"}' "
         "or set MODARB_MC2_IMAGES")
 
 
-def test_error_image_folder_not_found(tmp_path):
+def test_error_image_folder_not_found(tmp_path, benchmark):
     missing = tmp_path / "coco"
-    assert _error(lambda: mc2_dataset("follow_text", mc2_json=str(BENCHMARK), mc2_images=str(missing))) == (
+    assert _error(lambda: mc2_dataset("follow_text", mc2_json=str(benchmark), mc2_images=str(missing))) == (
         f"MC² image folder not found: {missing} (set mc2_images or MODARB_MC2_IMAGES to your COCO folder)")
 
 
-def test_error_names_folder_and_first_missing_image(tmp_path):
-    ids = _first_ids(BENCHMARK, 4)
+def test_error_names_folder_and_first_missing_image(tmp_path, benchmark):
+    ids = _first_ids(benchmark, 4)
     write_stand_in_images(tmp_path, [ids[0], ids[1], ids[3]])
-    assert _error(lambda: mc2_dataset("follow_image", mc2_json=str(BENCHMARK), mc2_images=str(tmp_path), n=4)) == (
+    assert _error(lambda: mc2_dataset("follow_image", mc2_json=str(benchmark), mc2_images=str(tmp_path), n=4)) == (
         f"MC² image {ids[2]} not in {tmp_path} (expected COCO_val2014_{ids[2]}.jpg or {ids[2]}.jpg; "
         "set mc2_images or MODARB_MC2_IMAGES to the folder holding all COCO images)")
 
@@ -173,8 +174,8 @@ def test_error_malformed_json(tmp_path, content, problem):
 
 # --- the analysis and test halves -------------------------------------------------------------
 @pytest.mark.parametrize("file_name", [mc2.BENCHMARK_FILE, *mc2.PAPER_SUBSETS.values()])
-def test_halves_are_disjoint_cover_every_item_and_split_each_task_type_evenly(file_name):
-    items = mc2.load_items(MC2_DATA / file_name)
+def test_halves_are_disjoint_cover_every_item_and_split_each_task_type_evenly(file_name, mc2_dir):
+    items = mc2.load_items(mc2_dir / file_name)
     halves = mc2.halves(items)
     ids = {name: {item.item_id for item in half} for name, half in halves.items()}
     assert not ids["analysis"] & ids["test"]
@@ -193,11 +194,11 @@ def test_halves_are_disjoint_cover_every_item_and_split_each_task_type_evenly(fi
 BENCHMARK_ANALYSIS_DIGEST = "f87c135b0344a6d7e820e5adc112a12038e8479ce4d267e5f3be78a2b4468656"
 
 
-def test_halves_are_stable_across_runs_and_machines():
+def test_halves_are_stable_across_runs_and_machines(benchmark):
     """The half of an item is a function of its text alone (SHA-256, not Python's salted hash, not
     the file order): shuffling the file moves no item, another process with another hash seed
     lists the same half, and the benchmark's analysis half is the one recorded above."""
-    items = mc2.load_items(BENCHMARK)
+    items = mc2.load_items(benchmark)
     first = {item.item_id: item.split for item in items}
     shuffled = list(reversed(items))
     assert {item.item_id: item.split for half in mc2.halves(shuffled).values() for item in half} == first
@@ -206,23 +207,23 @@ def test_halves_are_stable_across_runs_and_machines():
     assert mc2.split_key(probe) == digest
     script = ("from modarb_tasks import mc2; import sys; items = mc2.load_items(mc2.Path(sys.argv[1]), half='test');"
               "print(','.join(i.item_id for i in items))")
-    other = subprocess.run([sys.executable, "-c", script, str(BENCHMARK)], capture_output=True, text=True, check=True,
+    other = subprocess.run([sys.executable, "-c", script, str(benchmark)], capture_output=True, text=True, check=True,
                            env={**os.environ, "PYTHONHASHSEED": "12345"})
-    assert other.stdout.strip().split(",") == [item.item_id for item in mc2.load_items(BENCHMARK, half="test")]
+    assert other.stdout.strip().split(",") == [item.item_id for item in mc2.load_items(benchmark, half="test")]
     analysis = sorted(i for i, half in first.items() if half == "analysis")
     assert len(analysis) == 1000
     assert hashlib.sha256(",".join(analysis).encode()).hexdigest() == BENCHMARK_ANALYSIS_DIGEST
 
 
-def test_mc2_tasks_score_the_test_half_unless_told(tmp_path):
-    data = {half: mc2_dataset("language_control", mc2_json=str(BENCHMARK), half=half)["test"]
+def test_mc2_tasks_score_the_test_half_unless_told(tmp_path, benchmark):
+    data = {half: mc2_dataset("language_control", mc2_json=str(benchmark), half=half)["test"]
             for half in ("test", "analysis", "all")}
     assert len(data["test"]) + len(data["analysis"]) == len(data["all"]) == 2000
     assert set(data["test"]["split"]) == {"test"} and set(data["analysis"]["split"]) == {"analysis"}
     from modarb_tasks.tasks import utils
 
-    assert utils.mc2("language_control", mc2_json=str(BENCHMARK))["test"]["item_id"] == data["test"]["item_id"]
-    assert utils.mc2("language_control", mc2_json=str(BENCHMARK), mc2_half="analysis")["test"]["item_id"] == (
+    assert utils.mc2("language_control", mc2_json=str(benchmark))["test"]["item_id"] == data["test"]["item_id"]
+    assert utils.mc2("language_control", mc2_json=str(benchmark), mc2_half="analysis")["test"]["item_id"] == (
         data["analysis"]["item_id"])
-    assert "choose analysis, test or all" in _error(lambda: mc2_dataset("language_control", mc2_json=str(BENCHMARK),
+    assert "choose analysis, test or all" in _error(lambda: mc2_dataset("language_control", mc2_json=str(benchmark),
                                                                          half="train"))

@@ -24,8 +24,6 @@ from interventions.testing.tiny_processors import save_tiny_family
 from interventions.mechanism.token_groups import image_token_id
 from modarb_tasks import mc2
 
-MC2_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mc2"
-pytestmark = pytest.mark.skipif(not MC2_DATA.is_dir(), reason=f"real MC² files not found at {MC2_DATA}")
 MODELS = {"byte_bpe": "qwen2_5_vl", "sentencepiece": "llava"}
 TEXT_PARTS = ("system", "context", "instruction", "question", "constraint")
 
@@ -37,19 +35,19 @@ def _no_mc2_environment(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def coco(tmp_path_factory) -> Path:
+def coco(mc2_dir, tmp_path_factory) -> Path:
     """A stand-in JPEG for every image id of the MC² files (COCO's file names)."""
     folder = tmp_path_factory.mktemp("coco")
-    ids = {record["image_id"] for path in MC2_DATA.glob("*.json") for record in json.loads(path.read_text())}
+    ids = {record["image_id"] for path in mc2_dir.glob("*.json") for record in json.loads(path.read_text())}
     for i, image_id in enumerate(sorted(ids)):
         Image.new("RGB", (24, 20), (i * 37 % 256, i * 91 % 256, 80)).save(folder / f"COCO_val2014_{image_id}.jpg")
     return folder
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory) -> dict[str, Path]:
+def models(mc2_dir, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("mc2_models")
-    texts = mc2.corpus(MC2_DATA)
+    texts = mc2.corpus(mc2_dir)
     return {kind: save_tiny_family(family, root / kind, tokenizer=kind, texts=texts) for kind, family in MODELS.items()}
 
 
@@ -62,10 +60,10 @@ def _modarb(argv: list[str], capsys) -> tuple[int, str, str]:
 # --- token groups on MC² prompts ----------------------------------------------------------------
 @pytest.mark.parametrize("kind", MODELS)
 @pytest.mark.parametrize("data", ["mc2", "mc2_paper:qwen2_5_vl_7b"])
-def test_mc2_token_groups_cover_every_part_exactly(kind, data, models, coco):
+def test_mc2_token_groups_cover_every_part_exactly(kind, data, models, coco, mc2_dir):
     model, processor = load_model(models[kind])
     tokenizer = processor.tokenizer
-    source = resolve_data(data, str(MC2_DATA), str(coco))
+    source = resolve_data(data, str(mc2_dir), str(coco))
     layouts = ("standard", "instruction_after", "system_prompt")
     docs, _ = analysis_docs(source, model.config, tokenizer, 3, ("follow_image", "follow_text", "visual_control"),
                             layouts)
@@ -88,8 +86,8 @@ def test_mc2_token_groups_cover_every_part_exactly(kind, data, models, coco):
         assert batch.groups["last"][row].nonzero().item() == attended[row].nonzero().max().item()
 
 
-def test_byte_bpe_keeps_chinese_candidates_and_sentencepiece_drops_them(models, coco):
-    source = resolve_data("mc2_paper:qwen2_5_vl_7b", str(MC2_DATA), str(coco))
+def test_byte_bpe_keeps_chinese_candidates_and_sentencepiece_drops_them(models, coco, mc2_dir):
+    source = resolve_data("mc2_paper:qwen2_5_vl_7b", str(mc2_dir), str(coco))
     counts = {}
     for kind, folder in models.items():
         model, processor = load_model(folder)
@@ -106,8 +104,8 @@ def test_byte_bpe_keeps_chinese_candidates_and_sentencepiece_drops_them(models, 
 
 # --- the commands end to end -----------------------------------------------------------------------
 @pytest.mark.parametrize("data", ["mc2", "mc2_paper:internvl3_8b"])
-def test_identify_and_flow_on_mc2(data, models, coco, tmp_path, capsys):
-    flags = ["--data", data, "--mc2-json", str(MC2_DATA), "--mc2-images", str(coco)]
+def test_identify_and_flow_on_mc2(data, models, coco, tmp_path, capsys, mc2_dir):
+    flags = ["--data", data, "--mc2-json", str(mc2_dir), "--mc2-images", str(coco)]
     code, out, err = _modarb(["identify", "--model", str(models["byte_bpe"]), "--out", str(tmp_path / "id"),
                               "--n-items", "8", "--learned-steps", "2", "--curve-heads", "1", *flags], capsys)
     assert code == 0, err
@@ -134,21 +132,24 @@ def _check_report(out: Path, data: str) -> None:
     assert '"mc2_half":"test"' in summary["baseline"]["command"]
 
 
-def test_small_reproduce_on_mc2_writes_the_report(models, coco, tmp_path, capsys):
+@pytest.mark.slow
+def test_small_reproduce_on_mc2_writes_the_report(models, coco, tmp_path, capsys, mc2_dir):
     out = tmp_path / "report"
     code, _, err = _modarb(["reproduce", "--data", "mc2", "--model", str(models["sentencepiece"]), "--out", str(out),
                             "--limit", "4", "--analysis-items", "4", "--fractions", "0.05", "--draws", "1",
-                            "--alphas", "2", "--learned-steps", "2", "--mc2-json", str(MC2_DATA / "evaluate_final.json"),
-                            "--mc2-images", str(coco)], capsys)
+                            "--alphas", "2", "--learned-steps", "2", "--amplify-items", "4",
+                            "--mc2-json", str(mc2_dir / "evaluate_final.json"), "--mc2-images", str(coco)], capsys)
     assert code == 0, err
     _check_report(out, "mc2")
+    fitted = json.loads((out / "summary.json").read_text())["amplify"]["validation"]
+    assert 0 < fitted["failed"] + fitted["followed"] <= 2 * 4  # the gates' validation docs: 4 items per follow task
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("data", "kind"), [("mc2_paper:qwen2_5_vl_7b", "byte_bpe"), ("mc2", "sentencepiece")])
-def test_acceptance_reproduce_command(data, kind, models, coco, tmp_path, capsys, monkeypatch):
+def test_acceptance_reproduce_command(data, kind, models, coco, tmp_path, capsys, monkeypatch, mc2_dir):
     """The issue's command, paths from the environment: --limit 16 --analysis-items 16, defaults otherwise."""
-    monkeypatch.setenv(mc2.MC2_JSON_ENV, str(MC2_DATA))
+    monkeypatch.setenv(mc2.MC2_JSON_ENV, str(mc2_dir))
     monkeypatch.setenv(mc2.MC2_IMAGES_ENV, str(coco))
     out = tmp_path / "report"
     code, _, err = _modarb(["reproduce", "--data", data, "--model", str(models[kind]), "--out", str(out),
@@ -167,20 +168,20 @@ def no_model_load(monkeypatch):
     monkeypatch.setattr("interventions.model.lm.ModarbVLM.__init__", refuse)
 
 
-def _partial_coco(coco: Path, tmp_path: Path) -> tuple[Path, str]:
+def _partial_coco(mc2_dir: Path, coco: Path, tmp_path: Path) -> tuple[Path, str]:
     """A copy of the stand-in folder without the image of the 3rd analysis item of the benchmark."""
     folder = tmp_path / "partial"
     folder.mkdir()
-    items = mc2.load_items(MC2_DATA / mc2.BENCHMARK_FILE, n=3, half="analysis")
+    items = mc2.load_items(mc2_dir / mc2.BENCHMARK_FILE, n=3, half="analysis")
     for item in items[:2]:
         name = f"COCO_val2014_{item.scene_id}.jpg"
         (folder / name).write_bytes((coco / name).read_bytes())
     return folder, items[2].scene_id
 
 
-def _chinese_only_benchmark(tmp_path: Path) -> Path:
+def _chinese_only_benchmark(mc2_dir: Path, tmp_path: Path) -> Path:
     """An MC² benchmark file whose answers are Chinese words only."""
-    records = json.loads((MC2_DATA / mc2.BENCHMARK_FILE).read_text())[:8]
+    records = json.loads((mc2_dir / mc2.BENCHMARK_FILE).read_text())[:8]
     for record in records:
         record["answer_vision"], record["answer_text"] = "站立", "行走"
     folder = tmp_path / "chinese"
@@ -190,22 +191,22 @@ def _chinese_only_benchmark(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("command", ["identify", "flow", "reproduce"])
-def test_bad_mc2_input_is_one_line_and_exit_2(command, models, coco, tmp_path, capsys, no_model_load):
-    partial, missing_id = _partial_coco(coco, tmp_path)
+def test_bad_mc2_input_is_one_line_and_exit_2(command, models, coco, tmp_path, capsys, no_model_load, mc2_dir):
+    partial, missing_id = _partial_coco(mc2_dir, coco, tmp_path)
     cases = [
         (["--data", "mc2", "--mc2-images", str(coco)], "MC² JSON not set: pass --mc2-json"),
         (["--data", "mc2", "--mc2-json", str(tmp_path / "nowhere.json"), "--mc2-images", str(coco)],
          f"MC² JSON not found: {tmp_path / 'nowhere.json'}"),
-        (["--data", "mc2", "--mc2-json", str(MC2_DATA)], "MC² image folder not set: pass --mc2-images"),
-        (["--data", "mc2", "--mc2-json", str(MC2_DATA), "--mc2-images", str(tmp_path / "no_coco")],
+        (["--data", "mc2", "--mc2-json", str(mc2_dir)], "MC² image folder not set: pass --mc2-images"),
+        (["--data", "mc2", "--mc2-json", str(mc2_dir), "--mc2-images", str(tmp_path / "no_coco")],
          f"MC² image folder not found: {tmp_path / 'no_coco'}"),
-        (["--data", "mc2", "--mc2-json", str(MC2_DATA), "--mc2-images", str(partial)],
+        (["--data", "mc2", "--mc2-json", str(mc2_dir), "--mc2-images", str(partial)],
          f"MC² image {missing_id} not in {partial}"),
-        (["--data", "mc2_paper:gpt4", "--mc2-json", str(MC2_DATA), "--mc2-images", str(coco)],
+        (["--data", "mc2_paper:gpt4", "--mc2-json", str(mc2_dir), "--mc2-images", str(coco)],
          "unknown paper subset 'mc2_paper:gpt4'; choose mc2_paper:qwen2_5_vl_7b or mc2_paper:internvl3_8b or "
          "mc2_paper:llava_v1_5_7b"),
         (["--data", "coco"], "unknown --data 'coco'"),
-        (["--data", "mc2", "--mc2-json", str(_chinese_only_benchmark(tmp_path)), "--mc2-images", str(coco)],
+        (["--data", "mc2", "--mc2-json", str(_chinese_only_benchmark(mc2_dir, tmp_path)), "--mc2-images", str(coco)],
          "no item's answer candidates have a first token under this model's tokenizer"),
     ]
     counts = ["--limit", "4", "--analysis-items", "4"] if command == "reproduce" else ["--n-items", "4"]

@@ -28,6 +28,7 @@ def shipped():
 
 @pytest.fixture(scope="module")
 def shipped_scores(shipped):
+    """The shipped weights on the whole test split: the numbers of the model card (the slow tests read them)."""
     return score(*shipped, make_items("test", TEST_ITEMS), batch_size=100)
 
 
@@ -54,6 +55,7 @@ def test_shipped_weights_load_offline_with_enough_heads(shipped):
     assert list(ids[0]).count(model.config.image_token_index) == model.config.image_seq_length
 
 
+@pytest.mark.slow
 def test_shipped_organism_meets_the_bars(shipped_scores):
     s = shipped_scores
     assert s["visual_control"] >= 0.90 and s["language_control"] >= 0.90, s
@@ -61,6 +63,7 @@ def test_shipped_organism_meets_the_bars(shipped_scores):
     assert strong >= 0.90 and 0.55 <= weak < 0.90, s
 
 
+@pytest.mark.slow
 def test_model_card_reports_the_measured_scores(shipped_scores):
     recorded = json.loads((organism_path() / "training.json").read_text())
     assert recorded["test_items"] == TEST_ITEMS

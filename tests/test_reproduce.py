@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from interventions import cli
 from interventions.analysis.reproduce import ReproduceConfig, reproduce
 
+AMPLIFY_ITEMS = 5
 SCORES = ("follow_image", "follow_text", "mf_ratio", "visual_control", "language_control")
 
 
@@ -34,7 +36,7 @@ def small_report(tmp_path_factory, organism_dir) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("reproduce") / "report"
     config = ReproduceConfig(
         out=out, limit=12, batch_size=16, fractions=(0.05, 0.10), draws=2, alphas=(2.0, 4.0),
-        analysis_items=6, amplify_items=6, seed=0,
+        analysis_items=6, amplify_items=AMPLIFY_ITEMS, learned_steps=4, seed=0,
     )
     logging.getLogger("lm_eval").addHandler(LM_EVAL_WARNINGS)
     try:
@@ -43,6 +45,7 @@ def small_report(tmp_path_factory, organism_dir) -> tuple[Path, dict]:
         logging.getLogger("lm_eval").removeHandler(LM_EVAL_WARNINGS)
 
 
+@pytest.mark.slow
 def test_no_lm_eval_warning_repeats_run_after_run(small_report):
     """A reproduce scores dozens of lm-eval runs: a warning lm-eval gives per task or per model must not repeat."""
     repeated = {message for message in LM_EVAL_WARNINGS.messages if LM_EVAL_WARNINGS.messages.count(message) > 1}
@@ -50,6 +53,7 @@ def test_no_lm_eval_warning_repeats_run_after_run(small_report):
     assert not any("Custom kwargs" in m or "neither marked as CausalLM" in m for m in LM_EVAL_WARNINGS.messages)
 
 
+@pytest.mark.slow
 def test_summary_carries_every_promised_key(small_report):
     out, summary = small_report
     assert json.loads((out / "summary.json").read_text())["model"] == summary["model"] == "modarb-organism"
@@ -65,6 +69,7 @@ def test_summary_carries_every_promised_key(small_report):
     assert len(summary["targets"]) == 6
 
 
+@pytest.mark.slow
 def test_each_rankings_top_set_is_blocked_and_recorded(small_report):
     out, summary = small_report
     identified = json.loads((out / "identify" / "identify.json").read_text())
@@ -81,6 +86,7 @@ def test_each_rankings_top_set_is_blocked_and_recorded(small_report):
     assert "identify/gate_response.png" in report and (out / "identify" / "gate_response.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_random_mean_is_the_mean_of_the_draws(small_report):
     _, summary = small_report
     draws = summary["block_random"]["draws"]
@@ -88,6 +94,7 @@ def test_random_mean_is_the_mean_of_the_draws(small_report):
         assert summary["block_random"][score] == pytest.approx(sum(d[score] for d in draws) / len(draws))
 
 
+@pytest.mark.slow
 def test_report_lists_figures_and_commands_that_exist(small_report):
     out, summary = small_report
     report = (out / "report.md").read_text()
@@ -98,6 +105,7 @@ def test_report_lists_figures_and_commands_that_exist(small_report):
     assert not list(out.parent.glob(".*partial-*")), "the work folder must be renamed into place"
 
 
+@pytest.mark.slow
 def test_block_top_number_is_recomputed_by_its_command(small_report):
     """Run the recorded `modarb eval` command and compare its scores with the summary's."""
     out, summary = small_report
@@ -114,18 +122,48 @@ def test_block_top_number_is_recomputed_by_its_command(small_report):
     assert results["mf_visual_control"]["acc,none"] == pytest.approx(summary["block_top"]["visual_control"])
 
 
-def test_bad_top_fraction_is_one_line_and_writes_nothing(tmp_path):
-    completed = subprocess.run(
-        [sys.executable, "-m", "interventions", "reproduce", "--out", str(tmp_path / "r"), "--top", "0.07"],
-        capture_output=True, text=True,
-    )
-    assert completed.returncode == 2
-    assert completed.stderr.strip().splitlines() == [
+def test_bad_top_fraction_is_one_line_and_writes_nothing(tmp_path, capsys):
+    """In process (the catalogue in test_bad_input runs the same case as a real `modarb` process)."""
+    assert cli.main(["reproduce", "--out", str(tmp_path / "r"), "--top", "0.07"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
         "modarb: error: --top 0.07 must be one of the blocking fractions [0.01, 0.02, 0.05, 0.1, 0.15, 0.2]"
     ]
     assert not (tmp_path / "r").exists()
 
 
+class _Stopped(Exception):
+    """Raised by the stand-in reproduce once it has seen its config."""
+
+
+@pytest.fixture
+def configs(monkeypatch) -> list[ReproduceConfig]:
+    """The configs `modarb reproduce` hands to the analysis (which is replaced by one that stops)."""
+    seen = []
+
+    def stop(config):
+        seen.append(config)
+        raise _Stopped
+
+    monkeypatch.setattr("interventions.analysis.reproduce.reproduce", stop)
+    return seen
+
+
+def test_amplify_items_flag_reaches_the_config(configs, tmp_path):
+    for argv in (["--amplify-items", "7"], []):
+        with pytest.raises(_Stopped):
+            cli.main(["reproduce", "--out", str(tmp_path / "r"), *argv])
+    assert [config.amplify_items for config in configs] == [7, ReproduceConfig().amplify_items] == [7, 150]
+
+
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_amplify_items_below_one_is_one_line(value, configs, tmp_path, capsys):
+    assert cli.main(["reproduce", "--out", str(tmp_path / "r"), "--amplify-items", value]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error == [f"modarb: error: --amplify-items must be at least 1, not {value}"]
+    assert configs == [] and not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
 def test_objective_is_recorded_for_every_ranking(small_report):
     out, summary = small_report
     identified = json.loads((out / "identify" / "identify.json").read_text())
@@ -141,10 +179,13 @@ def test_objective_is_recorded_for_every_ranking(small_report):
     assert f"On validation, **{best}** wins on the objective" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_amplification_reports_restored_and_broken_shares(small_report):
     out, summary = small_report
     amplify = summary["amplify"]
     assert amplify["failed_items"] + amplify["followed_items"] == 2 * summary["limit"]  # every follow item scored
+    validation = amplify["validation"]  # the gates are fit on amplify_items validation items per follow task
+    assert validation["failed"] + validation["followed"] == 2 * AMPLIFY_ITEMS
     assert amplify["broken_rate"] == pytest.approx(amplify["broken"] / amplify["followed_items"])
     assert len(amplify["heads"]) == len(amplify["gates"]) == 4 and all(g >= 1 for g in amplify["gates"])
     assert amplify["best_alpha"] == max(amplify["alpha_validation"], key=lambda p: (p["value"], -p["alpha"]))["alpha"]

@@ -26,7 +26,6 @@ from modarb_tasks import TASKS_PATH, mc2
 from modarb_tasks.prompts import CONSTRAINT, INSTRUCTION_WORDINGS, INSTRUCTIONS, LONG_SYSTEM_PROMPT, TRAINED_WORDINGS
 from modarb_tasks.shapes import vocabulary
 
-MC2_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mc2"
 SHAPES_N = 4
 E2E_LIMIT = 10
 GROUPS = {
@@ -129,12 +128,11 @@ def test_loglikelihood_variant_requests_both_answers_with_their_leading_space():
     assert task.process_results(doc, [(-1.0, True), (-2.0, False)])["follow"] == 1
 
 
-@pytest.mark.skipif(not MC2_DATA.is_dir(), reason=f"real MC² files not found at {MC2_DATA}")
-def test_mc2_groups_build_from_metadata(tmp_path):
+def test_mc2_groups_build_from_metadata(tmp_path, mc2_dir):
     for json_name in (mc2.BENCHMARK_FILE, *mc2.PAPER_SUBSETS.values()):
-        for record in mc2.load_items(MC2_DATA / json_name, n=2, half="test"):  # the tasks score the test half
+        for record in mc2.load_items(mc2_dir / json_name, n=2, half="test"):  # the tasks score the test half
             Image.new("RGB", (12, 12)).save(tmp_path / f"{record.scene_id}.jpg")
-    metadata = {"mc2_json": str(MC2_DATA / mc2.BENCHMARK_FILE), "mc2_images": str(tmp_path), "mc2_n": 2}
+    metadata = {"mc2_json": str(mc2_dir / mc2.BENCHMARK_FILE), "mc2_images": str(tmp_path), "mc2_n": 2}
     names = ["modality_following_mc2", "modality_controls_mc2", "modality_following_mc2_paper"]
     tasks = _tasks(names, **metadata)
     assert sorted(tasks) == sorted(t for g in names for t in GROUPS[g])
@@ -143,7 +141,7 @@ def test_mc2_groups_build_from_metadata(tmp_path):
         assert task.doc_to_text(doc) == doc["prompt"]
         if name != "mc2_language_control":
             assert isinstance(task.doc_to_image(doc)[0], Image.Image)
-    first_test_item = mc2.load_items(MC2_DATA / mc2.PAPER_SUBSETS["follow_text_qwen2_5_vl_7b"], n=1, half="test")[0]
+    first_test_item = mc2.load_items(mc2_dir / mc2.PAPER_SUBSETS["follow_text_qwen2_5_vl_7b"], n=1, half="test")[0]
     assert tasks["mc2_paper_follow_text_qwen2_5_vl_7b"].test_docs()[0]["question"] == first_test_item.question
     assert {doc["split"] for task in tasks.values() for doc in task.test_docs()} == {"test"}
 

@@ -34,6 +34,10 @@ def register(subparsers) -> None:
                         "(default: %(default)s)")
     parser.add_argument("--learned-steps", type=int, default=defaults.learned_steps,
                         help="optimisation steps of the learned head mask, per start (default: %(default)s)")
+    parser.add_argument("--amplify-items", type=int, default=defaults.amplify_items,
+                        help="validation (MC²: analysis-half) items per task that fit the amplification gates and "
+                        "choose the sweep's alpha (default: %(default)s; more than --analysis-items, as the gates "
+                        "learn from the failed items only)")
     parser.add_argument("--window", type=int, default=defaults.window, help="flow knockout window in layers (default: the odd count nearest 30%% of the depth)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="default: %(default)s")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -62,10 +66,9 @@ def _floats(text: str) -> tuple[float, ...]:
 
 def _run(args: argparse.Namespace) -> int:
     from interventions.analysis.defaults import ReproduceConfig
-    from interventions.analysis.reproduce import reproduce
     from interventions.model.model_files import check_device
 
-    for name in ("limit", "batch_size", "draws", "analysis_items", "learned_steps"):
+    for name in ("limit", "batch_size", "draws", "analysis_items", "learned_steps", "amplify_items"):
         if getattr(args, name) < 1:
             raise ModarbError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")
     if args.window is not None and args.window < 1:
@@ -73,6 +76,8 @@ def _run(args: argparse.Namespace) -> int:
     check_out(args.out)
     check_device(args.device)
     config = ReproduceConfig(**{key: value for key, value in vars(args).items() if key not in ("func", "command")})
+    from interventions.analysis.reproduce import reproduce  # torch and lm-eval: after the checks, so bad input is quick
+
     summary = reproduce(config)
     columns = ("follow_image", "follow_text", "mf_ratio", "visual_control", "language_control")
     print(f"\n{'run':<26}" + "".join(f"{c:>18}" for c in columns))
