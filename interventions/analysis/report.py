@@ -14,6 +14,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from modarb_tasks.files import write_json, write_png, write_text  # noqa: E402
+
 PAPER_TARGETS = {
     "block_top_relative_drop": 0.40,  # blocking the top 5% cuts mf_ratio by >= 40% (relative)
     "control_drop_points": 0.05,  # ... while each control drops by <= 5 points
@@ -31,16 +33,14 @@ SCORE_LABELS = {
 }
 
 
-def write(folder: Path, summary: dict, config) -> None:
-    """Write figures, targets, summary.json and report.md into `folder`."""
-    figures = folder / "figures"
-    figures.mkdir(parents=True, exist_ok=True)
-    plot_blocking_curve(summary["blocking_curve"], figures / "blocking_curve.png")
-    plot_amplification(summary["amplify"]["curve"], figures / "amplification.png")
+def write(folder: Path, summary: dict) -> None:
+    """Write figures, targets, summary.json and report.md into `folder` (flow/ and identify/ already there)."""
+    plot_blocking_curve(summary["blocking_curve"], folder / "figures" / "blocking_curve.png")
+    plot_amplification(summary["amplify"]["curve"], folder / "figures" / "amplification.png")
     summary["targets"] = targets(summary)
-    (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(folder / "summary.json", summary, indent=2)
     flow = json.loads((folder / "flow" / "flow.json").read_text())
-    (folder / "report.md").write_text(markdown(summary, flow, folder))
+    write_text(folder / "report.md", markdown(summary, flow, folder))
 
 
 def targets(summary: dict) -> list[dict]:
@@ -83,8 +83,7 @@ def plot_blocking_curve(curve: list[dict], path: Path) -> None:
     axes[0].set_ylabel("score (lm-eval, test split)")
     axes[0].legend(loc="lower left", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    write_png(fig, path)
 
 
 def plot_amplification(curve: list[dict], path: Path) -> None:
@@ -100,8 +99,7 @@ def plot_amplification(curve: list[dict], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    write_png(fig, path)
 
 
 def _fmt(value) -> str:
