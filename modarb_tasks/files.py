@@ -1,9 +1,14 @@
 """Atomic file writes (a reader, or a CI diff, never sees a half-written spec, report or entry), and
-the check that an output folder can be written before any work starts."""
+the check that an output folder can be written before any work starts.
+
+Every JSON, text and PNG file modarb writes goes through `write_atomic`: `write_json`, `write_text`
+and `write_png` only turn their content into bytes first.
+"""
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -46,14 +51,32 @@ def check_writable(folder: Path, flag: str = "--out", shown: Path | None = None)
     os.unlink(probe)
 
 
+def write_text(path: Path, text: str) -> Path:
+    """`text` as UTF-8, atomically; returns `path`."""
+    write_atomic(Path(path), text.encode("utf-8"))
+    return Path(path)
+
+
+def write_json(path: Path, document, indent: int = 2) -> Path:
+    """`document` as indented JSON with a final newline, atomically; returns `path`."""
+    return write_text(path, json.dumps(document, indent=indent) + "\n")
+
+
+def png_bytes(figure, dpi: int = 120, **savefig_options) -> bytes:
+    """A matplotlib figure as PNG bytes, without matplotlib's version stamp, so the bytes depend on the
+    figure alone (a matplotlib upgrade does not change every committed or compared PNG)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi, metadata={"Software": None}, **savefig_options)
+    return buffer.getvalue()
+
+
 def write_png(figure, path: Path, dpi: int = 120) -> Path:
-    """Render a matplotlib figure to PNG, close it, and write it atomically to `path`."""
+    """Render a matplotlib figure to PNG, close it, and write it atomically to `path`; returns `path`."""
     import matplotlib.pyplot as plt
 
-    png = io.BytesIO()
-    figure.savefig(png, format="png", dpi=dpi)
+    png = png_bytes(figure, dpi)
     plt.close(figure)
-    write_atomic(Path(path), png.getvalue())
+    write_atomic(Path(path), png)
     return Path(path)
 
 

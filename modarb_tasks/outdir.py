@@ -4,6 +4,9 @@ A command checks its --out before any work (`check_out`), writes into a hidden f
 moves that into place at the end (`staged`). An existing --out is replaced only when modarb wrote
 it: its manifest (`.modarb-output.json`) lists every file in it, so a folder holding anything else
 (the user's notes, another tool's output, a file in place of the folder) is refused, never touched.
+
+What is written names the folder where it will be read (`OutputFolder.final`), never the hidden one
+it is written in, so no file is rewritten after the move.
 """
 
 from __future__ import annotations
@@ -14,12 +17,30 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from modarb_tasks.errors import ModarbError
-from modarb_tasks.files import check_writable
+from modarb_tasks.files import check_writable, write_json
 
 MANIFEST = ".modarb-output.json"
+
+
+@dataclass(frozen=True)
+class OutputFolder:
+    """A folder a command writes: files go under `work`; the paths and commands written inside them
+    name `final`, the folder as the user gave it, where it is once moved into place."""
+
+    work: Path
+    final: Path
+
+    def __truediv__(self, name: str) -> OutputFolder:
+        return OutputFolder(self.work / name, self.final / name)
+
+    @classmethod
+    def of(cls, folder: str | os.PathLike | OutputFolder) -> OutputFolder:
+        """`folder` when it already is one; a plain path is written in place and named as given."""
+        return folder if isinstance(folder, OutputFolder) else cls(Path(folder), Path(folder))
 
 
 def check_out(out: Path, flag: str = "--out") -> None:
@@ -35,9 +56,9 @@ def check_out(out: Path, flag: str = "--out") -> None:
 
 
 @contextmanager
-def staged(out: Path, flag: str = "--out") -> Iterator[Path]:
-    """A fresh hidden work folder beside `out`, moved into place as `out` when the block ends well;
-    on any error or Ctrl-C it is removed and `out` is left as it was."""
+def staged(out: Path, flag: str = "--out") -> Iterator[OutputFolder]:
+    """A fresh hidden work folder beside `out` (`.work`; `.final` is `out`), moved into place as `out`
+    when the block ends well; on any error or Ctrl-C it is removed and `out` is left as it was."""
     out = Path(out)
     check_out(out, flag)
     parent = out.absolute().parent
@@ -47,8 +68,7 @@ def staged(out: Path, flag: str = "--out") -> Iterator[Path]:
         umask = os.umask(0)
         os.umask(umask)
         work.chmod(0o777 & ~umask)  # mkdtemp makes 0700; the finished folder gets the usual mode
-        yield work
-        _relocate(work, out)
+        yield OutputFolder(work, out)
         _write_manifest(work)
         check_out(out, flag)  # the folder may have changed while the command ran
         _swap(work, out)
@@ -74,16 +94,7 @@ def _foreign_entry(folder: Path) -> str | None:
 
 
 def _write_manifest(work: Path) -> None:
-    document = {"written_by": "modarb", "files": _files(work)}
-    (work / MANIFEST).write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
-
-
-def _relocate(work: Path, out: Path) -> None:
-    """Name the final folder, not the work folder, in the commands and paths the JSON/Markdown record."""
-    for path in [*work.rglob("*.json"), *work.rglob("*.md")]:
-        text = path.read_text(encoding="utf-8")
-        if str(work) in text:
-            path.write_text(text.replace(str(work), str(out)), encoding="utf-8")
+    write_json(work / MANIFEST, {"written_by": "modarb", "files": _files(work)}, indent=1)
 
 
 def _swap(work: Path, out: Path) -> None:

@@ -105,6 +105,18 @@ def test_report_lists_figures_and_commands_that_exist(small_report):
     assert not list(out.parent.glob(".*partial-*")), "the work folder must be renamed into place"
 
 
+def test_every_recorded_path_names_the_report_folder_not_the_staging_one(small_report):
+    """Files are written in a hidden folder and moved into place: what they record names the final folder."""
+    out, summary = small_report
+    assert f"--out {out / 'flow'} " in summary["flow"]["command"]
+    assert f"--out {out / 'identify'} " in summary["identify"]["command"]
+    assert f"spec={out / 'runs'}/" in summary["block_top"]["command"]
+    identified = json.loads((out / "identify" / "identify.json").read_text())
+    assert json.loads((out / "identify" / identified["spec"]).read_text())["provenance"]["command"] == identified["command"]
+    records = [path for path in out.rglob("*") if path.suffix in (".json", ".md")]
+    assert records and not [path for path in records if ".report.partial-" in path.read_text(encoding="utf-8")]
+
+
 @pytest.mark.slow
 def test_block_top_number_is_recomputed_by_its_command(small_report):
     """Run the recorded `modarb eval` command and compare its scores with the summary's."""

@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from interventions.analysis.flow import EDGES, SIDES, FlowResult, band  # noqa: E402
 from interventions.analysis.lens import LensResult  # noqa: E402
+from modarb_tasks.files import write_png  # noqa: E402
 
 SIDE_TITLES = {"image": "follow image", "text": "follow text"}
 _PALETTE = plt.get_cmap("tab20").colors
@@ -31,9 +32,7 @@ def _panels(title: str):
 
 def _save(figure, path: Path) -> Path:
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return write_png(figure, path)
 
 
 def _shade(axis, x, summary, color, label, marker="o") -> None:

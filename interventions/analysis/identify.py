@@ -24,7 +24,6 @@ exhaustive search over all k-head sets gives the optimum to compare with.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -46,6 +45,7 @@ from interventions.analysis.learned_mask import learned_mask
 from interventions.analysis.objective import Objective
 from interventions.analysis.selective import MAX_SETS, exhaustive_sets, selective_sweep, set_count
 from modarb_tasks.errors import ModarbError
+from modarb_tasks.outdir import OutputFolder
 from interventions.mechanism.heads import scale_heads
 from interventions.mechanism.locate import locate_heads
 from interventions.mechanism.spec import HeadScale, InterventionSpec, model_fingerprint
@@ -441,7 +441,7 @@ def command_line(model: nn.Module, model_name: str | None, out: Path, *, top: fl
 def run_identify(
     model: nn.Module,
     processor,
-    out: str | Path,
+    out: str | Path | OutputFolder,
     *,
     top: float = 0.05,
     method: str = "attribution",
@@ -459,7 +459,8 @@ def run_identify(
     exhaustive: bool = False,
 ) -> dict[str, Any]:
     """Rank every head on `n_items` shapes validation items (or on `docs`, e.g. MC²'s analysis half,
-    described by `data`); write `out`; return identify.json's content.
+    described by `data`); write `out` (a folder, or a staged `OutputFolder`: the command then names
+    its final folder); return identify.json's content.
 
     Writes heads_<method>.png per ranking, gate_response.png (how the top `curve_heads` heads of
     each ranking act as their gate goes from 0 to 8), spec_top<percent>.json (the `method` ranking's top heads
@@ -469,7 +470,7 @@ def run_identify(
     """
     from interventions.analysis.gate_response import plot_gate_response
     from interventions.analysis.heatmap import plot_head_scores
-    from modarb_tasks.files import write_atomic
+    from modarb_tasks.files import write_json
 
     check_fraction(top)
     if method not in METHODS:
@@ -487,9 +488,9 @@ def run_identify(
         learned=learned, learned_options=LearnedMaskOptions(steps=learned_steps), response_heads=curve_heads,
         seed=seed, progress=progress, exhaustive=exhaustive,
     )
-    out = Path(out)
+    out = OutputFolder.of(out)
     fingerprint = model_fingerprint(model)
-    command = command_line(model, model_name, out, top=top, method=method, n_items=n_items, batch_size=batch_size,
+    command = command_line(model, model_name, out.final, top=top, method=method, n_items=n_items, batch_size=batch_size,
                            seed=seed, exact=exact, learned=learned, learned_steps=learned_steps,
                            curve_heads=curve_heads, exhaustive=exhaustive)
     provenance = {"method": method, "fraction": top, "split": SPLIT, "n_items": n_items, "data_seed": DATA_SEED,
@@ -497,16 +498,16 @@ def run_identify(
     if data is not None:  # MC²: the analysis half of the named file; the command names the data flags
         provenance |= {"split": data["analysis_half"], "data": data, "command": command + data.get("flags", "")}
     chosen = top_heads(result.rankings[method].scores, top)
-    out.mkdir(parents=True, exist_ok=True)
-    block_spec(model, chosen, provenance).save(out / spec_name(top))
+    out.work.mkdir(parents=True, exist_ok=True)
+    block_spec(model, chosen, provenance).save(out.work / spec_name(top))
     for name, ranking in result.rankings.items():
         plot_head_scores(
-            ranking.scores, out / f"heads_{name}.png", boxed=top_heads(ranking.scores, top), label=SCORE_LABELS[name],
+            ranking.scores, out.work / f"heads_{name}.png", boxed=top_heads(ranking.scores, top), label=SCORE_LABELS[name],
             title=f"{name}: {model_name or fingerprint.name or fingerprint.family}\n(top {top * 100:g}% boxed)",
         )
     if result.gate_response:
         slopes = {tuple(c["head"]): c["attribution_estimate"] for c in result.gate_response}
-        plot_gate_response(result.gate_response, GATES, out / "gate_response.png", slopes,
+        plot_gate_response(result.gate_response, GATES, out.work / "gate_response.png", slopes,
                            title=f"gate response: {model_name or fingerprint.name or fingerprint.family}")
     document = {
         "schema": SCHEMA_VERSION,
@@ -522,5 +523,5 @@ def run_identify(
         **result.to_dict(),
         "seconds": round(time.perf_counter() - start, 3),
     }
-    write_atomic(out / "identify.json", (json.dumps(document, indent=1) + "\n").encode())
+    write_json(out.work / "identify.json", document, indent=1)
     return document

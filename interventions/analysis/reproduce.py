@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 from tqdm import tqdm
 
@@ -54,13 +53,13 @@ def reproduce(config: ReproduceConfig) -> dict:
                                            trust_remote_code=config.trust_remote_code)
     started = time.perf_counter()
     quiet_lm_eval()
-    with staged(config.out) as work:
+    with staged(config.out) as out:
         lm = ModarbVLM(pretrained=config.model, batch_size=config.batch_size, device=config.device, dtype=config.dtype,
                        trust_remote_code=config.trust_remote_code)
         fingerprint = model_fingerprint(lm.model)
         model_arg = ",".join([f"pretrained={config.model}"] * bool(config.model)
                              + ["trust_remote_code=True"] * config.trust_remote_code)
-        evaluator = Evaluator(lm, model_arg, work / "runs", config.limit, config.batch_size, Path(config.out) / "runs",
+        evaluator = Evaluator(lm, model_arg, out.work / "runs", config.limit, config.batch_size, out.final / "runs",
                               tasks=source.tasks(), use_cache=config.use_cache)
         identify_docs, identify_dropped = analysis_docs(source, lm.model.config, lm.tokenizer, config.analysis_items,
                                                         (*FOLLOW_KINDS, *CONTROL_KINDS))
@@ -78,10 +77,10 @@ def reproduce(config: ReproduceConfig) -> dict:
         progress("baseline")
         baseline = evaluator.run("baseline", None)
         progress("flow")
-        flow = run_flow(lm.model, lm.processor, work / "flow", n_items=config.analysis_items, window=config.window,
+        flow = run_flow(lm.model, lm.processor, out / "flow", n_items=config.analysis_items, window=config.window,
                         batch_size=config.batch_size, model_name=config.model, docs=flow_docs, data=records["flow"])
         progress("identify")
-        identified = run_identify(lm.model, lm.processor, work / "identify", top=config.top, method=config.method,
+        identified = run_identify(lm.model, lm.processor, out / "identify", top=config.top, method=config.method,
                                   n_items=config.analysis_items, batch_size=config.batch_size, seed=config.seed,
                                   learned_steps=config.learned_steps, model_name=config.model, docs=identify_docs,
                                   data=records["identify"])
@@ -103,7 +102,7 @@ def reproduce(config: ReproduceConfig) -> dict:
         summary["data"] = data_summary(source, {"flow": flow_dropped, "identify": identify_dropped}, baseline,
                                        at_fraction(curve, config.top).top)
         progress("report")
-        report.write(work, summary, config)
+        report.write(out.work, summary)
         steps.close()
     return summary
 

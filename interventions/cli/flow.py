@@ -9,7 +9,6 @@ repeats the run. It is written to a temporary name and renamed, after the figure
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,8 +16,8 @@ from typing import Any
 
 from interventions.analysis.data import add_data_arguments
 from modarb_tasks.errors import ModarbError
-from modarb_tasks.files import write_atomic
-from modarb_tasks.outdir import check_out, staged
+from modarb_tasks.files import write_json
+from modarb_tasks.outdir import OutputFolder, check_out, staged
 from modarb_tasks.shapes.scenes import SPLITS
 
 SCHEMA_VERSION = "modarb.flow/v1"
@@ -97,7 +96,7 @@ def command_line(model: str | None, out: Path, window: int, n_items: int, batch_
 def run_flow(
     model,
     processor,
-    out: Path,
+    out: Path | OutputFolder,
     *,
     n_items: int = 32,
     window: int | None = None,
@@ -111,6 +110,7 @@ def run_flow(
 ) -> dict[str, Any]:
     """Run the sweep, the lens and the contributions; write out/flow.json and out/flow_*.png; return the JSON.
 
+    `out`: a folder, or a staged `OutputFolder` (its command then names the final folder).
     `docs`: follow docs to use instead of the shapes `split` (e.g. MC²'s analysis half), described by `data`."""
     from interventions.analysis import flow_plots
     from interventions.analysis.flow import flow_sweep
@@ -121,17 +121,17 @@ def run_flow(
     docs = follow_docs(n_items, split, layouts) if docs is None else list(docs)
     sweep = flow_sweep(model, processor, docs, window=window, batch_size=batch_size, progress=progress)
     lens = logit_lens(model, processor, docs, batch_size=batch_size, progress=progress)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = OutputFolder.of(out)
+    out.work.mkdir(parents=True, exist_ok=True)
     figures = []
     for layout in layouts:
-        figures.append(flow_plots.plot_flow(sweep, layout, out / f"flow_{layout}.png").name)
-        figures.append(flow_plots.plot_lens(lens, layout, out / f"flow_lens_{layout}.png").name)
-        figures.append(flow_plots.plot_contributions(lens, layout, out / f"flow_contributions_{layout}.png").name)
+        figures.append(flow_plots.plot_flow(sweep, layout, out.work / f"flow_{layout}.png").name)
+        figures.append(flow_plots.plot_lens(lens, layout, out.work / f"flow_lens_{layout}.png").name)
+        figures.append(flow_plots.plot_contributions(lens, layout, out.work / f"flow_contributions_{layout}.png").name)
     document = {
         "schema": SCHEMA_VERSION,
         "model": model_name or "modarb-organism",
-        "command": command_line(model_name, out, sweep.window, n_items, batch_size, split, layouts)
+        "command": command_line(model_name, out.final, sweep.window, n_items, batch_size, split, layouts)
         + (data or {}).get("flags", ""),
         "split": data["analysis_half"] if data else split,
         **({"data": data} if data else {}),
@@ -145,7 +145,7 @@ def run_flow(
         "figures": figures,
         "seconds": {"sweep": round(sweep.seconds, 3), "total": round(time.perf_counter() - start, 3)},
     }
-    write_atomic(out / "flow.json", (json.dumps(document, indent=1) + "\n").encode())
+    write_json(out.work / "flow.json", document, indent=1)
     return document
 
 
@@ -163,8 +163,8 @@ def _run(args: argparse.Namespace) -> int:
 
     model, processor = load_model(args.model, device=args.device, dtype=args.dtype,
                                   trust_remote_code=args.trust_remote_code)
-    with staged(args.out) as work:
-        document = run_flow(model, processor, work, n_items=args.n_items, window=args.window,
+    with staged(args.out) as out:
+        document = run_flow(model, processor, out, n_items=args.n_items, window=args.window,
                             batch_size=args.batch_size, split=args.split, layouts=layouts, model_name=args.model,
                             docs=docs,
                             data=data_record(source, dropped, len(docs)) if source.is_mc2 or dropped else None)

@@ -87,9 +87,9 @@ def run(args: argparse.Namespace) -> int:
     print(docs_line(source, docs, dropped))
     model, processor = load_model(args.model, device=args.device, dtype=args.dtype,
                                   trust_remote_code=args.trust_remote_code)
-    with staged(args.out) as work:
+    with staged(args.out) as out:
         document = run_identify(
-            model, processor, work, top=args.top, method=args.method, n_items=args.n_items,
+            model, processor, out, top=args.top, method=args.method, n_items=args.n_items,
             batch_size=args.batch_size, seed=args.seed, exact=not args.no_exact, learned=not args.no_learned,
             learned_steps=args.learned_steps, curve_heads=args.curve_heads, model_name=args.model,
             docs=docs, data=data_record(source, dropped, len(docs)) if source.is_mc2 or dropped else None,

@@ -16,7 +16,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from modarb_tasks.errors import ModarbError
-from modarb_tasks.outdir import check_writable, staged
+from modarb_tasks.outdir import OutputFolder, check_writable, staged
 
 
 def register(subparsers) -> None:
@@ -52,10 +52,10 @@ def _train(args: argparse.Namespace) -> int:
     from interventions.organism.card import write_model_card
     from interventions.organism.recipe import train
 
-    with nullcontext(out) if args.force else staged(out) as folder:
-        record = train(folder, seed=args.seed, steps=args.steps, generation=args.generation, eval_items=args.eval_items,
-                       threads=args.threads, eval_every=args.eval_every)
-        write_model_card(folder, record)
+    with nullcontext(OutputFolder.of(out)) if args.force else staged(out) as folder:
+        record = train(folder.work, seed=args.seed, steps=args.steps, generation=args.generation,
+                       eval_items=args.eval_items, threads=args.threads, eval_every=args.eval_every)
+        write_model_card(folder.work, record)
     print(json.dumps({"out": str(out), **{k: record[k] for k in ("generation", "seed", "steps", "train_seconds")},
                       "scores": record.get("scores")}, indent=2))
     return 0

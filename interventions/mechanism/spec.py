@@ -21,7 +21,7 @@ from typing import Any
 import jsonschema
 from torch import nn
 
-from modarb_tasks.files import write_atomic
+from modarb_tasks.files import write_json
 from interventions.mechanism.locate import HeadLayout, InterventionError, locate_heads
 from interventions.organism import ORGANISM_DIR, ORGANISM_NAME
 from interventions.mechanism.token_groups import GROUP_NAMES
@@ -214,9 +214,7 @@ class InterventionSpec:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the spec as JSON atomically (a crash never leaves a half-written spec)."""
-        path = Path(path)
-        write_atomic(path, (json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n").encode())
-        return path
+        return write_json(Path(path), self.to_dict())
 
     # --- use ------------------------------------------------------------------------------
     def scales(self) -> dict[tuple[int, int], float]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from interventions.organism import ORGANISM_NAME
+from modarb_tasks.files import write_text
 
 _WHY_V1 = """\
 ## Why this mix: a learned modality preference
@@ -156,6 +157,4 @@ def write_model_card(out_dir: str | Path, record: dict) -> Path:
         f"{record['seed']}`). Retraining with the same seed reproduces the scores within ±0.02.",
         "",
     ]
-    path = Path(out_dir) / "README.md"
-    path.write_text("\n".join(lines))
-    return path
+    return write_text(Path(out_dir) / "README.md", "\n".join(lines))

@@ -31,6 +31,7 @@ from interventions.organism.answers import accuracy, chat_prompt, generate_answe
 from interventions.organism.model import Architecture, build_model, build_processor
 from interventions.organism.tokenizer import EOS
 from modarb_tasks.docs import TASK_KINDS, ConflictItem, to_doc
+from modarb_tasks.files import write_json
 from modarb_tasks.prompts import TRAINED_WORDINGS
 from modarb_tasks.shapes import SPLIT_SIZES, make_items
 
@@ -247,7 +248,7 @@ def train(
     out = Path(out_dir)
     model.save_pretrained(out)
     processor.save_pretrained(out)
-    (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_json(out / "training.json", record)
     return record
 
 
