@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import base64
 import functools
-import io
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from leaderboard.entries import BASELINE, ENTRIES_DIR, headline, load_entries
 from modarb_tasks.catalog import FOLLOW_SLOTS, LABELS, MF_RATIO, SCORES, SLOTS, Metric, catalog, pooled_mf_ratio
-from modarb_tasks.files import write_atomic
+from modarb_tasks.files import png_bytes, write_atomic
 
 BOARD_DIR = ENTRIES_DIR.parent
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
@@ -175,12 +174,6 @@ def render_html(rows: list[Row], plots: dict[str, bytes]) -> str:
     return _templates().get_template("index.html.j2").render(**_by_kind(rows), plots=images)
 
 
-def _png(figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
-    return buffer.getvalue()
-
-
 def _legend_below(axes) -> None:
     axes.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
 
@@ -212,7 +205,7 @@ def render_plots(rows: list[Row]) -> dict[str, bytes]:
     axes.set(xlabel="MF ratio", ylabel="control accuracy", xlim=(-0.05, 1.05), ylim=(-0.05, 1.05),
              title="Modality following vs preserved ability, per intervention")
     _legend_below(axes)
-    plots["scatter"] = _png(figure)
+    plots["scatter"] = png_bytes(figure, dpi=100, bbox_inches="tight")
     plt.close(figure)
 
     columns = SCORES
@@ -225,7 +218,7 @@ def render_plots(rows: list[Row]) -> dict[str, bytes]:
     axes.set_xticks([x + 0.4 - width / 2 for x in range(len(columns))], [HEADERS[c] for c in columns])
     axes.set(ylabel="score", ylim=(0, 1.05), title="Scores per task")
     _legend_below(axes)
-    plots["bars"] = _png(figure)
+    plots["bars"] = png_bytes(figure, dpi=100, bbox_inches="tight")
     plt.close(figure)
     return plots
 
