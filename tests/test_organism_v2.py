@@ -4,6 +4,7 @@ and is deterministic, and generation 1's recipe still builds the shipped organis
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import asdict
 
 import pytest
@@ -21,7 +22,7 @@ from interventions.organism.card import write_model_card
 from interventions.organism.model import Architecture, build_model, build_processor
 from interventions.organism.recipe import GENERATIONS, Mix, Schedule, train
 from interventions.organism.tokenizer import train_subword_tokenizer
-from modarb_tasks.docs import to_doc
+from modarb_tasks.docs import TASK_KINDS, to_doc
 from modarb_tasks.prompts import CONSTRAINT, INSTRUCTION_WORDINGS, TRAINED_WORDINGS
 from modarb_tasks.shapes import make_items
 
@@ -119,10 +120,35 @@ def _weights(folder):
     return load_file(folder / "model.safetensors")
 
 
-def _tiny_v2_run(folder, seed, steps, batch_size=8):
+def _tiny_v2_run(folder, seed, steps, batch_size=8, **options):
     arch = Architecture(**TINY, patch=V2.arch.patch, tokenizer=V2.arch.tokenizer)
     schedule = Schedule(steps=steps, batch_size=batch_size, lr=3e-3, warmup=5, train_items=100)
-    return train(folder, seed=seed, arch=arch, schedule=schedule, generation=2, eval_items=0, progress=False)
+    return train(folder, seed=seed, arch=arch, schedule=schedule, generation=2, eval_items=0, progress=False, **options)
+
+
+def test_a_skill_probe_trains_one_kind_and_its_curve_breaks_each_kind_down_by_question_type(tmp_path):
+    record = _tiny_v2_run(tmp_path, seed=0, steps=6, only="language_control", batch_size=3, eval_every=3)
+    assert record["mix"]["kinds"] == record["mix"]["alignment_kinds"] == {"language_control": 1.0}
+    assert record["schedule"]["batch_size"] == 3 and record["schedule"]["steps"] == 6
+    assert [point["step"] for point in record["validation_curve"]] == [3, 6]
+    counts = Counter(item.question_type for item in make_items("validation", 100))
+    for point in record["validation_curve"]:
+        assert point["by_question_type"].keys() == set(TASK_KINDS)
+        for kind, by_type in point["by_question_type"].items():
+            assert by_type.keys() == counts.keys()
+            # the breakdown comes from the same answers as the kind's score
+            assert sum(by_type[q] * n for q, n in counts.items()) / 100 == pytest.approx(point[kind])
+    with pytest.raises(ValueError, match="unknown training kind 'reading'"):
+        _tiny_v2_run(tmp_path / "x", seed=0, steps=1, only="reading")
+
+
+def test_cli_skill_probe_flags_are_checked_before_training(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        organism_main(["train", "--generation", "2", "--only", "reading", "--out", str(tmp_path / "x")])
+    assert exit_info.value.code == 2 and "invalid choice: 'reading'" in capsys.readouterr().err
+    assert organism_main(["train", "--generation", "2", "--batch-size", "0", "--out", str(tmp_path / "y")]) == 2
+    assert "--batch-size 0 must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists()
 
 
 def test_v2_recipe_trains_and_the_loss_falls(tmp_path):

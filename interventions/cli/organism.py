@@ -16,7 +16,12 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from modarb_tasks.errors import ModarbError
+from interventions.organism.captions import CAPTION_KINDS
+from modarb_tasks.docs import TASK_KINDS
 from modarb_tasks.outdir import OutputFolder, check_writable, staged
+
+# What `--only` may name: the kinds of the recipe's mix (the caption kinds of its alignment stage too).
+TRAINING_KINDS = (*CAPTION_KINDS, *TASK_KINDS)
 
 
 def register(subparsers) -> None:
@@ -32,6 +37,10 @@ def register(subparsers) -> None:
     train.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
     train.add_argument("--eval-every", type=int, default=2000, help="score 100 validation items every N steps (0: never)")
     train.add_argument("--eval-items", type=int, default=500, help="test-split items to score at the end (0: none)")
+    train.add_argument("--batch-size", type=int, default=None, help="examples per step (default: the recipe's)")
+    train.add_argument("--only", choices=TRAINING_KINDS, default=None,
+                       help="train on this one kind of the mix alone: a skill probe of the recipe's architecture "
+                            "and tokenizer (see its learning curve with --eval-every); not a shippable organism")
     train.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2; the shipped run used 2)")
     train.add_argument("--force", action="store_true", help="overwrite a folder that already holds a model")
     train.set_defaults(func=_train)
@@ -42,7 +51,7 @@ def register(subparsers) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     out = args.out or Path(f"organism-{time.strftime('%Y%m%d-%H%M%S')}")
-    for flag, value, least in (("--steps", args.steps, 1), ("--threads", args.threads, 1),
+    for flag, value, least in (("--steps", args.steps, 1), ("--threads", args.threads, 1), ("--batch-size", args.batch_size, 1),
                                ("--eval-every", args.eval_every, 0), ("--eval-items", args.eval_items, 0)):
         if value is not None and value < least:
             raise ModarbError(f"{flag} {value} must be at least {least}")
@@ -54,7 +63,8 @@ def _train(args: argparse.Namespace) -> int:
 
     with nullcontext(OutputFolder.of(out)) if args.force else staged(out) as folder:
         record = train(folder.work, seed=args.seed, steps=args.steps, generation=args.generation,
-                       eval_items=args.eval_items, threads=args.threads, eval_every=args.eval_every)
+                       eval_items=args.eval_items, threads=args.threads, eval_every=args.eval_every,
+                       only=args.only, batch_size=args.batch_size)
         write_model_card(folder.work, record)
     print(json.dumps({"out": str(out), **{k: record[k] for k in ("generation", "seed", "steps", "train_seconds")},
                       "scores": record.get("scores")}, indent=2))

@@ -19,7 +19,7 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -126,28 +126,45 @@ GENERATIONS = {
 }
 
 
-def score(
+def score(model, processor, items: list[ConflictItem], **options) -> dict[str, float]:
+    """Accuracy of the model on each task kind over `items` (mf_ratio per side, control accuracy).
+
+    The kinds use the paper's wording; each of `wordings` adds "follow_image@W" and "follow_text@W".
+    `options` are score_with_breakdown's (batch_size, wordings, apply_chat_template).
+    """
+    return score_with_breakdown(model, processor, items, **options)[0]
+
+
+def score_with_breakdown(
     model,
     processor,
     items: list[ConflictItem],
     batch_size: int = 64,
     wordings: Sequence[str] = (),
     apply_chat_template: bool = False,
-) -> dict[str, float]:
-    """Accuracy of the model on each task kind over `items` (mf_ratio per side, control accuracy).
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """`score`'s accuracies, and each task kind's accuracy per question type (paper wording).
 
-    The kinds use the paper's wording; each of `wordings` adds "follow_image@W" and "follow_text@W".
+    The breakdown tells a skill that is not learnt (one question type at chance) from one that is
+    learnt slowly everywhere, from the same answers.
     """
     runs = [(kind, kind, "paper") for kind in TASK_KINDS]
     runs += [(f"{kind}@{wording}", kind, wording) for wording in wordings for kind in ("follow_image", "follow_text")]
-    scores = {}
+    scores, breakdown = {}, {}
     for name, kind, wording in runs:
         docs = [to_doc(item, kind, wording=wording) for item in items]
         answers = generate_answers(
             model, processor, docs, batch_size=batch_size, apply_chat_template=apply_chat_template
         )
         scores[name] = accuracy(answers, docs)
-    return scores
+        if name == kind:
+            by_type: dict[str, tuple[list[str], list[dict]]] = {}
+            for answer, doc in zip(answers, docs, strict=True):
+                pairs = by_type.setdefault(doc["question_type"], ([], []))
+                pairs[0].append(answer)
+                pairs[1].append(doc)
+            breakdown[name] = {qtype: accuracy(*pairs) for qtype, pairs in sorted(by_type.items())}
+    return scores, breakdown
 
 
 def train(
@@ -162,6 +179,8 @@ def train(
     threads: int | None = 2,
     progress: bool = True,
     eval_every: int = 0,
+    only: str | None = None,
+    batch_size: int | None = None,
 ) -> dict:
     """Train the organism, save it (model, processor, model card) to `out_dir`, return its record.
 
@@ -169,7 +188,9 @@ def train(
     of the test split (0 skips scoring). `arch`, `mix` and `schedule` default to those of
     GENERATIONS[generation], which also decides how it is scored; `steps` overrides `schedule.steps`.
     With `eval_every`, the record also holds a learning curve scored on 100 validation items every
-    that many steps.
+    that many steps, with each kind's accuracy per question type. `only` trains on one kind of
+    the mix alone (a skill probe: can this architecture and tokenizer learn to see, or to read,
+    within a budget?); `batch_size` overrides `schedule.batch_size`.
     """
     if generation not in GENERATIONS:
         raise ValueError(f"unknown organism generation {generation!r}; choose one of {sorted(GENERATIONS)}")
@@ -178,8 +199,12 @@ def train(
     scoring = {"wordings": recipe.scored_wordings, "apply_chat_template": recipe.chat_scores}
     if threads:
         torch.set_num_threads(threads)
-    if steps is not None:
-        schedule = Schedule(**{**asdict(schedule), "steps": steps})
+    if only is not None:
+        if only not in mix.kinds:
+            raise ValueError(f"unknown training kind {only!r}; choose one of {sorted(mix.kinds)}")
+        mix = replace(mix, kinds={only: 1.0}, alignment_kinds={only: 1.0})
+    overrides = {key: value for key, value in (("steps", steps), ("batch_size", batch_size)) if value is not None}
+    schedule = replace(schedule, **overrides)
     started = time.perf_counter()
     processor = build_processor(arch)
     model = build_model(processor, arch, seed)
@@ -218,8 +243,9 @@ def train(
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}")
         if eval_every and (step + 1) % eval_every == 0:
             model.eval()
+            scores, breakdown = score_with_breakdown(model, processor, validation, **scoring)
             curve.append({"step": step + 1, "seconds": round(time.perf_counter() - started, 1),
-                          **score(model, processor, validation, **scoring)})
+                          **scores, "by_question_type": breakdown})
             bar.write(json.dumps(curve[-1]))
             model.train()
     train_seconds = time.perf_counter() - started
