@@ -15,9 +15,9 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-from modarb_tasks.errors import ModarbError
 from interventions.organism.captions import CAPTION_KINDS
 from modarb_tasks.docs import TASK_KINDS
+from modarb_tasks.errors import ModarbError
 from modarb_tasks.outdir import OutputFolder, check_writable, staged
 
 # What `--only` may name: the kinds of the recipe's mix (the caption kinds of its alignment stage too).
@@ -51,8 +51,9 @@ def register(subparsers) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     out = args.out or Path(f"organism-{time.strftime('%Y%m%d-%H%M%S')}")
-    for flag, value, least in (("--steps", args.steps, 1), ("--threads", args.threads, 1), ("--batch-size", args.batch_size, 1),
-                               ("--eval-every", args.eval_every, 0), ("--eval-items", args.eval_items, 0)):
+    for flag, value, least in (("--steps", args.steps, 1), ("--threads", args.threads, 1),
+                               ("--batch-size", args.batch_size, 1), ("--eval-every", args.eval_every, 0),
+                               ("--eval-items", args.eval_items, 0)):
         if value is not None and value < least:
             raise ModarbError(f"{flag} {value} must be at least {least}")
     if (out / "config.json").exists() and not args.force:

@@ -66,8 +66,8 @@ score 100 validation items every 1,000 steps
   the asked attribute, but often that of another object: of its 110 wrong answers on 300
   validation items after 15,000 steps, 87 name a value of the asked attribute that the context
   gives another object, 16 one it does not give, 7 a wrong count, none an attribute of another
-  kind. Binding the question to its object across word tokens is what is not learnt. That is what generation 1's card
-  found for word tokens, and why it has one token per sentence.
+  kind. Binding the question to its object across word tokens is what is not learnt. That is
+  what generation 1's card found for word tokens, and why it has one token per sentence.
 - Seeing (image-only questions): 0.27 after 1,000 steps, 0.47 at 6,000 (9 minutes). Each
   object now straddles four patches of the frozen random tower.
 - Did not lift the reading plateau within 3,000–6,000 steps (exploratory runs): batch 32
@@ -76,8 +76,8 @@ score 100 validation items every 1,000 steps
   (verbatim or in reading order) or describing one named object beside the questions,
   query/key initialisation × 3.
   Restating in reading order is learnt (batch loss 0.07, nearly all of it restated tokens),
-  so the decoder can bind words to objects when every token is supervised; one answer token per example is too little signal to learn
-  to route the question to its object in this budget.
+  so the decoder can bind words to objects when every token is supervised; one answer token
+  per example is too little signal to learn to route the question to its object in this budget.
 """
 
 _WHY = {1: _WHY_V1, 2: _WHY_V2}

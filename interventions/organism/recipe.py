@@ -158,12 +158,10 @@ def score_with_breakdown(
         )
         scores[name] = accuracy(answers, docs)
         if name == kind:
-            by_type: dict[str, tuple[list[str], list[dict]]] = {}
-            for answer, doc in zip(answers, docs, strict=True):
-                pairs = by_type.setdefault(doc["question_type"], ([], []))
-                pairs[0].append(answer)
-                pairs[1].append(doc)
-            breakdown[name] = {qtype: accuracy(*pairs) for qtype, pairs in sorted(by_type.items())}
+            breakdown[name] = {
+                qtype: accuracy(*zip(*((a, d) for a, d in zip(answers, docs) if d["question_type"] == qtype)))
+                for qtype in sorted({doc["question_type"] for doc in docs})
+            }
     return scores, breakdown
 
 
