@@ -23,9 +23,14 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 demo: $(STAMP)
 	$(BIN)/modarb reproduce --out reports/demo
 
+# Tests run one torch thread each (tests/conftest.py), so one worker per core keeps every core busy;
+# worksteal rebalances when a worker is left with the long end-to-end runs. TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= auto
+PYTEST := $(BIN)/python -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist worksteal)
+
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(PYTEST)
 
 # Everything but the tests marked slow (pyproject.toml says which): the quick check while editing.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow"
+	$(PYTEST) -m "not slow"
