@@ -83,10 +83,10 @@ score 100 validation items every 1,000 steps
   Restating in reading order is learnt (batch loss 0.07, nearly all of it restated tokens), so
   the decoder can copy a context word by word; six or twelve supervised answers per context
   lift the plateau only to 0.73, so too few supervised tokens is not the whole cause. The
-  six-question drill's breakdown points at what is missing: counting, which only has to find every word of the asked
-  shape, reaches 0.88, while the types that must read the word beside the one found stay at
-  0.38 (size), 0.57 (colour), 0.62 (shape) and 0.75 (position): an object's attributes are not
-  carried onto its other words.
+  six-question drill's breakdown points at what is missing: counting, which only has to find
+  every word of the asked shape, reaches 0.88, while the types that must read the word beside
+  the one found stay at 0.38 (size), 0.57 (colour), 0.62 (shape) and 0.75 (position): an
+  object's attributes are not carried onto its other words.
 """
 
 _WHY = {1: _WHY_V1, 2: _WHY_V2}
