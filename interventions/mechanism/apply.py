@@ -8,7 +8,7 @@ BatchState value. `apply_spec` does both, for a one-off block.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
@@ -35,10 +35,12 @@ class PreparedSpec:
 @dataclass(frozen=True)
 class BatchState:
     """What one batch's hooks need besides the prepared spec: the batch's docs (one per row, when
-    known) and their token-group masks (name -> bool [B, S], see token_groups.token_groups)."""
+    known), their token-group masks (name -> bool [B, S], see token_groups.token_groups), and the
+    answer positions (bool [B, W], see `answer_positions`) that a `positions="last"` scope acts on."""
 
     docs: tuple[Mapping | None, ...] = ()
     token_groups: Mapping[str, torch.Tensor] | None = None
+    answer: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         rows = {mask.shape[0] for mask in (self.token_groups or {}).values()}
@@ -67,6 +69,8 @@ def apply_prepared(prepared: PreparedSpec, batch: BatchState | None = None) -> I
     with ExitStack() as stack:
         if spec.heads:
             positions = groups[spec.positions] if spec.positions in prepared.groups_needed else spec.positions
+            if positions == "last" and batch is not None and batch.answer is not None:
+                positions = batch.answer
             stack.enter_context(scale_heads(prepared.model, spec.scales(), positions, layout=prepared.layout))
         if spec.knockout is not None and spec.knockout.edges:
             ko = spec.knockout
@@ -83,6 +87,26 @@ def apply_spec(
     (prepare_spec + apply_prepared; a caller hooking many batches prepares once)."""
     with apply_prepared(prepare_spec(model, spec), BatchState(token_groups=token_groups)):
         yield
+
+
+def answer_positions(attention_mask: torch.Tensor, answer_lengths: Sequence[int] | None = None,
+                     generated: int = 0) -> torch.Tensor:
+    """Bool [B, S + generated]: the positions of each row that predict its answer, where a
+    `positions="last"` scope acts whether the answer is generated or scored.
+
+    That is the row's last prompt position and every answer position after it: the `generated`
+    columns a cached generate() appends, or, for a scored continuation whose tokens end the row, the
+    last context position and the first `answer_lengths[row] - 1` continuation positions (the
+    continuation's final token predicts nothing that is scored, so including it changes nothing).
+    A plain "final position of each call" scope would act on every generated token in a cached
+    generate() but only on the final one in an uncached forward, so the two would disagree."""
+    attended = attention_mask.bool()
+    rows, width = attended.shape
+    columns = torch.arange(width + generated, device=attended.device)
+    last = torch.where(attended, torch.arange(width, device=attended.device), -1).amax(1)
+    lengths = torch.as_tensor(answer_lengths or [0] * rows, device=attended.device)
+    start = last - lengths.clamp(min=0)
+    return (columns[None, :] >= start[:, None]) & (columns[None, :] <= last[:, None] + generated)
 
 
 def _batch_groups(prepared: PreparedSpec, token_groups: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:

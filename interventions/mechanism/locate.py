@@ -7,7 +7,8 @@ vision towers live outside the decoder and use other names, so they never match.
 
 Interventions scoped to token positions also need to know which absolute positions (indices
 into the padded prompt) one attention call's queries and keys are; with a KV cache those
-start at the cache length, so `call_span` reads them from the cache the call receives.
+start at the cache length, so `call_span` reads them from the cache object the call receives
+(found by its type: transformers has renamed the keyword that carries it, `past_key_values` -> `cache`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers.cache_utils import Cache
 
 from modarb_tasks.errors import ModarbError
 from interventions.families import FamilyLayout, family_layout
@@ -117,12 +119,17 @@ def call_span(attention: nn.Module, args: tuple, kwargs: dict[str, Any]) -> Call
     """The CallSpan of a self-attention call, read in a forward pre-hook (before the cache update)."""
     hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
     query_length = hidden.shape[1]
-    cache = kwargs.get("past_key_values")
+    cache = kv_cache(kwargs)
     if cache is None:
         return CallSpan(0, query_length, 0, query_length)
     past = cache.get_seq_length(attention.layer_idx)
     key_length, key_offset = cache.get_mask_sizes(query_length, attention.layer_idx)
     return CallSpan(past, query_length, key_offset, key_length)
+
+
+def kv_cache(kwargs: dict[str, Any]) -> Cache | None:
+    """The KV cache among an attention call's keyword arguments, whatever the keyword is called."""
+    return next((value for value in kwargs.values() if isinstance(value, Cache)), None)
 
 
 def window(mask: torch.Tensor, start: int, length: int) -> torch.Tensor:

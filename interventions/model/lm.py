@@ -15,11 +15,11 @@ lm-eval methods it overrides, and why:
   hand the encoder prompt strings only, so a batch's docs could reach its hooks only through a
   lookup by prompt; here the loop that encodes a batch hooks it, and no per-batch data lives on
   the instance. Without the stock multimodal loop's `gc.collect()` after every batch, which on a
-  small model costs more than the model itself (DESIGN.md §6).
+  small model costs more than the model itself.
 - `loglikelihood`: image requests through the loop above's encoder; text-only ones stay stock.
 - `_model_call`: the stock text-only scoring loops (loglikelihood, loglikelihood_rolling) run each
-  batch's forward through it; the spec is applied there, without token groups (they encode
-  request by request, so none exist; a spec that needs them is refused).
+  batch's forward through it; the spec is applied there, without token groups or answer positions
+  (they encode request by request, so none exist; a spec that needs them is refused).
 - `tok_batch_multimodal_encode`: the encoder the analyses share (interventions.model.encoding).
 - `_create_tokenizer` (the processor loader) and `get_model_info` (no hub calls).
 """
@@ -44,7 +44,7 @@ from lm_eval.models.utils import (
 )
 from tqdm import tqdm
 
-from interventions.mechanism.apply import BatchState, PreparedSpec, apply_prepared, prepare_spec
+from interventions.mechanism.apply import BatchState, PreparedSpec, answer_positions, apply_prepared, prepare_spec
 from interventions.mechanism.locate import locate_heads
 from interventions.model.cache import cache_record, weights_fingerprint
 from interventions.model.encoding import encode_multimodal, image_string
@@ -54,6 +54,7 @@ from interventions.model.model_args import check_model_args, check_tasks_for_spe
 from interventions.organism import organism_path
 from interventions.model.processors import load_processor
 from interventions.mechanism.spec import InterventionSpec, model_name
+from interventions.versions import warn_untested_versions
 from interventions.mechanism.token_groups import doc_token_groups, image_token_id
 
 MODARB_VERSION = "0.1.0"
@@ -76,6 +77,7 @@ class ModarbVLM(HFMultimodalLM):
         positions: str = "all",
         **kwargs,
     ) -> None:
+        warn_untested_versions()  # lm_eval's own CLI and the Python API start here, not in `modarb`
         check_model_args(kwargs, spec=spec, block=block, amplify=amplify, alpha=alpha, positions=positions)
         if kwargs.get("device") is None:  # HFLM's own default is "cuda", even on a CPU-only machine
             kwargs["device"] = "cuda" if torch.cuda.is_available() else "cpu"
@@ -158,7 +160,8 @@ class ModarbVLM(HFMultimodalLM):
             visuals = [[resize_image(image, self.image_width, self.image_height, self.image_max_side)
                         for image in r.args[2]["visual"]] for r in batch] if images else None
             encoding, state = self._encode_batch([r.args[0] for r in batch], visuals, [r.doc for r in batch],
-                                                 left_truncate_len=max_prompt, truncation=self.truncation)
+                                                 left_truncate_len=max_prompt, truncation=self.truncation,
+                                                 generated=max_new)
             prompt_length = encoding["input_ids"].shape[1]
             max_length = kwargs.pop("max_length", prompt_length + max_new)
             with self._intervention(state):
@@ -217,9 +220,11 @@ class ModarbVLM(HFMultimodalLM):
         return encoding, texts
 
     def _encode_batch(self, strings: list[str], visuals: list[list] | None, docs: list[dict | None],
-                      left_truncate_len: int | None = None, truncation: bool = False):
+                      left_truncate_len: int | None = None, truncation: bool = False,
+                      answer_lengths: list[int] | None = None, generated: int = 0):
         """(model inputs, BatchState) of one batch: `visuals` None for text-only rows (the tokenizer alone,
-        as the stock text loop encodes them)."""
+        as the stock text loop encodes them); `answer_lengths` (scored continuations ending each row) or
+        `generated` (tokens generate() will add) place the answer positions of a positions=last spec."""
         if visuals is None:
             input_ids, attention_mask = self.tok_batch_encode(strings, left_truncate_len=left_truncate_len,
                                                               truncation=truncation)
@@ -227,7 +232,10 @@ class ModarbVLM(HFMultimodalLM):
             texts = strings
         else:
             encoding, texts = self._encode(strings, visuals, left_truncate_len=left_truncate_len, truncation=truncation)
-        return encoding, BatchState(docs=tuple(docs), token_groups=self._groups(encoding, texts, docs))
+        answer = None
+        if self._prepared is not None and self._prepared.spec.heads and self._prepared.spec.positions == "last":
+            answer = answer_positions(encoding["attention_mask"], answer_lengths, generated)
+        return encoding, BatchState(docs=tuple(docs), token_groups=self._groups(encoding, texts, docs), answer=answer)
 
     # --- likelihood with images -------------------------------------------------------------
     def loglikelihood(self, requests: list[Instance], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
@@ -242,11 +250,17 @@ class ModarbVLM(HFMultimodalLM):
 
     def _model_call(self, inps, attn_mask=None, labels=None):
         """One batch of the stock text-only scoring loops. They encode request by request and build no
-        token groups, so a spec that needs them is refused rather than given masks of another batch."""
+        token groups, so a spec that needs them is refused rather than given masks of another batch; so is
+        positions=last, whose answer positions (where each continuation starts) these loops do not expose."""
         if self._prepared is not None and self._prepared.groups_needed:
             raise ModarbError(
                 f"spec {self.spec.identity()} needs token groups {sorted(self.spec.groups_needed())}, which hf-modarb "
                 "builds for generation and image loglikelihood only; use positions=all for text-only loglikelihood tasks"
+            )
+        if self._prepared is not None and self.spec.heads and self.spec.positions == "last":
+            raise ModarbError(
+                f"spec {self.spec.identity()} scales heads at the answer positions (positions=last), which hf-modarb "
+                "finds for generation and image loglikelihood only; use positions=all for text-only loglikelihood tasks"
             )
         with self._intervention(None):
             return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
@@ -261,14 +275,14 @@ class ModarbVLM(HFMultimodalLM):
             pairs = [_split_trailing_space(*request.args[:2]) for request in batch]
             strings = [context + continuation for context, continuation in pairs]
             visuals = [list(request.args[2]["visual"]) for request in batch]
-            encoding, state = self._encode_batch(strings, visuals, [request.doc for request in batch])
+            lengths = [self._continuation_length(context, continuation) for context, continuation in pairs]
+            encoding, state = self._encode_batch(strings, visuals, [request.doc for request in batch],
+                                                 answer_lengths=lengths)
             with torch.no_grad(), self._intervention(state):
                 logits = self.model(**encoding).logits
             log_probs = F.log_softmax(logits.float(), dim=-1)
-            for row, (index, (context, continuation)) in enumerate(zip(order[start : start + self.batch_size], pairs)):
-                length = len(self.tok_encode(context + continuation)) - len(self.tok_encode(context))
-                if length < 1:
-                    raise ModarbError(f"continuation {continuation!r} adds no tokens to its context; check the task's choices")
+            for row, index in enumerate(order[start : start + self.batch_size]):
+                length = lengths[row]
                 targets = encoding["input_ids"][row, -length:]
                 scores = log_probs[row, -length - 1 : -1]
                 picked = scores.gather(-1, targets[:, None]).squeeze(-1)
@@ -276,6 +290,13 @@ class ModarbVLM(HFMultimodalLM):
             progress.update(len(batch))
         progress.close()
         return results
+
+    def _continuation_length(self, context: str, continuation: str) -> int:
+        """How many tokens `continuation` adds to `context` (ModarbError when none)."""
+        length = len(self.tok_encode(context + continuation)) - len(self.tok_encode(context))
+        if length < 1:
+            raise ModarbError(f"continuation {continuation!r} adds no tokens to its context; check the task's choices")
+        return length
 
     # --- the intervention around one batch ---------------------------------------------------
     def _groups(self, encoding, texts: Sequence[str], docs: Sequence[dict | None]) -> dict[str, torch.Tensor] | None:
