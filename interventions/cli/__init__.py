@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 
+from interventions.versions import warn_untested_versions
 from modarb_tasks.errors import ModarbError
 
 EXIT_BAD_INPUT = 2
@@ -95,6 +96,7 @@ def _print_tasks_path(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    warn_untested_versions()
     try:
         if argv and argv[0] == "eval":
             from interventions.model.harness import run_lm_eval
