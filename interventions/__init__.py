@@ -9,7 +9,3 @@ Subpackages, each importing only the ones above it in this list:
   cli/        the `modarb` command: argument parsing, with each subcommand's work imported on use
   testing/    test support: tiny random-init models of every family (never loaded by hf-modarb)
 """
-
-from interventions import moved
-
-moved.install()

@@ -1,7 +1,7 @@
 """`--use_cache`: answers are keyed by model and intervention, never shared between them.
 
 lm-eval keys a cached request by its content alone; modarb's scoped cache (interventions/model/cache.py)
-adds the model's fingerprint and the spec's identity. The CLI test runs what issue 15 ran; the
+adds the model's fingerprint and the spec's identity. The CLI test runs the commands a user runs; the
 in-process tests count the model's forward calls to show what was recomputed and what was not.
 """
 
@@ -50,7 +50,7 @@ def _finish(started: tuple[subprocess.Popen, Path]) -> tuple[float, int, int, di
 
 @pytest.mark.usefixtures("organism_dir")
 def test_a_spec_never_reads_the_baselines_cached_answers(tmp_path):
-    """Issue 15's commands on one cache path (runs that share no cache file run concurrently)."""
+    """A user's commands on one cache path (runs that share no cache file run concurrently)."""
     shared = tmp_path / "cache"
     uncached_block = _start(tmp_path / "c", None, "block=L0H5")
     baseline, _, computed, config = _finish(_start(tmp_path / "a", shared))

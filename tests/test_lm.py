@@ -1,6 +1,6 @@
 """`hf-modarb` in process on the bundled organism: interventions change (or keep) what lm-eval scores,
 image loglikelihood is the model's own, the mixed `modarb` group runs, and the organism is an
-ordinary HF model that stock `hf-multimodal` scores like a plain generate loop (issue 3)."""
+ordinary HF model that stock `hf-multimodal` scores like a plain generate loop."""
 
 from __future__ import annotations
 
@@ -337,7 +337,7 @@ def test_image_loglikelihood_is_the_models_own_and_stock_cannot(organism_dir, ba
         stock.loglikelihood(requests[:2], disable_tqdm=True)
 
 
-# --- issue 3: the organism is an ordinary HF model ---------------------------------------------
+# --- the organism is an ordinary HF model ----------------------------------------------------
 
 
 def test_stock_hf_multimodal_scores_the_organism_like_a_plain_generate_loop(organism_dir, tasks):

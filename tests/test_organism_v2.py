@@ -1,4 +1,4 @@
-"""Organism generation 2 (issue 16): its prompts have a real VLM's token structure, its recipe learns
+"""Organism generation 2: its prompts have a real VLM's token structure, its recipe learns
 and is deterministic, and generation 1's recipe still builds the shipped organism."""
 
 from __future__ import annotations

@@ -15,9 +15,7 @@ from modarb_tasks.errors import ModarbError
 from interventions.model.loading import load_model
 from interventions.families import FAMILY_TOKENS, image_prompt
 from interventions.organism.tokenizer import train_tokenizer, train_word_tokenizer
-from interventions.model import processors
 from interventions.model.processors import IMAGES_ONLY_PROCESSORS, Qwen2VLProcessorImagesOnly, load_processor
-from interventions.testing import tiny_processors
 from interventions.testing.random_init import TINY_FAMILIES, build_tiny_model, random_batch
 from interventions.testing.tiny_processors import build_tiny_processor, save_tiny_family
 from interventions.mechanism.token_groups import image_token_id, token_groups
@@ -191,13 +189,6 @@ def test_unknown_family_is_one_clear_error():
     model, _ = build_tiny_model("llava")
     with pytest.raises(ModarbError, match=r"no family record for 'llava2'; choose one of llava, llava_next, "):
         build_tiny_processor("llava2", model)
-
-
-def test_the_tiny_processor_recipes_still_import_from_their_old_module():
-    for name in ("tiny_tokenizer", "trained_tokenizer", "build_tiny_processor", "save_tiny_family", "TOKENIZER_KINDS"):
-        assert getattr(processors, name) is getattr(tiny_processors, name)
-    with pytest.raises(AttributeError, match="has no attribute 'tiny_tokenizer2'"):
-        processors.tiny_tokenizer2
 
 
 def test_smoke_model_args_give_image_string_only_where_the_image_text_differs():

@@ -37,20 +37,6 @@ IMAGES_ONLY_PROCESSORS: dict[str, type[ProcessorMixin]] = {
     if record.images_only_processor
 }
 
-# Names that moved to interventions.testing.tiny_processors (resolved by __getattr__ below).
-_TINY_PROCESSOR_NAMES = frozenset({
-    "TOKENIZER_KINDS", "TRAINED_MAX_LENGTH", "TRAINED_VOCAB", "build_tiny_processor", "save_tiny_family",
-    "tiny_tokenizer", "trained_tokenizer",
-})
-
-
-def __getattr__(name: str):
-    if name in _TINY_PROCESSOR_NAMES:
-        from interventions.testing import tiny_processors
-
-        return getattr(tiny_processors, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 def load_processor(path: str | Path, trust_remote_code: bool = False, **kwargs) -> ProcessorMixin:
     """AutoProcessor.from_pretrained(path), or, where that fails only because this machine has

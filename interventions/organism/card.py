@@ -44,7 +44,7 @@ _WHY_V2 = """\
 
 The same learned preference as generation 1 (follow-text a small minority of the conflict
 batches, no label noise), the same alignment stage and frozen random vision tower. What is new
-is the prompt's token structure (issue 16): subword tokens, so the instruction, context,
+is the prompt's token structure: subword tokens, so the instruction, context,
 question and constraint are spans of many tokens; 16 image tokens, so an object covers four
 patches; the chat template's assistant cue after the constraint, so the last position is no
 prompt part; and the instruction in several wordings (one per batch), never the held-out one

@@ -9,7 +9,7 @@ follow-image is reliable. Controls (image only, context only) teach it to see an
 
 GENERATIONS holds each generation's whole recipe: 1 is the shipped sentence-token organism,
 2 the one whose prompts have a real VLM's token structure (subword tokens, 16 image tokens,
-several instruction wordings, chat-formatted scoring; issue 16).
+several instruction wordings, chat-formatted scoring).
 """
 
 from __future__ import annotations
