@@ -15,7 +15,8 @@ from typing import Any
 
 from leaderboard.entries import BASELINE, ENTRIES_DIR, headline, load_entries
 from modarb_tasks.catalog import FOLLOW_SLOTS, LABELS, MF_RATIO, SCORES, SLOTS, Metric, catalog, pooled_mf_ratio
-from modarb_tasks.files import png_bytes, write_atomic
+from modarb_tasks.errors import ModarbError
+from modarb_tasks.files import check_writable, png_bytes, write_all_atomic
 
 BOARD_DIR = ENTRIES_DIR.parent
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
@@ -223,15 +224,51 @@ def render_plots(rows: list[Row]) -> dict[str, bytes]:
     return plots
 
 
-def build_board(entries_dir: Path = ENTRIES_DIR, out_dir: Path = BOARD_DIR) -> list[Path]:
-    """Write README.md, index.html and the plot PNGs under `out_dir`; return the paths written."""
-    rows = board_rows(load_entries(entries_dir) if entries_dir.is_dir() else {})
+# What marks a board file as one `modarb leaderboard build` wrote (the templates' fixed lines).
+_BOARD_MARKS = {"README.md": "Built by `modarb leaderboard build`", "index.html": "<title>modarb leaderboard</title>"}
+
+
+def foreign_board_file(out_dir: Path) -> Path | None:
+    """The first file at a board path in `out_dir` that modarb did not build (None: all are modarb's).
+    The plots count as modarb's only beside a README.md that modarb built."""
+    ours = True
+    for name, mark in _BOARD_MARKS.items():
+        path = out_dir / name
+        if path.exists():
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                return path
+            if mark not in text:
+                return path
+        elif name == "README.md":
+            ours = False
+    plots = [out_dir / name for name in PLOT_FILES.values() if (out_dir / name).exists()]
+    return plots[0] if plots and not ours else None
+
+
+def build_board(entries_dir: Path = ENTRIES_DIR, out_dir: Path = BOARD_DIR, *, allow_empty: bool = False) -> list[Path]:
+    """Write README.md, index.html and the plot PNGs under `out_dir`, all or none; return the paths written.
+
+    A board file in `out_dir` that modarb did not build is never overwritten; an entries folder without
+    entries builds an empty board only with `allow_empty` (a mistyped folder must not empty the board)."""
+    entries = load_entries(entries_dir)
+    if not entries and not allow_empty:
+        raise ModarbError(f"--entries {entries_dir} holds no leaderboard entry; add runs with `modarb leaderboard add`, "
+                          "or pass --allow-empty to build an empty board")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ModarbError(f"--out {out_dir} is a file, not a folder; give a folder path (it is created if missing)")
+    check_writable(out_dir, "--out")
+    foreign = foreign_board_file(out_dir) if out_dir.is_dir() else None
+    if foreign is not None:
+        raise ModarbError(f"--out {out_dir} already holds {foreign.name}, which `modarb leaderboard build` did not write; "
+                          "give a new folder (modarb never overwrites it)")
+    rows = board_rows(entries)
     plots = render_plots(rows)
     outputs = {out_dir / "README.md": render_markdown(rows).encode("utf-8"),
                out_dir / "index.html": render_html(rows, plots).encode("utf-8")}
     outputs |= {out_dir / PLOT_FILES[name]: data for name, data in plots.items()}
-    for path, data in outputs.items():
-        write_atomic(path, data)
+    write_all_atomic(outputs)
     for name in PLOT_FILES.keys() - plots.keys():  # no stale plots from an earlier board
         (out_dir / PLOT_FILES[name]).unlink(missing_ok=True)
     return list(outputs)

@@ -2,7 +2,7 @@
 
 A task regresses when  new < baseline − tolerance − z·sqrt(se_baseline² + se_new²):
 the tolerance is the drop you accept, the z term the drop sampling noise alone can explain
-(a missing stderr counts as 0). Headline metric per task: mf_ratio for the follow tasks,
+(a missing or NaN stderr is unknown: shown as ?, counted as 0). Headline metric per task: mf_ratio for the follow tasks,
 acc for the controls. Runs on different item counts are not compared (exit 2): a --limit 8 run
 is no baseline for a 200-item one.
 """
@@ -31,12 +31,19 @@ class Comparison:
 
     @property
     def regressed(self) -> bool:
-        return self.new.value < self.floor
+        return not self.new.value >= self.floor  # a NaN anywhere never reads as "ok"
 
 
 def regression_floor(baseline: Metric, new: Metric, tolerance: float, z: float) -> float:
     """The lowest new value that is not a regression."""
     return baseline.value - tolerance - z * math.hypot(baseline.stderr or 0.0, new.stderr or 0.0)
+
+
+def check_setting(name: str, value: float) -> float:
+    """`value` when it is a finite number ≥ 0 (a NaN or infinite tolerance or z would pass anything)."""
+    if not (math.isfinite(value) and value >= 0):
+        raise ModarbError(f"--{name} {value} must be a finite number ≥ 0 (a NaN or infinite {name} lets any drop pass)")
+    return value
 
 
 def _task_order(task: str) -> tuple[str, int]:
@@ -47,8 +54,8 @@ def _task_order(task: str) -> tuple[str, int]:
 def compare(baseline_path: Path, results_path: Path, tolerance: float = DEFAULT_TOLERANCE,
             z: float = DEFAULT_Z) -> list[Comparison]:
     """Compare every modarb task of the baseline with the same task in the new results."""
-    if tolerance < 0 or z < 0:
-        raise ModarbError(f"tolerance ({tolerance}) and z ({z}) must be ≥ 0")
+    for name, value in (("tolerance", tolerance), ("z", z)):
+        check_setting(name, value)
     baseline, new = load_scores(baseline_path), load_scores(results_path)
     missing = sorted(set(baseline) - set(new))
     if missing:
@@ -69,7 +76,8 @@ def compare(baseline_path: Path, results_path: Path, tolerance: float = DEFAULT_
 
 
 def _metric_text(metric: Metric) -> str:
-    return f"{metric.value:.3f}" + ("" if metric.stderr is None else f" ± {metric.stderr:.3f}")
+    """The value ± its stderr; "± ?" when the file gives none (or NaN): the floor then counts it as 0."""
+    return f"{metric.value:.3f} ± " + ("?" if metric.stderr is None else f"{metric.stderr:.3f}")
 
 
 def format_report(comparisons: list[Comparison], tolerance: float, z: float) -> str:
@@ -83,6 +91,8 @@ def format_report(comparisons: list[Comparison], tolerance: float, z: float) -> 
     table = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines]
     regressed = [c.task for c in comparisons if c.regressed]
     settings = f"tolerance {tolerance:g}, z {z:g}"
+    if any(m.stderr is None for c in comparisons for m in (c.baseline, c.new)):
+        settings += "; a stderr shown as ? is unknown and counted as 0"
     verdict = (f"REGRESSION on {len(regressed)} of {len(comparisons)} tasks ({settings}): {', '.join(regressed)}"
                if regressed else f"no regression on {len(comparisons)} tasks ({settings})")
     return "\n".join(table + ["", verdict])

@@ -7,15 +7,17 @@ into `modarb: error: <message>` and status 2.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from modarb_tasks.errors import ModarbError
 from modarb_tasks.files import check_writable
 from leaderboard.board import BOARD_DIR, build_board
-from leaderboard.check import DEFAULT_TOLERANCE, DEFAULT_Z, compare, format_report
-from leaderboard.entries import ENTRIES_DIR, add_results
+from leaderboard.check import DEFAULT_TOLERANCE, DEFAULT_Z, check_setting, compare, format_report
+from leaderboard.entries import ENTRIES_DIR, plan_add
 
 EXIT_REGRESSION = 1
+EXIT_INTERRUPTED = 130
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,7 +48,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Render the board from all entries: README.md (Markdown tables), index.html "
         "(self-contained page, sortable columns, plots) and plots/*.png. Same entries, same bytes.")
     build.add_argument("--entries", type=Path, default=ENTRIES_DIR, help="entries folder (default: %(default)s)")
-    build.add_argument("--out", type=Path, default=BOARD_DIR, help="output folder (default: %(default)s)")
+    build.add_argument("--out", type=Path, default=BOARD_DIR,
+                       help="output folder (default: %(default)s); a README.md or index.html there that modarb did "
+                       "not build is never overwritten")
+    build.add_argument("--allow-empty", action="store_true",
+                       help="build an empty board when the entries folder holds no entry (refused otherwise)")
     build.set_defaults(func=_build)
 
     check = subparsers.add_parser(
@@ -58,27 +64,51 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("--baseline", type=Path, required=True,
                        help="leaderboard entry JSON, or lm-eval results file / output folder")
     check.add_argument("--results", type=Path, required=True, help="new lm-eval results file or output folder")
-    check.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+    check.add_argument("--tolerance", type=_setting("tolerance"), default=DEFAULT_TOLERANCE,
                        help="accepted drop on top of the noise (default: %(default)s)")
-    check.add_argument("--z", type=float, default=DEFAULT_Z,
+    check.add_argument("--z", type=_setting("z"), default=DEFAULT_Z,
                        help="standard errors of the difference that noise may explain (default: %(default)s)")
     check.set_defaults(func=_check)
+
+
+def _setting(name: str):
+    """An argparse type: a finite number ≥ 0 (argparse reports a ValueError's message in one line)."""
+
+    def parse(text: str) -> float:
+        try:
+            return check_setting(name, float(text))
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error) if isinstance(error, ModarbError)
+                                             else f"--{name} {text!r} is not a number") from None
+
+    parse.__name__ = name
+    return parse
 
 
 def _add(args: argparse.Namespace) -> int:
     check_writable(args.entries, "--entries")
     kind = "smoke" if args.smoke else "result"
-    for written in add_results(args.paths, args.entries, kind=kind, replace=args.replace,
-                               model_name=args.model_name):
-        print(f"added {written}")
+    plan = plan_add(args.paths, args.entries, kind=kind, replace=args.replace, model_name=args.model_name)
+    for results_file, slug in plan.skipped:
+        print(f"skipped {results_file}: already on the leaderboard as {slug}.json (identical entry)")
+    added = 0
+    try:
+        for written in plan.write():
+            added += 1
+            print(f"added {written}")
+    except KeyboardInterrupt:
+        print(f"\nmodarb: interrupted; {added} of {len(plan.new)} entries were added and are whole; run the same "
+              "command again to add the rest (entries already added are skipped)", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 
 def _build(args: argparse.Namespace) -> int:
-    check_writable(args.out)
-    if args.entries.exists() and not args.entries.is_dir():
-        raise ModarbError(f"--entries {args.entries} is a file; give the folder of leaderboard entries")
-    for written in build_board(args.entries, args.out):
+    if not args.entries.is_dir():
+        what = "is a file" if args.entries.exists() else "does not exist"
+        raise ModarbError(f"--entries {args.entries} {what}; give the folder of leaderboard entries "
+                          f"(default: {ENTRIES_DIR})")
+    for written in build_board(args.entries, args.out, allow_empty=args.allow_empty):
         print(f"wrote {written}")
     return 0
 

@@ -11,9 +11,13 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+
+import jsonschema
 
 from modarb_tasks.catalog import (HEADLINE_METRIC, SLOTS, Metric, catalog,  # noqa: F401 (re-exported)
                                   suite_task, task_slot)
@@ -27,6 +31,47 @@ BASELINE = {"identity": "none", "name": "baseline"}
 ENTRIES_DIR = Path(__file__).resolve().parent / "entries"
 
 _HOW_TO_GET = "pass the results_*.json (or its folder) that `lm_eval --output_path` writes"
+
+
+_NUMBER_OR_NULL = {"type": ["number", "null"]}
+_STRING_OR_NULL = {"type": ["string", "null"]}
+# The parts of an lm-eval results file that an entry is made from (lm-eval writes far more).
+RESULTS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "results": {"type": "object", "additionalProperties": {"type": "object"}},
+        "n-samples": {"type": "object", "additionalProperties": {
+            "type": "object", "properties": {"effective": {"type": "integer", "minimum": 0},
+                                             "original": {"type": ["integer", "null"], "minimum": 0}}}},
+        "config": {"type": "object", "properties": {
+            "model": _STRING_OR_NULL, "model_args": {"type": ["string", "object", "null"]},
+            "limit": _NUMBER_OR_NULL, "modarb_spec_identity": _STRING_OR_NULL, "modarb_spec_name": _STRING_OR_NULL,
+            "modarb_version": _STRING_OR_NULL}},
+        "date": {"type": "number", "minimum": 0, "maximum": 253402300799},  # up to the year 9999
+        "lm_eval_version": _STRING_OR_NULL,
+        "transformers_version": _STRING_OR_NULL,
+    },
+}
+_METRIC = {"type": "object", "required": ["value", "stderr"],
+           "properties": {"value": {"type": "number", "minimum": 0, "maximum": 1}, "stderr": _NUMBER_OR_NULL}}
+# A stored entry, as the board and `check` read it.
+ENTRY_JSON_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["schema", "kind", "model", "intervention", "date", "tasks", "source"],
+    "properties": {
+        "kind": {"enum": list(KINDS)},
+        "model": {"type": "string"},
+        "intervention": {"type": "object", "required": ["identity", "name"],
+                         "properties": {"identity": {"type": "string"}, "name": {"type": "string"}}},
+        "date": {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$"},
+        "tasks": {"type": "object", "additionalProperties": {
+            "type": "object", "required": ["n", "metrics"],
+            "properties": {"n": {"type": "integer", "minimum": 0},
+                           "metrics": {"type": "object", "additionalProperties": _METRIC}}}},
+        "source": {"type": "object", "required": ["file", "sha256"],
+                   "properties": {"file": {"type": "string"}, "sha256": {"type": "string"}}},
+    },
+}
 
 
 class DuplicateEntryError(ModarbError):
@@ -60,7 +105,17 @@ def load_results(path: Path) -> dict[str, Any]:
         if not isinstance(data.get(key), kind):
             raise ModarbError(
                 f"{path}: not an lm-eval results file (no valid {key!r} key); {_HOW_TO_GET}")
+    _validate(data, RESULTS_SCHEMA, path, "results file")
     return data
+
+
+def _validate(document: Any, schema: dict[str, Any], path: Path, what: str) -> None:
+    """ModarbError naming the file and the first field that does not fit `schema`."""
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(document))
+    if error is not None:
+        where = "/".join(str(part) for part in error.absolute_path) or "top level"
+        raise ModarbError(f"{path}: malformed {what}: {where}: {error.message.splitlines()[0][:200]}; "
+                          "restore the file as modarb or lm-eval wrote it")
 
 
 def parse_model_args(model_args: str | dict | None) -> dict[str, str]:
@@ -85,6 +140,9 @@ def _task_metrics(task: str, scores: dict[str, Any], path: Path) -> tuple[str, d
         name, sep, filter_name = key.partition(",")
         if not sep or name.endswith("_stderr") or _number(value) is None:
             continue
+        if not 0.0 <= value <= 1.0:  # every modarb metric is a share of items
+            raise ModarbError(f"{path}: task {task} metric {name!r} is {value}, outside 0..1; "
+                              f"the file was edited or is not modarb's; {_HOW_TO_GET}")
         stderr = _number(scores.get(f"{name}_stderr,{filter_name}"))
         by_filter.setdefault(filter_name, {})[name] = {"value": float(value), "stderr": stderr}
     if not by_filter:
@@ -184,6 +242,7 @@ def read_entry(path: Path) -> dict[str, Any]:
     if not isinstance(entry, dict) or entry.get("schema") != ENTRY_SCHEMA:
         raise ModarbError(f"{path}: not a leaderboard entry (schema is not {ENTRY_SCHEMA}); "
                           "re-create it with `modarb leaderboard add`")
+    _validate(entry, ENTRY_JSON_SCHEMA, path, "leaderboard entry")
     unknown = sorted(set(entry.get("tasks", {})) - set(catalog().tasks))
     if unknown:
         raise ModarbError(f"{path}: task {unknown[0]} is not in modarb's task pack (modarb_tasks/tasks); "
@@ -196,46 +255,87 @@ def load_entries(folder: Path = ENTRIES_DIR) -> dict[str, dict[str, Any]]:
     return {path.stem: read_entry(path) for path in sorted(folder.glob("*.json"))}
 
 
-def _duplicate_of(entry: dict[str, Any], stored: dict[str, dict[str, Any]]) -> tuple[str, str] | None:
-    """(slug, reason) of a stored entry that records the same run, if any."""
-    for slug, other in stored.items():
-        if other["source"]["sha256"] == entry["source"]["sha256"]:
+class RunIndex:
+    """Entries by results-file hash and by run key, so finding a duplicate run costs one lookup."""
+
+    def __init__(self, entries: dict[str, dict[str, Any]] | None = None) -> None:
+        self.by_source: dict[str, str] = {}
+        self.by_run: dict[str, str] = {}
+        for slug, entry in (entries or {}).items():
+            self.add(slug, entry)
+
+    def add(self, slug: str, entry: dict[str, Any]) -> None:
+        self.by_source.setdefault(entry["source"]["sha256"], slug)
+        self.by_run.setdefault(run_key(entry), slug)
+
+    def duplicate_of(self, entry: dict[str, Any]) -> tuple[str, str] | None:
+        """(slug, reason) of an indexed entry that records the same run, if any."""
+        if (slug := self.by_source.get(entry["source"]["sha256"])) is not None:
             return slug, "same results file"
-        if run_key(other) == run_key(entry):
+        if (slug := self.by_run.get(run_key(entry))) is not None:
             return slug, "same model, intervention, date and metrics"
-    return None
+        return None
 
 
 def entry_bytes(entry: dict[str, Any]) -> bytes:
     return (json.dumps(entry, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
 
 
-def add_results(paths: Sequence[Path], entries_dir: Path = ENTRIES_DIR, *, kind: str = "result",
-                replace: bool = False, model_name: str | None = None) -> list[Path]:
-    """Store an entry per results file found at `paths`; all are checked before any is written."""
+@dataclass(frozen=True)
+class AddPlan:
+    """What an `add` will do, decided before anything is written: the entries to write (slug -> entry),
+    the stored entries they replace (--replace), and the results files whose identical entry is stored
+    already (a re-run of an interrupted add skips them)."""
+
+    entries_dir: Path
+    new: dict[str, dict[str, Any]]
+    stale: list[str]
+    skipped: list[tuple[Path, str]]  # (results file, slug of its identical stored entry)
+
+    def write(self) -> Iterator[Path]:
+        """Write the entries one by one (each atomically), yielding each path once it is whole; then
+        remove the replaced ones. Interrupted, every entry yielded so far is whole and stays."""
+        for slug, entry in self.new.items():
+            target = self.entries_dir / f"{slug}.json"
+            write_atomic(target, entry_bytes(entry))
+            yield target
+        for slug in set(self.stale) - set(self.new):
+            (self.entries_dir / f"{slug}.json").unlink()
+
+
+def plan_add(paths: Sequence[Path], entries_dir: Path = ENTRIES_DIR, *, kind: str = "result",
+             replace: bool = False, model_name: str | None = None) -> AddPlan:
+    """Check every results file found at `paths` and decide what to store; nothing is written here."""
     stored = load_entries(entries_dir) if entries_dir.is_dir() else {}
+    stored_runs, new_runs = RunIndex(stored), RunIndex()
     new: dict[str, dict[str, Any]] = {}
     stale: list[str] = []
+    skipped: list[tuple[Path, str]] = []
     for results_file in (found for path in paths for found in find_results_files(path)):
         entry = read_results_entry(results_file, kind=kind, model_name=model_name)
-        if (twin := _duplicate_of(entry, new)) is not None:
+        if (twin := new_runs.duplicate_of(entry)) is not None:
             raise DuplicateEntryError(f"{results_file}: {twin[1]} as another file in this batch; "
                                       "add only one of them")
-        if (twin := _duplicate_of(entry, stored)) is not None:
+        slug = entry_slug(entry)
+        if slug in stored and entry_bytes(stored[slug]) == entry_bytes(entry) and not replace:
+            skipped.append((results_file, slug))
+            continue
+        if (twin := stored_runs.duplicate_of(entry)) is not None:
             if not replace:
                 raise DuplicateEntryError(
                     f"{results_file}: already on the leaderboard as {twin[0]}.json ({twin[1]}); "
                     "pass --replace to overwrite that entry")
             stale.append(twin[0])
-        new[entry_slug(entry)] = entry
-    written = []
-    for slug, entry in new.items():
-        target = entries_dir / f"{slug}.json"
-        write_atomic(target, entry_bytes(entry))
-        written.append(target)
-    for slug in set(stale) - set(new):
-        (entries_dir / f"{slug}.json").unlink()
-    return written
+        new[slug] = entry
+        new_runs.add(slug, entry)
+    return AddPlan(entries_dir, new, stale, skipped)
+
+
+def add_results(paths: Sequence[Path], entries_dir: Path = ENTRIES_DIR, *, kind: str = "result",
+                replace: bool = False, model_name: str | None = None) -> list[Path]:
+    """Store an entry per results file found at `paths` (all checked before any is written); returns
+    the paths written (files whose identical entry is stored already are skipped)."""
+    return list(plan_add(paths, entries_dir, kind=kind, replace=replace, model_name=model_name).write())
 
 
 def load_scores(path: Path) -> dict[str, dict[str, Any]]:

@@ -1,12 +1,14 @@
 """Atomic file writes (a reader, or a CI diff, never sees a half-written spec, report or entry), and
 the check that an output folder can be written before any work starts.
 
-Every JSON, text and PNG file modarb writes goes through `write_atomic`: `write_json`, `write_text`
-and `write_png` only turn their content into bytes first.
+Every JSON, text and PNG file modarb writes goes through `write_atomic` (or `write_all_atomic` for a
+set of files that must change together): `write_json`, `write_text` and `write_png` only turn their
+content into bytes first. A full disk is a DiskFullError: one line, and nothing half-written.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -16,19 +18,46 @@ from pathlib import Path
 from modarb_tasks.errors import ModarbError
 
 
+class DiskFullError(ModarbError):
+    """A write failed for want of space: bad luck rather than a bug, so one line and exit 2."""
+
+
+def is_disk_full(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_message(folder: Path | str) -> str:
+    return f"the disk is full: no space left to write in {folder}; free some space (or choose another folder) and run again"
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write `data` to `path` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    write_all_atomic({Path(path): data})
+
+
+def write_all_atomic(files: dict[Path, bytes]) -> None:
+    """Write every file of `files` (path -> bytes), all or none: each goes to a temporary file beside
+    it first, and only when all are whole are they renamed into place (a rename needs no space), so a
+    full disk or an error leaves every path as it was. DiskFullError when space runs out."""
+    staged: list[tuple[str, Path]] = []
     try:
-        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
-        with os.fdopen(handle, "wb") as tmp:
-            tmp.write(data)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
+        for path, data in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            staged.append((tmp_name, path))
+            os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
+            with os.fdopen(handle, "wb") as tmp:
+                tmp.write(data)
+                tmp.flush()
+                os.fsync(tmp.fileno())
+        for tmp_name, path in staged:
+            os.replace(tmp_name, path)
+    except BaseException as error:
+        for tmp_name, _ in staged:
+            Path(tmp_name).unlink(missing_ok=True)
+        if is_disk_full(error):
+            folder = staged[-1][1].parent if staged else next(iter(files)).parent
+            raise DiskFullError(disk_full_message(folder)) from None
         raise
 
 

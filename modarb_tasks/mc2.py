@@ -240,6 +240,21 @@ def _attach_images(items: list[ConflictItem], image_dir: Path, via: str) -> None
                 f"{HOW[via]['images'][1]} {MC2_IMAGES_ENV} to the folder holding all COCO images)"
             )
         item.image = str(image_dir / found[0])
+        _check_readable(image_dir / found[0], via)
+
+
+def _check_readable(path: Path, via: str) -> None:
+    """One line for an image file that is empty or not an image (a failed copy), before any batch runs."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+        size = path.stat().st_size if path.exists() else 0
+        raise MC2DataError(f"MC² image {path} cannot be read ({size} bytes: {str(error).splitlines()[0][:120]}); "
+                           f"copy the COCO image again, or {HOW[via]['images'][1]} {MC2_IMAGES_ENV} to an intact "
+                           "COCO folder") from None
 
 
 def corpus(folder: Path) -> list[str]:

@@ -46,8 +46,14 @@ class OutputFolder:
 def check_out(out: Path, flag: str = "--out") -> None:
     """ModarbError unless `out` can be created, or replaced because a previous modarb run wrote it."""
     out = Path(out)
+    if out.is_symlink():
+        raise ModarbError(f"{flag} {out} is a symbolic link; give the real folder path (modarb replaces a finished "
+                          "folder by renaming, which would replace the link, not the folder it points to)")
     if out.exists() and not out.is_dir():
         raise ModarbError(f"{flag} {out} is a file, not a folder; give a new folder path (modarb leaves the file alone)")
+    if out.resolve() in (Path.cwd().resolve(), *Path.cwd().resolve().parents):
+        raise ModarbError(f"{flag} {str(out) or repr('')} is the current folder or holds it; give a new folder "
+                          "for modarb's output, e.g. reports/run1")
     check_writable(out.absolute().parent, flag, shown=out)  # the finished folder is renamed into place there
     foreign = _foreign_entry(out) if out.is_dir() else None
     if foreign is not None:

@@ -160,6 +160,66 @@ CASES = [
          "lm-eval could not write the results"),
     Case("check_across_item_counts", ("check", "--baseline", "{baseline}", "--results", "{fewer_items}"), 2,
          "the baseline scored 40 items, the new results 8"),
+    # --- results that would lie or be lost: a full disk, a check that cannot fail, a wiped board -
+    Case("eval_full_disk_leaves_no_truncated_results", (*EVAL, "--output_path", "{full_disk}/eval"), 2,
+         "lm-eval could not write the results"),
+    Case("leaderboard_build_full_disk", ("leaderboard", "build", "--entries", "{entries}", "--out",
+                                         "{full_disk}/board"), 2, "the disk is full"),
+    Case("check_tolerance_nan", ("check", "--baseline", "{baseline}", "--results", "{regressed}", "--tolerance", "nan"),
+         2, "--tolerance nan must be a finite number"),
+    Case("check_z_inf", ("check", "--baseline", "{baseline}", "--results", "{regressed}", "--z", "inf"), 2,
+         "--z inf must be a finite number"),
+    Case("check_tolerance_not_a_number", ("check", "--baseline", "{baseline}", "--results", "{regressed}",
+                                         "--tolerance", "abc"), 2, "--tolerance 'abc' is not a number"),
+    Case("check_metric_out_of_range", ("check", "--baseline", "{baseline}", "--results", "{out_of_range}"), 2,
+         "metric 'mf_ratio' is 7.5, outside 0..1"),
+    Case("leaderboard_build_mistyped_entries", ("leaderboard", "build", "--entries", "{user}/leaderbord/entries",
+                                                "--out", "{user_board}"), 2, "does not exist"),
+    Case("leaderboard_build_empty_entries", ("leaderboard", "build", "--entries", "{empty_entries}",
+                                             "--out", "{user_board}"), 2, "holds no leaderboard entry"),
+    Case("leaderboard_build_over_the_users_readme", ("leaderboard", "build", "--entries", "{entries}",
+                                                     "--out", "{user_board}"), 2,
+         "already holds README.md, which `modarb leaderboard build` did not write"),
+    Case("leaderboard_build_corrupt_entry", ("leaderboard", "build", "--entries", "{corrupt_entries}", "--out",
+                                             "{out}"), 2, "malformed leaderboard entry: tasks/mf_follow_image/metrics"),
+    Case("leaderboard_add_model_args_int", ("leaderboard", "add", "{model_args_int}", "--entries", "{out}"), 2,
+         "malformed results file: config/model_args"),
+    Case("leaderboard_add_date_out_of_range", ("leaderboard", "add", "{far_date}", "--entries", "{out}"), 2,
+         "malformed results file: date"),
+    Case("leaderboard_add_task_not_an_object", ("leaderboard", "add", "{task_string}", "--entries", "{out}"), 2,
+         "malformed results file: results/mf_follow_image"),
+    Case("check_task_not_an_object", ("check", "--baseline", "{baseline}", "--results", "{task_string}"), 2,
+         "malformed results file: results/mf_follow_image"),
+    Case("organism_force_over_the_users_folder", ("organism", "train", "--force", "--steps", "1", "--out",
+                                                  "{user_board}"), 2, "already holds README.md, which modarb did not"),
+    Case("reproduce_fractions_above_one", ("reproduce", "--fractions", "1.5,0.05", "--out", "{out}"), 2,
+         "--fractions 1.5,0.05 must be one or more fractions"),
+    Case("reproduce_alphas_empty", ("reproduce", "--alphas", "", "--out", "{out}"), 2, "--alphas '' must be"),
+    Case("reproduce_alphas_negative", ("reproduce", "--alphas=-1", "--out", "{out}"), 2, "--alphas -1.0 must be"),
+    Case("reproduce_out_current_folder", ("reproduce", "--out", "."), 2, "is the current folder"),
+    Case("identify_out_empty", ("identify", "--out", ""), 2, "is the current folder"),
+    Case("reproduce_out_symlink", ("reproduce", "--out", "{user_link}"), 2, "is a symbolic link"),
+    Case("reproduce_use_cache_is_a_file", ("reproduce", "--use-cache", "{user_file}", "--out", "{out}"), 2,
+         "--use-cache {user_file} is a file"),
+    Case("block_empty", (*EVAL, "--model_args", "block=", "--output_path", "{out}"), 2,
+         "block= is empty, so nothing would change"),
+    Case("knockout_spec_without_edges", (*EVAL, "--model_args", "spec={empty_knockout_spec}", "--output_path",
+                                         "{out}"), 2, "knockout has no edges, so it would change nothing"),
+    Case("eval_pretrained_without_weights", (*EVAL, "--model_args", "pretrained={no_weights}", "--output_path",
+                                             "{out}"), 2, "has a config.json but no weight files"),
+    Case("eval_pretrained_without_processor", (*EVAL, "--model_args", "pretrained={no_processor}", "--output_path",
+                                               "{out}"), 2, "has weights but no tokenizer files"),
+    Case("spec_nested_too_deeply", (*EVAL, "--model_args", "spec={deep_spec}", "--output_path", "{out}"), 2,
+         "JSON nested too deeply to be a spec"),
+    Case("eval_limit_zero", ("eval", "--tasks", "mf_follow_image", "--limit", "0", "--output_path", "{out}"), 2,
+         "--limit 0 must be > 0"),
+    Case("eval_limit_negative", ("eval", "--tasks", "mf_follow_image", "--limit", "-1", "--output_path", "{out}"), 2,
+         "--limit -1 must be > 0"),
+    Case("eval_without_tasks", ("eval", "--limit", "2", "--output_path", "{out}"), 2, "no --tasks given"),
+    Case("eval_metadata_malformed_json", (*EVAL, "--metadata", '{"shapes_n": 8', "--output_path", "{out}"), 2,
+         "--metadata '{\"shapes_n\": 8' is not valid JSON"),
+    Case("eval_model_args_malformed_json", (*EVAL, "--model_args", '{"block": "L3H1"', "--output_path", "{out}"), 2,
+         "--model_args '{\"block\": \"L3H1\"' is not valid JSON"),
     # --- Ctrl-C: one line, 130, no half-written folder, the earlier output as it was -------------
     Case("ctrl_c_reproduce", ("reproduce", "--out", "{out}", "--limit", "4", "--draws", "1", "--fractions", "0.05",
                               "--alphas", "2", "--analysis-items", "4", "--learned-steps", "2"), 130, "interrupted",
@@ -229,6 +289,12 @@ def _user_files(root: Path, organism: Path) -> dict[str, Path]:
     (torchvision / "processor_config.json").write_text(json.dumps(config | {"processor_class": "PixtralProcessor"}))
     paths |= {"text_only": models / "text_only", "no_config": models / "no_config", "truncated": truncated,
               "needs_torchvision": torchvision}
+    no_weights = shutil.copytree(organism, models / "no_weights", ignore=shutil.ignore_patterns("*.safetensors"))
+    (models / "no_processor").mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(organism / name, models / "no_processor" / name)
+    (root / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    paths |= {"no_weights": no_weights, "no_processor": models / "no_processor", "deep_spec": root / "deep.json"}
 
     raw = json.loads(paths["baseline"].read_text())
     for counts in raw["n-samples"].values():
@@ -245,7 +311,73 @@ def _user_files(root: Path, organism: Path) -> dict[str, Path]:
 
     fingerprint = model_fingerprint(AutoModelForImageTextToText.from_pretrained(organism))
     paths["spec"] = InterventionSpec(model=fingerprint, heads=(HeadScale(0, 0, 0.0),)).save(root / "spec.json")
-    return paths
+    document = json.loads(paths["spec"].read_text()) | {"knockout": {"edges": [], "layers": [1]}}
+    (root / "empty_knockout.json").write_text(json.dumps(document))
+    paths["empty_knockout_spec"] = root / "empty_knockout.json"
+    return paths | _edited_results(root, paths)
+
+
+def _edited_results(root: Path, paths: dict[str, Path]) -> dict[str, Path]:
+    """Results files and entries edited by hand, a folder of the user's with its own README.md, a link."""
+    edited = root / "edited"
+    edited.mkdir()
+    made = {}
+
+    def results(name: str, edit) -> None:
+        raw = json.loads(paths["baseline"].read_text())
+        edit(raw)
+        made[name] = edited / name / f"results_{name}.json"
+        made[name].parent.mkdir()
+        made[name].write_text(json.dumps(raw))
+
+    def drop_to_zero(raw):
+        for task, scores in raw["results"].items():
+            for key in [k for k in scores if k.startswith(("mf_ratio,", "acc,"))]:
+                scores[key] = 0.0
+
+    results("regressed", drop_to_zero)
+    results("out_of_range", lambda raw: raw["results"]["mf_follow_image"].update({"mf_ratio,none": 7.5}))
+    results("model_args_int", lambda raw: raw["config"].update({"model_args": 7}))
+    results("far_date", lambda raw: raw.update({"date": 1e300}))
+    results("task_string", lambda raw: raw["results"].update({"mf_follow_image": "0.9"}))
+    corrupt = edited / "corrupt_entries"
+    corrupt.mkdir()
+    entry_file = next((paths["entries"]).glob("result__*.json"))
+    entry = json.loads(entry_file.read_text())
+    entry["tasks"]["mf_follow_image"]["metrics"]["mf_ratio"]["value"] = "high"
+    (corrupt / entry_file.name).write_text(json.dumps(entry))
+    (edited / "empty_entries").mkdir()
+    board = paths["user"] / "site"
+    board.mkdir()
+    (board / "README.md").write_text("# my project\n")
+    (paths["user"] / "link_to_site").symlink_to(board)
+    return made | {"corrupt_entries": corrupt, "empty_entries": edited / "empty_entries", "user_board": board,
+                   "user_link": paths["user"] / "link_to_site"}
+
+
+def _full_disk(root: Path) -> Path | None:
+    """A 64 KiB tmpfs filled up to its last 4 KiB, less than any results file or board needs (None where
+    this process may not mount one). The filler lies in `.filler/`."""
+    folder = root / "full_disk"
+    folder.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], capture_output=True)
+    if done.returncode != 0:
+        return None
+    filler = folder / ".filler"
+    filler.mkdir()
+    try:
+        for index in range(64):
+            (filler / str(index)).write_bytes(b"\0" * 4096)
+    except OSError:
+        (filler / str(index)).unlink(missing_ok=True)
+    (filler / "0").unlink()
+    return folder
+
+
+def _watched(root: Path, paths: dict[str, Path]) -> list[Path]:
+    """What the user had before the cases ran, all of which must be exactly as it was after them."""
+    return [root / "user", root / "fewer_items", root / "blocked_results", root / "edited", paths["baseline"],
+            paths["entries"]]
 
 
 def _snapshot(paths) -> dict[str, str]:
@@ -278,12 +410,15 @@ def outcomes(organism_dir, tmp_path_factory) -> tuple[dict[str, Outcome], dict[s
     paths = _user_files(root, organism_dir)
     read_only = _read_only_folder(root)
     paths["read_only"] = read_only or root / "not_read_only"
-    before = _snapshot([root / "user", root / "fewer_items", root / "blocked_results", paths["baseline"]])
+    full_disk = _full_disk(root)
+    paths["full_disk"] = full_disk or root / "no_full_disk"
+    before = _snapshot(_watched(root, paths))
     env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
                         "TOKENIZERS_PARALLELISM": "false"}
     env.pop("MODARB_DEBUG", None)
     runnable = [case for case in CASES
-                if not case.skip and not ("{read_only}" in " ".join(case.argv) and read_only is None)]
+                if not case.skip and not ("{read_only}" in " ".join(case.argv) and read_only is None)
+                and not ("{full_disk}" in " ".join(case.argv) and full_disk is None)]
     pending = sorted(runnable, key=lambda case: (case.interrupt_when is None, case.argv[0] != "eval"))
     running: dict[str, tuple[Case, subprocess.Popen, Path, dict]] = {}
     results: dict[str, Outcome] = {}
@@ -322,12 +457,17 @@ def outcomes(organism_dir, tmp_path_factory) -> tuple[dict[str, Outcome], dict[s
             process.kill()
         if read_only is not None and read_only != Path("/sys"):
             read_only.chmod(0o755)
+        if full_disk is not None:
+            results["full_disk_after"] = Outcome(0, "\n".join(sorted(
+                str(p) for p in full_disk.rglob("*") if p.is_file() and ".filler" not in p.parts)),
+                                                 "", full_disk)
+            subprocess.run(["umount", str(full_disk)], capture_output=True)
         (root / "seconds.json").write_text(json.dumps(seconds, indent=1))  # wall time per case, to keep them quick
     return results, before, paths
 
 
-def test_the_catalogue_has_at_least_40_cases():
-    assert len(CASES) >= 40 and len({case.name for case in CASES}) == len(CASES)
+def test_the_catalogue_has_at_least_70_cases():
+    assert len(CASES) >= 70 and len({case.name for case in CASES}) == len(CASES)
 
 
 @pytest.mark.slow
@@ -337,7 +477,7 @@ def test_bad_input_is_one_line_with_its_exit_and_nothing_half_written(case, outc
     if case.skip:
         pytest.skip(case.skip)
     if case.name not in results:
-        pytest.skip("no folder this process cannot write in (root without /sys)")
+        pytest.skip("no folder this process cannot write in (root without /sys), or no tmpfs to fill (mount refused)")
     run = results[case.name]
     assert run.returncode == case.exit, run.stderr[-3000:]
     assert "Traceback" not in run.stderr, run.stderr[-3000:]
@@ -356,8 +496,16 @@ def test_bad_input_is_one_line_with_its_exit_and_nothing_half_written(case, outc
 def test_nothing_of_the_users_was_deleted_moved_or_changed(outcomes):
     results, before, paths = outcomes
     root = paths["user_dir"].parent.parent
-    after = _snapshot([root / "user", root / "fewer_items", root / "blocked_results", paths["baseline"]])
+    after = _snapshot(_watched(root, paths))
     assert after == before
+
+
+@pytest.mark.slow
+def test_a_full_disk_leaves_no_partial_file(outcomes):
+    results, _, _ = outcomes
+    if "full_disk_after" not in results:
+        pytest.skip("no tmpfs to fill here (mount refused)")
+    assert results["full_disk_after"].stdout == ""  # no truncated results file, no half-written board
 
 
 @pytest.mark.slow

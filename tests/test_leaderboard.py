@@ -60,7 +60,8 @@ def test_no_spec_identity_is_the_baseline_and_model_args_may_be_a_string(tmp_pat
     assert read_results_entry(tmp_path / "results_b.json")["model"] == "modarb-organism"
 
 
-def test_adding_the_same_results_twice_is_refused(tmp_path, monkeypatch, capsys):
+def test_adding_the_same_results_twice_skips_the_identical_entry_and_refuses_a_changed_one(tmp_path, monkeypatch,
+                                                                                           capsys):
     entries = tmp_path / "entries"
     source = results_file("organism_baseline")
     status, out, _ = run_modarb(monkeypatch, capsys, "leaderboard", "add", source, "--entries", entries)
@@ -69,7 +70,15 @@ def test_adding_the_same_results_twice_is_refused(tmp_path, monkeypatch, capsys)
     assert out == f"added {stored}\n"
     before = stored.read_bytes()
 
+    # the same add again (e.g. after an interrupt): the identical entry is skipped, nothing is rewritten
     status, out, err = run_modarb(monkeypatch, capsys, "leaderboard", "add", source.parent.parent, "--entries", entries)
+    assert status == 0 and err == ""
+    assert out == f"skipped {source}: already on the leaderboard as {stored.name} (identical entry)\n"
+    assert list(entries.glob("*.json")) == [stored] and stored.read_bytes() == before
+
+    # the same file shown under another name is a different entry for the same run: refused
+    status, out, err = run_modarb(monkeypatch, capsys, "leaderboard", "add", source, "--model-name", "other",
+                                  "--entries", entries)
     assert status == 2 and out == ""
     assert err == (f"modarb: error: {source}: already on the leaderboard as {stored.name} (same results file); "
                    "pass --replace to overwrite that entry\n")

@@ -134,6 +134,17 @@ def test_error_names_folder_and_first_missing_image(tmp_path, benchmark):
         "set mc2_images or MODARB_MC2_IMAGES to the folder holding all COCO images)")
 
 
+@pytest.mark.parametrize("content", [b"", b"not a jpeg at all"], ids=["zero-byte", "not-an-image"])
+def test_error_names_the_first_unreadable_image(tmp_path, benchmark, content):
+    ids = _first_ids(benchmark, 3)
+    write_stand_in_images(tmp_path, ids)
+    broken = tmp_path / mc2.image_file_names(ids[1])[1]
+    broken.write_bytes(content)
+    message = _error(lambda: mc2_dataset("follow_image", mc2_json=str(benchmark), mc2_images=str(tmp_path), n=3))
+    assert message.startswith(f"MC² image {broken} cannot be read ({len(content)} bytes: ")
+    assert message.endswith("copy the COCO image again, or set mc2_images or MODARB_MC2_IMAGES to an intact COCO folder")
+
+
 def test_error_json_not_set():
     assert _error(lambda: mc2_dataset("language_control")) == (
         "MC² JSON not set: pass --metadata '{\"mc2_json\": \"/path/to/evaluate_final.json\"}' or set MODARB_MC2_JSON")

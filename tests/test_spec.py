@@ -76,11 +76,12 @@ def test_block_spec_equals_zeroed_columns(tiny, batch):
     assert torch.equal(blocked, tiny(**batch).logits)
 
 
-def test_spec_with_empty_knockout_is_bit_identical(tiny, batch):
-    spec = InterventionSpec(model=model_fingerprint(tiny), knockout=KnockoutSpec(edges=(), layers=(0, 1, 2)))
-    base = tiny(**batch).logits
-    with apply_spec(tiny, spec):
-        assert torch.equal(tiny(**batch).logits, base)
+@pytest.mark.parametrize("edges, layers, heads, missing", [
+    ((), (0, 1, 2), None, "edges"), ((("last", "image"),), (), None, "layers"), ((("last", "image"),), (0,), (), "heads")])
+def test_a_knockout_that_would_change_nothing_is_refused(tiny, edges, layers, heads, missing):
+    with pytest.raises(SpecError, match=f"^knockout has no {missing}, so it would change nothing; give {missing} or set "
+                                        "knockout to null$"):
+        InterventionSpec(model=model_fingerprint(tiny), knockout=KnockoutSpec(edges=edges, layers=layers, heads=heads))
 
 
 def test_spec_knockout_and_scope_equal_the_direct_calls(tiny, batch):
@@ -176,7 +177,7 @@ def test_from_inline(tiny):
          '"provenance": {}}', "scale nan of head L0H0 must be a finite number >= 0"),
         (_document(positions="instructions"), "unknown token group 'instructions'; choose one of all, last, system, image, context, instruction, question, constraint"),
         (_document(knockout={"edges": [{"query": "vision", "key": "last"}], "layers": [0]}), "unknown token group 'vision'; choose one of system, image, context, instruction, question, constraint, last"),
-        (_document(knockout={"edges": [], "layers": [LAYERS]}), f"layer {LAYERS} is out of range: the model has layers 0..{LAYERS - 1}"),
+        (_document(knockout={"edges": [{"query": "last", "key": "image"}], "layers": [LAYERS]}), f"layer {LAYERS} is out of range: the model has layers 0..{LAYERS - 1}"),
         (_document(heads=[{"layer": 0, "head": 0, "scale": 0}, {"layer": 0, "head": 0, "scale": 1}]), "head L0H0 is listed twice; give each head one scale"),
         (_document(heads=[{"layer": 0, "head": 0}]), "heads/0: 'scale' is a required property"),
         (_document(extra=1), "document: Additional properties are not allowed ('extra' was unexpected)"),

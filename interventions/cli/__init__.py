@@ -1,8 +1,8 @@
 """The `modarb` command: lm-eval with our tasks and models, and the modarb tools beside it.
 
 Every subcommand module offers `register(subparsers)`; this file only assembles them and turns
-bad input (ModarbError, raised where user input is read, and argparse's errors) into one line and
-exit status 2, and Ctrl-C into one line and status 130. Anything else is a bug and keeps its traceback.
+bad input (ModarbError, raised where user input is read, and argparse's errors) and a full disk into
+one line and exit status 2, and Ctrl-C into one line and status 130. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from interventions.versions import warn_untested_versions
 from modarb_tasks.errors import ModarbError
+from modarb_tasks.files import disk_full_message, is_disk_full
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # the shell's code for a process ended by SIGINT
@@ -117,6 +119,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         print(f"modarb: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as error:
+        if not is_disk_full(error) or os.environ.get("MODARB_DEBUG"):
+            raise  # any other OS error may be a bug: keep its traceback
+        where = Path(error.filename).parent if error.filename else Path.cwd()
+        print(f"modarb: error: {disk_full_message(where)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         if os.environ.get("MODARB_DEBUG"):

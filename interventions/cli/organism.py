@@ -1,7 +1,8 @@
 """`modarb organism train|path`: retrain the bundled organism, or print where its weights are.
 
 Training never overwrites a folder that already holds a model (the shipped weights included)
-unless asked with --force; the default output is a new timestamped folder. The output folder is
+unless asked with --force, and --force overwrites only a model this command trained (or an earlier
+modarb output folder), never a folder of the user's; the default output is a new timestamped folder. The output folder is
 checked before training starts, and without --force the model is written to a hidden folder and
 moved into place at the end, so an error or Ctrl-C leaves no half-saved model.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 from interventions.organism.captions import CAPTION_KINDS
 from modarb_tasks.docs import TASK_KINDS
 from modarb_tasks.errors import ModarbError
-from modarb_tasks.outdir import OutputFolder, check_writable, staged
+from modarb_tasks.outdir import OutputFolder, check_out, check_writable, staged
 
 # What `--only` may name: the kinds of the recipe's mix (the caption kinds of its alignment stage too).
 TRAINING_KINDS = (*CAPTION_KINDS, *TASK_KINDS)
@@ -58,11 +59,14 @@ def _train(args: argparse.Namespace) -> int:
             raise ModarbError(f"{flag} {value} must be at least {least}")
     if (out / "config.json").exists() and not args.force:
         raise ModarbError(f"{out} already holds a model; choose another --out or pass --force to overwrite it")
+    in_place = args.force and _is_trained_organism(out)
+    if args.force and not in_place:
+        check_out(out)  # --force replaces a model modarb trained, never a folder of the user's
     check_writable(out)
     from interventions.organism.card import write_model_card
     from interventions.organism.recipe import train
 
-    with nullcontext(OutputFolder.of(out)) if args.force else staged(out) as folder:
+    with nullcontext(OutputFolder.of(out)) if in_place else staged(out) as folder:
         record = train(folder.work, seed=args.seed, steps=args.steps, generation=args.generation,
                        eval_items=args.eval_items, threads=args.threads, eval_every=args.eval_every,
                        only=args.only, batch_size=args.batch_size)
@@ -70,6 +74,16 @@ def _train(args: argparse.Namespace) -> int:
     print(json.dumps({"out": str(out), **{k: record[k] for k in ("generation", "seed", "steps", "train_seconds")},
                       "scores": record.get("scores")}, indent=2))
     return 0
+
+
+def _is_trained_organism(folder: Path) -> bool:
+    """True when `folder` holds a model `organism train` wrote (its training record beside the weights)
+    and nothing else: --force may then overwrite it in place, the shipped weights included."""
+    if not (folder / "training.json").is_file() or not (folder / "config.json").is_file():
+        return False
+    written = {"README.md", "training.json", "config.json", "generation_config.json", "model.safetensors",
+               "processor_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"}
+    return all(path.name in written for path in folder.iterdir())
 
 
 def _path(args: argparse.Namespace) -> int:

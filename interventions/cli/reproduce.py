@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from interventions.analysis.data import add_data_arguments
 from modarb_tasks.errors import ModarbError
+from modarb_tasks.files import check_writable
 from modarb_tasks.outdir import check_out
 
 
@@ -64,6 +66,13 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+def _check_fractions(flag: str, fractions: tuple[float, ...]) -> None:
+    """Head fractions: one or more, each in (0, 1)."""
+    if not fractions or not all(0 < fraction < 1 for fraction in fractions):
+        raise ModarbError(f"{flag} {','.join(map(str, fractions)) or repr('')} must be one or more fractions of the "
+                          "heads in (0, 1), comma-separated (e.g. 0.05 for 5%)")
+
+
 def _run(args: argparse.Namespace) -> int:
     from interventions.analysis.defaults import ReproduceConfig
     from interventions.model.model_files import check_device
@@ -73,7 +82,14 @@ def _run(args: argparse.Namespace) -> int:
             raise ModarbError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")
     if args.window is not None and args.window < 1:
         raise ModarbError(f"--window must be at least 1 layer, not {args.window}")
+    _check_fractions("--top", (args.top,))
+    _check_fractions("--fractions", args.fractions)
+    if not args.alphas or not all(math.isfinite(alpha) and alpha > 0 for alpha in args.alphas):
+        raise ModarbError(f"--alphas {','.join(map(str, args.alphas)) or repr('')} must be one or more finite numbers "
+                          "> 0, comma-separated (e.g. 2,4: each amplifies the top heads by that factor)")
     check_out(args.out)
+    if args.use_cache is not None:
+        check_writable(args.use_cache, "--use-cache")
     check_device(args.device)
     config = ReproduceConfig(**{key: value for key, value in vars(args).items() if key not in ("func", "command")})
     from interventions.analysis.reproduce import reproduce  # torch and lm-eval: after the checks, so bad input is quick

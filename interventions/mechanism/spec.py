@@ -27,6 +27,7 @@ from interventions.organism import ORGANISM_DIR, ORGANISM_NAME
 from interventions.mechanism.token_groups import GROUP_NAMES
 
 SCHEMA_VERSION = "modarb.intervention/v1"
+MAX_SPEC_BYTES = 4 * 1024 * 1024  # every head of a 100-layer x 100-head model with a long provenance fits
 POSITION_SCOPES = ("all", "last", *GROUP_NAMES)
 
 _INT = {"type": "integer", "minimum": 0}
@@ -159,8 +160,14 @@ class InterventionSpec:
         path = Path(path)
         if not path.is_file():
             raise SpecNotFoundError(f"spec file {path} does not exist; write one with `save` or check the path")
+        if path.stat().st_size > MAX_SPEC_BYTES:
+            raise SpecError(f"spec {path} is {path.stat().st_size:,} bytes, more than a spec needs "
+                            f"({MAX_SPEC_BYTES:,} at most); check that it is an intervention spec")
         try:
             document = json.loads(path.read_text(encoding="utf-8"))
+        except RecursionError:
+            raise SpecError(f"spec {path}: JSON nested too deeply to be a spec; check that it is an intervention "
+                            "spec") from None
         except json.JSONDecodeError as err:
             raise SpecError(f"spec {path}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
         except UnicodeDecodeError:
@@ -336,6 +343,9 @@ def _check_content(spec: InterventionSpec) -> None:
         for head in spec.knockout.heads or ():
             if not 0 <= head < model.num_heads:
                 raise SpecError(f"knockout head {head} is out of range: the model has heads 0..{model.num_heads - 1}")
+        if not (spec.knockout.edges and spec.knockout.layers and spec.knockout.heads != ()):
+            missing = "edges" if not spec.knockout.edges else "layers" if not spec.knockout.layers else "heads"
+            raise SpecError(f"knockout has no {missing}, so it would change nothing; give {missing} or set knockout to null")
 
 
 def _check_layer(layer: int, model: ModelFingerprint) -> None:

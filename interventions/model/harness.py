@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import logging
 import sys
 from pathlib import Path
@@ -114,6 +115,8 @@ def check_run_config(cfg, device: str | None) -> None:
                               "<folder>/<model>/results_<date>.json) or a new name ending in .json")
         check_writable(path.parent if path.suffix == ".json" else path, "--output_path")
     check_device(device)
+    if cfg.limit is not None and not cfg.limit > 0:
+        raise ModarbError(f"--limit {cfg.limit:g} must be > 0: a number of docs per task, or a fraction of them in (0, 1)")
     if cfg.model == DEFAULT_MODEL:
         from interventions.model.model_args import check_cli_model_args
 
@@ -122,9 +125,13 @@ def check_run_config(cfg, device: str | None) -> None:
 
 def check_tasks(lm, task_dict) -> None:
     """Stop before the first request when the model cannot run one of the tasks, naming it."""
+    from lm_eval.api.model import CachingLM
+
     from interventions.model.lm import ModarbVLM
     from interventions.model.model_args import is_multimodal_task
 
+    while isinstance(lm, CachingLM):  # --use_cache wraps the model: check the model itself
+        lm = lm.lm
     tasks = _leaf_tasks(task_dict)
     with_images = [name for name, task in tasks if is_multimodal_task(task)]
     text_only = [name for name, task in tasks if not is_multimodal_task(task)]
@@ -188,6 +195,9 @@ def guard_lm_eval() -> None:
             raise ModarbError(f"{str(error).strip().splitlines()[0]}; see `modarb eval run --help`") from None
         check_run_config(cfg, getattr(namespace, "device", None))
         tasks = cfg.tasks.split(",") if isinstance(cfg.tasks, str) else list(cfg.tasks or [])
+        if not [task for task in tasks if str(task).strip()]:
+            raise ModarbError("no --tasks given; name tasks or groups, e.g. --tasks modarb (list them with "
+                              "`modarb eval ls tasks`)")
         if tasks and set(tasks) <= modarb_task_names():
             _ONLY_MODARB_TASKS.append(True)
         return cfg
@@ -208,10 +218,21 @@ def guard_lm_eval() -> None:
     def checked_save(self, *args, **kwargs):
         self.date_id = None  # set by lm-eval just before it writes
         save(self, *args, **kwargs)
-        if self.output_path and not (self.date_id and _results_file(self).is_file()):
+        if self.output_path and not (self.date_id and _is_whole_json(_results_file(self))):
+            if self.date_id and _results_file(self).is_file():  # a full disk leaves a truncated file: remove it
+                _results_file(self).unlink()
             _UNSAVED.append(str(self.output_path))
 
     EvaluationTracker.save_results_aggregated = checked_save
+
+
+def _is_whole_json(path: Path) -> bool:
+    """True when `path` is a file that parses as JSON (lm-eval writes it in place, not atomically)."""
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def _results_file(tracker) -> Path:
@@ -222,10 +243,31 @@ def _results_file(tracker) -> Path:
     return path / str(tracker.general_config_tracker.model_name_sanitized) / f"results_{tracker.date_id}.json"
 
 
+JSON_FLAGS = ("--model_args", "--metadata", "--gen_kwargs")
+
+
+def check_json_arguments(argv: list[str]) -> None:
+    """One line for a JSON-looking --model_args / --metadata / --gen_kwargs that does not parse (lm-eval's own
+    parser raises from inside argparse, with a traceback)."""
+    for index, arg in enumerate(argv):
+        flag, equals, value = arg.partition("=")
+        if flag not in JSON_FLAGS:
+            continue
+        if not equals:
+            value = argv[index + 1] if index + 1 < len(argv) else ""
+        if value.lstrip().startswith("{"):
+            try:
+                json.loads(value)
+            except ValueError as error:
+                raise ModarbError(f"{flag} {value!r} is not valid JSON ({error}); write a JSON object with double "
+                                  "quotes, e.g. '{\"shapes_n\": 8}', or key=value pairs") from None
+
+
 def run_lm_eval(argv: list[str]) -> None:
     """`modarb eval ARGS` = `lm-eval ARGS` with modarb registered (all flags and subcommands)."""
     from lm_eval.__main__ import cli_evaluate
 
+    check_json_arguments(argv)
     register_modarb()
     guard_lm_eval()
     _UNSAVED.clear()
@@ -238,4 +280,5 @@ def run_lm_eval(argv: list[str]) -> None:
         raise
     if _UNSAVED:
         raise ResultsNotSaved(f"lm-eval could not write the results to --output_path {_UNSAVED[-1]} (the scores above "
-                              "are not saved); give a writable folder and run again")
+                              "are not saved; a full disk or a folder that cannot be written); give a writable folder "
+                              "with free space and run again")

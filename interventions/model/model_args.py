@@ -46,6 +46,10 @@ def check_model_args(kwargs: dict, *, spec, block, amplify, alpha, positions) ->
             close = difflib.get_close_matches(name, sorted(known), n=1)
             hint = f"did you mean {close[0]}=?" if close else f"hf-modarb's own are {', '.join(OWN_ARGS)}"
             raise ModarbError(f"unknown model arg {name}= for hf-modarb; {hint}")
+    for name, value in (("spec", spec), ("block", block), ("amplify", amplify)):
+        if value is not None and not str(value).replace(";", "").strip():
+            raise ModarbError(f"{name}= is empty, so nothing would change; give heads (e.g. {name}=L3H1;L5H7)"
+                              if name != "spec" else "spec= is empty; give a spec file or drop spec=")
     if spec and (block or amplify):
         raise ModarbError("give either spec=<file> or inline block=/amplify= heads, not both")
     if alpha is not None:

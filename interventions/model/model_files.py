@@ -50,8 +50,30 @@ def check_pretrained(source: str, trust_remote_code: bool = False) -> None:
     if "vision_config" not in config and not (trust_remote_code and "auto_map" in config) and not _is_vlm_type(model_type):
         raise ModarbError(f"{source} is a text-only model (model_type {model_type!r}); modarb needs a vision-language "
                           "model such as LLaVA, Qwen2-VL, Idefics3 or the bundled organism")
+    if Path(source).expanduser().is_dir() or _offline():  # a hub snapshot may still download what it lacks
+        _check_files_present(folder, source)
     for weights in sorted(folder.glob("*.safetensors")):
         _check_safetensors(weights)
+
+
+WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
+
+
+def _check_files_present(folder: Path, source: str) -> None:
+    """One line for a folder that has a config but lacks the weights, the tokenizer or the image processor."""
+    if not any(any(folder.glob(pattern)) for pattern in WEIGHT_FILES):
+        raise ModarbError(f"model folder {source} has a config.json but no weight files (*.safetensors); save the "
+                          "model there with save_pretrained (or finish copying it)")
+    for kind, names in (("tokenizer", TOKENIZER_FILES), ("image processor", PROCESSOR_FILES)):
+        if not any((folder / name).is_file() for name in names):
+            raise ModarbError(f"model folder {source} has weights but no {kind} files ({' / '.join(names[:2])}); "
+                              "save the processor beside the model (processor.save_pretrained(folder))")
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
 def _is_vlm_type(model_type: str | None) -> bool:
@@ -76,24 +98,19 @@ def _model_folder(source: str) -> Path | None:
     cached = try_to_load_from_cache(source, "config.json")
     if isinstance(cached, str):
         return Path(cached).parent
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+    if _offline():
         raise ModarbError(f"model {source} is neither a local folder nor in the Hugging Face cache, and HF_HUB_OFFLINE "
                           "forbids downloading it; download it first (hf download " + source + ") or give a folder")
     return None
 
 
 def _check_safetensors(path: Path) -> None:
-    """A safetensors file ends where its header says its last tensor ends; a shorter file is truncated."""
-    size = path.stat().st_size
-    with path.open("rb") as handle:
-        prefix = handle.read(8)
-        header_size = int.from_bytes(prefix, "little") if len(prefix) == 8 else size
-        try:
-            header = json.loads(handle.read(header_size)) if 8 + header_size <= size else None
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            header = None
-    end = None if not isinstance(header, dict) else 8 + header_size + max(
-        (entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
-    if end is None or end > size:
-        raise ModarbError(f"weights file {path} is truncated or corrupt ({size} bytes"
-                          + ("" if end is None else f" of {end}") + "); download or save the model again")
+    """safetensors' own reader refuses a file its header does not cover (truncated) or cannot parse."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt"):
+            pass
+    except SafetensorError as error:
+        raise ModarbError(f"weights file {path} is truncated or corrupt ({path.stat().st_size} bytes: {error}); "
+                          "download or save the model again") from None
