@@ -26,7 +26,8 @@ demo: $(STAMP)
 # Tests run one torch thread each (tests/conftest.py), so one worker per core keeps every core busy;
 # worksteal rebalances when a worker is left with the long end-to-end runs. TEST_WORKERS=0 runs serially.
 TEST_WORKERS ?= auto
-PYTEST := $(BIN)/python -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist worksteal)
+# --durations lists the slowest tests after every run: where the suite's time goes is always in view.
+PYTEST := $(BIN)/python -m pytest --durations=25 $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist worksteal)
 
 test: $(STAMP)
 	$(PYTEST)
