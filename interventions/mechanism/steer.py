@@ -72,9 +72,9 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def read_vector(path: str | Path, expected_sha256: str | None = None) -> torch.Tensor:
-    """The vector in safetensors file `path` (InterventionError when missing, unreadable, not one 1-D
-    finite tensor, or when its sha256 differs from `expected_sha256`)."""
+def read_vector_file(path: str | Path, expected_sha256: str | None = None) -> bytes:
+    """The bytes of vector file `path` (InterventionError when missing or when its sha256 differs from
+    `expected_sha256`: the file changed after the spec naming it was written)."""
     path = Path(path)
     if not path.is_file():
         raise InterventionError(f"steering vector file {path} does not exist; check the path")
@@ -82,16 +82,26 @@ def read_vector(path: str | Path, expected_sha256: str | None = None) -> torch.T
     if expected_sha256 is not None and sha256(data) != expected_sha256:
         raise InterventionError(f"steering vector file {path} does not match the sha256 its spec records "
                                 "(changed since the spec was written); restore it or write the spec again")
+    return data
+
+
+def parse_vector(data: bytes, source: str) -> torch.Tensor:
+    """The one finite 1-D tensor in safetensors bytes `data`, as float32 (`source` names it in errors)."""
     try:
         tensors = load_safetensors(data)
     except (SafetensorError, ValueError, OSError) as err:
-        raise InterventionError(f"steering vector file {path} is not a safetensors file ({err}); "
+        raise InterventionError(f"{source} is not a safetensors file ({err}); "
                                 "save it with safetensors.torch.save_file") from None
     if len(tensors) != 1:
-        raise InterventionError(f"steering vector file {path} holds {len(tensors)} tensors; save exactly one")
+        raise InterventionError(f"{source} holds {len(tensors)} tensors; save exactly one")
     vector = next(iter(tensors.values()))
-    check_vector(vector, source=f"steering vector in {path}")
+    check_vector(vector, source=source)
     return vector.float()
+
+
+def read_vector(path: str | Path, expected_sha256: str | None = None) -> torch.Tensor:
+    """The vector in safetensors file `path`, checked (see read_vector_file and parse_vector)."""
+    return parse_vector(read_vector_file(path, expected_sha256), f"steering vector file {path}")
 
 
 @contextmanager
