@@ -76,3 +76,70 @@ def test_a_vector_of_the_wrong_width_or_a_layer_out_of_range_stops_before_any_re
     layers = model.config.get_text_config().num_hidden_layers
     with pytest.raises(ModarbError, match=f"layer {layers} is out of range"):
         ModarbVLM(pretrained=str(tiny_folder), device="cpu", steer=str(good), steer_layer=layers, steer_alpha=1)
+
+
+# --- modarb steer -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--directions", "colour"], "--directions 'colour': choose from modality, following, modality_pc1"),
+    (["--alphas", "1,x"], "--alphas '1,x' must be comma-separated numbers"),
+    (["--alphas", "nan"], "--alphas 'nan' must list at least one finite number"),
+    (["--layers", "-1"], "--layers '-1' must be decoder layer numbers >= 0"),
+    (["--n-items", "0"], "--n-items 0 must be at least 1"),
+])
+def test_modarb_steer_refuses_bad_flags_in_one_line(argv, message, tmp_path, capsys):
+    from interventions import cli
+
+    assert cli.main(["steer", "--out", str(tmp_path / "s"), *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"modarb: error: {message}"] and not (tmp_path / "s").exists()
+
+
+def test_validation_rates_at_alpha_zero_change_nothing_and_the_best_setting_is_chosen(organism_dir):
+    from interventions.analysis.batches import iter_batches
+    from interventions.analysis.data import DataSource, prepare_docs
+    from interventions.analysis.identify import CONTROL_KINDS, FOLLOW_KINDS, split_docs
+    from interventions.analysis.objective import Objective
+    from interventions.analysis.steer import SteerOptions, choose_setting, fit_directions
+    from interventions.model.loading import load_model
+
+    model, processor = load_model(None)
+    docs, _ = prepare_docs(DataSource(), None, 12, (*FOLLOW_KINDS, *CONTROL_KINDS))
+    follow, control = split_docs(docs)
+    objective = Objective(model, list(iter_batches(model, processor, follow, 16)),
+                          list(iter_batches(model, processor, control, 16)))
+    vectors = fit_directions(objective, "last", ("modality", "modality_pc1"))
+    assert vectors["modality"].shape == (model.config.get_text_config().num_hidden_layers,
+                                         model.config.get_text_config().hidden_size)
+    torch.testing.assert_close(vectors["modality_pc1"].norm(dim=-1), vectors["modality"].norm(dim=-1))
+    assert bool(((vectors["modality_pc1"] * vectors["modality"]).sum(-1) >= 0).all())
+    chosen = choose_setting(objective, vectors["modality"], SteerOptions(alphas=(0.0, 1.0), layers=(1, 3)))
+    unchanged = [point for point in chosen["tried"] if point["alpha"] == 0.0]
+    assert len(unchanged) == 2 and len(chosen["tried"]) == 4
+    for point in unchanged:
+        assert point["restored"] == point["broken"] == 0 and point["visual_control_drop"] == 0.0
+    assert chosen["validation"]["value"] == max(point["value"] for point in chosen["tried"])
+
+
+@pytest.mark.slow
+def test_modarb_steer_writes_specs_that_load_and_test_numbers_that_add_up(organism_dir, tmp_path, capsys):
+    import json
+
+    from interventions import cli
+    from interventions.mechanism.spec import InterventionSpec
+
+    out = tmp_path / "steer"
+    assert cli.main(["steer", "--out", str(out), "--n-items", "12", "--limit", "10", "--layers", "1,3",
+                     "--alphas=-0.5,0.5", "--directions", "following"]) == 0
+    summary = json.loads((out / "steer.json").read_text())
+    [setting] = summary["settings"]
+    assert (setting["layer"], setting["alpha"]) in {(1, -0.5), (1, 0.5), (3, -0.5), (3, 0.5)}
+    assert setting["validation"]["value"] == max(point["value"] for point in setting["tried"])
+    spec = InterventionSpec.load(out / setting["spec"])
+    assert spec.identity() == setting["identity"] and spec.steering.layers == (setting["layer"],)
+    test = setting["test"]
+    assert test["failed"] + test["followed"] == 20 and 0 <= test["restored"] <= test["failed"]
+    assert 0.0 <= test["other"] <= 1.0
+    assert "steer following" in (out / "steer.md").read_text()
+    assert f"steer following: layer {setting['layer']}" in capsys.readouterr().out
