@@ -123,10 +123,6 @@ def other_share(run) -> float | None:
     return sum(share * n for share, n in parts) / total if total else None
 
 
-def options_record(options: SteerOptions) -> dict:
-    return asdict(options)
-
-
 @dataclass(frozen=True)
 class SteerRun:
     """What `modarb steer` runs: the model, the data and sizes, and the search (SteerOptions)."""
@@ -183,7 +179,7 @@ def run_steer(config: SteerRun, out, source, docs: list[dict], dropped: dict) ->
         settings.append({
             "direction": name, "layer": setting["layer"], "alpha": setting["alpha"], "positions": options.positions,
             "spec": f"steer_{name}.json", "identity": spec.identity(),
-            "validation": {key: value for key, value in setting["validation"].items()},
+            "validation": setting["validation"],
             "test": {"restored": point.restored, "failed": point.failed, "restoration_rate": point.restoration_rate,
                      "broken": point.broken, "followed": point.followed, "broken_rate": point.broken_rate,
                      "visual_control": run.scores.get("visual_control"),
@@ -196,7 +192,7 @@ def run_steer(config: SteerRun, out, source, docs: list[dict], dropped: dict) ->
         "fingerprint": fingerprint.describe(),
         "limit": config.limit,
         "data": data_record(source, dropped, len(docs)),
-        "options": options_record(options),
+        "options": asdict(options),
         "skipped_directions": sorted(set(options.directions) - set(vectors)),
         "baseline": {"visual_control": baseline.scores.get("visual_control"),
                      "language_control": baseline.scores.get("language_control"),
