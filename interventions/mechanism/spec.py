@@ -423,6 +423,10 @@ def _check_content(spec: InterventionSpec) -> None:
         if not (math.isfinite(h.scale) and h.scale >= 0):
             raise SpecError(f"scale {h.scale} of head L{h.layer}H{h.head} must be a finite number >= 0")
     _check_group(spec.positions, POSITION_SCOPES)
+    if spec.steering is not None:
+        for layer in spec.steering.layers:
+            _check_layer(layer, model)
+        _check_group(spec.steering.positions, POSITION_SCOPES)
     if spec.knockout is not None:
         for query, key in spec.knockout.edges:
             _check_group(query, GROUP_NAMES)
@@ -432,10 +436,6 @@ def _check_content(spec: InterventionSpec) -> None:
         for head in spec.knockout.heads or ():
             if not 0 <= head < model.num_heads:
                 raise SpecError(f"knockout head {head} is out of range: the model has heads 0..{model.num_heads - 1}")
-    if spec.steering is not None:
-        for layer in spec.steering.layers:
-            _check_layer(layer, model)
-        _check_group(spec.steering.positions, POSITION_SCOPES)
 
 
 def _read_steering(document: dict | None, base: Path | None) -> SteeringSpec | None:
