@@ -139,47 +139,63 @@ class SteerRun:
 
 def run_steer(config: SteerRun, out, source, docs: list[dict], dropped: dict) -> dict:
     """Fit, choose on validation, score on test, write the specs and summaries into OutputFolder `out`."""
-    from interventions.analysis.batches import iter_batches
     from interventions.analysis.data import data_record
     from interventions.analysis.evaluation import Evaluator, quiet_lm_eval
-    from interventions.analysis.experiments import amplify_point
-    from interventions.analysis.identify import frozen, split_docs
     from interventions.mechanism.spec import model_fingerprint
     from interventions.model.lm import ModarbVLM
-    from modarb_tasks.files import write_json, write_text
 
     quiet_lm_eval()
     lm = ModarbVLM(pretrained=config.model, batch_size=config.batch_size, device=config.device, dtype=config.dtype,
                    trust_remote_code=config.trust_remote_code)
     fingerprint = model_fingerprint(lm.model)
-    options = config.options
-    outside = [layer for layer in options.layers or () if layer >= fingerprint.num_layers]
+    outside = [layer for layer in config.options.layers or () if layer >= fingerprint.num_layers]
     if outside:
         raise ModarbError(f"--layers: layer {outside[0]} is out of range: the model has layers "
                           f"0..{fingerprint.num_layers - 1}")
-    follow, control = split_docs(docs)
-    with frozen(lm.model), torch.no_grad():
-        objective = Objective(lm.model, list(iter_batches(lm.model, lm.processor, follow, config.batch_size)),
-                              list(iter_batches(lm.model, lm.processor, control, config.batch_size)))
-        vectors = fit_directions(objective, options.positions, options.directions)
-        chosen = {name: choose_setting(objective, per_layer, options) for name, per_layer in vectors.items()}
     model_arg = ",".join([f"pretrained={config.model}"] * bool(config.model)
                          + ["trust_remote_code=True"] * config.trust_remote_code)
     evaluator = Evaluator(lm, model_arg, out.work / "runs", config.limit, config.batch_size, out.final / "runs",
                           tasks=source.tasks())
     baseline = evaluator.run("baseline", None)
+    summary = {
+        "model": config.model or "modarb-organism",
+        "fingerprint": fingerprint.describe(),
+        "limit": config.limit,
+        "data": data_record(source, dropped, len(docs)),
+        **steering_on_test(lm, evaluator, baseline, docs, config.batch_size, config.options, out.work),
+    }
+    write_summary(out.work, summary)
+    return summary
+
+
+def steering_on_test(lm, evaluator, baseline, docs: list[dict], batch_size: int, options: SteerOptions,
+                     spec_dir=None) -> dict:
+    """Directions fitted on validation `docs`, each one's layer and alpha chosen there, each chosen setting
+    scored by `evaluator` on the test split against `baseline`: the summary's options, baseline and
+    settings (`spec_dir`: where each setting's spec is written besides its run folder)."""
+    from interventions.analysis.batches import iter_batches
+    from interventions.analysis.experiments import amplify_point
+    from interventions.analysis.identify import frozen, split_docs
+    from interventions.mechanism.spec import model_fingerprint
+
+    follow, control = split_docs(docs)
+    with frozen(lm.model), torch.no_grad():
+        objective = Objective(lm.model, list(iter_batches(lm.model, lm.processor, follow, batch_size)),
+                              list(iter_batches(lm.model, lm.processor, control, batch_size)))
+        vectors = fit_directions(objective, options.positions, options.directions)
+        chosen = {name: choose_setting(objective, per_layer, options) for name, per_layer in vectors.items()}
+    fingerprint = model_fingerprint(lm.model)
     settings = []
     for name, setting in chosen.items():
-        vector = vectors[name][setting["layer"]]
-        spec = steering_spec(fingerprint, name, vector, setting, options.positions,
-                             {"validation_items": config.n_items})
-        spec.save(out.work / f"steer_{name}.json")
+        spec = steering_spec(fingerprint, name, vectors[name][setting["layer"]], setting, options.positions,
+                             {"validation_docs": len(docs)})
+        if spec_dir is not None:
+            spec.save(spec_dir / f"steer_{name}.json")
         run = evaluator.run(f"steer_{name}", spec)
         point = amplify_point(baseline, run, setting["alpha"])
         settings.append({
             "direction": name, "layer": setting["layer"], "alpha": setting["alpha"], "positions": options.positions,
-            "spec": f"steer_{name}.json", "identity": spec.identity(),
-            "validation": setting["validation"],
+            "spec": f"steer_{name}.json", "identity": spec.identity(), "validation": setting["validation"],
             "test": {"restored": point.restored, "failed": point.failed, "restoration_rate": point.restoration_rate,
                      "broken": point.broken, "followed": point.followed, "broken_rate": point.broken_rate,
                      "visual_control": run.scores.get("visual_control"),
@@ -187,11 +203,7 @@ def run_steer(config: SteerRun, out, source, docs: list[dict], dropped: dict) ->
                      "mf_ratio": run.scores.get("mf_ratio"), "other": other_share(run), "command": run.command},
             "tried": setting["tried"],
         })
-    summary = {
-        "model": config.model or "modarb-organism",
-        "fingerprint": fingerprint.describe(),
-        "limit": config.limit,
-        "data": data_record(source, dropped, len(docs)),
+    return {
         "options": asdict(options),
         "skipped_directions": sorted(set(options.directions) - set(vectors)),
         "baseline": {"visual_control": baseline.scores.get("visual_control"),
@@ -200,9 +212,14 @@ def run_steer(config: SteerRun, out, source, docs: list[dict], dropped: dict) ->
                      "command": baseline.command},
         "settings": settings,
     }
-    write_json(out.work / "steer.json", summary)
-    write_text(out.work / "steer.md", markdown(summary))
-    return summary
+
+
+def write_summary(folder, summary: dict) -> None:
+    """steer.json and steer.md in `folder`."""
+    from modarb_tasks.files import write_json, write_text
+
+    write_json(folder / "steer.json", summary)
+    write_text(folder / "steer.md", markdown(summary))
 
 
 def markdown(summary: dict) -> str:
