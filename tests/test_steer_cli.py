@@ -143,3 +143,8 @@ def test_modarb_steer_writes_specs_that_load_and_test_numbers_that_add_up(organi
     assert 0.0 <= test["other"] <= 1.0
     assert "steer following" in (out / "steer.md").read_text()
     assert f"steer following: layer {setting['layer']}" in capsys.readouterr().out
+    entries = tmp_path / "entries"
+    assert cli.main(["leaderboard", "add", "--entries", str(entries), str(out / "runs" / "steer_following")]) == 0
+    [entry] = [json.loads(path.read_text()) for path in entries.glob("*.json")]
+    assert entry["intervention"] == {"identity": setting["identity"],
+                                     "name": f"steer following L{setting['layer']} x{setting['alpha']:g}"}
