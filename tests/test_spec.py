@@ -12,7 +12,7 @@ from interventions.mechanism.knockout import knockout
 from interventions.mechanism.locate import InterventionError, locate_heads
 from interventions.testing.random_init import HEAD_DIM, HEADS, LAYERS, build_tiny_model, random_batch
 from interventions.mechanism.spec import (
-    SCHEMA_VERSION,
+    SCHEMA_V1,
     HeadScale,
     InterventionSpec,
     KnockoutSpec,
@@ -26,7 +26,7 @@ from interventions.mechanism.token_groups import EmptyGroupError
 
 def _document(**changes) -> dict:
     document = {
-        "schema": SCHEMA_VERSION,
+        "schema": SCHEMA_V1,  # a spec without steering is written as v1
         "model": {"name": "", "family": "llava", "num_layers": LAYERS, "num_heads": HEADS, "head_dim": HEAD_DIM},
         "heads": [{"layer": 1, "head": 2, "scale": 0.0}, {"layer": 0, "head": 3, "scale": 2.0}],
         "positions": "all",
@@ -167,8 +167,8 @@ def test_from_inline(tiny):
     "content,message",
     [
         ('{"schema": "modarb.intervention/v1", ', "not valid JSON (line 1, column 38: Expecting property name enclosed in double quotes)"),
-        (_document(schema="modarb.intervention/v2"), "unknown schema version 'modarb.intervention/v2'; this modarb reads 'modarb.intervention/v1'"),
-        ([1, 2], "unknown schema version None; this modarb reads 'modarb.intervention/v1'"),
+        (_document(schema="modarb.intervention/v3"), "unknown schema version 'modarb.intervention/v3'; this modarb reads 'modarb.intervention/v1' and 'modarb.intervention/v2'"),
+        ([1, 2], "unknown schema version None; this modarb reads 'modarb.intervention/v1' and 'modarb.intervention/v2'"),
         (_document(heads=[{"layer": LAYERS, "head": 0, "scale": 0.0}]), f"layer {LAYERS} is out of range: the model has layers 0..{LAYERS - 1}"),
         (_document(heads=[{"layer": 0, "head": HEADS, "scale": 0.0}]), f"head L0H{HEADS} is out of range: the model has heads 0..{HEADS - 1}"),
         (_document(heads=[{"layer": 0, "head": 0, "scale": -1}]), "scale -1.0 of head L0H0 must be a finite number >= 0"),

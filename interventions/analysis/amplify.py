@@ -19,6 +19,7 @@ alpha it reports is chosen on validation, never on the test items.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 
 import torch
@@ -47,10 +48,16 @@ def _followed(objective: Objective) -> list[torch.Tensor]:
     return [p >= 0.5 for p in objective.open_follow]
 
 
-@torch.no_grad()
 def rates(objective: Objective, gates: torch.Tensor, broken_weight: float = AmplifyOptions.broken_weight) -> dict:
     """Restored share of the failed docs, broken share of the followed docs, control drops, value."""
-    with gate_heads(objective.model, gates):
+    return intervention_rates(objective, gate_heads(objective.model, gates), broken_weight)
+
+
+@torch.no_grad()
+def intervention_rates(objective: Objective, intervention: AbstractContextManager,
+                       broken_weight: float = AmplifyOptions.broken_weight) -> dict:
+    """`rates` with the model run inside `intervention` (any hooks: head gates, residual steering)."""
+    with intervention:
         now = [follow_probabilities(objective.model, b) >= 0.5 for b in objective.follow_batches]
         control = [control_masses(objective.model, b) for b in objective.control_batches]
     was = torch.cat(_followed(objective))

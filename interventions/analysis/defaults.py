@@ -13,6 +13,7 @@ from pathlib import Path
 from modarb_tasks.errors import ModarbError
 
 METHODS = ("attribution", "ablation", "selective", "learned")
+STEER_DIRECTIONS = ("modality", "following", "modality_pc1")  # interventions.analysis.steer fits them
 MAX_SETS = 2_000  # exhaustive search only up to this many sets (the organism at k = 2: 1,128)
 
 

@@ -23,6 +23,7 @@ SUBCOMMAND_MODULES = [
     "interventions.cli.identify",
     "interventions.cli.flow",
     "interventions.cli.reproduce",
+    "interventions.cli.steer",
     "leaderboard.cli",
 ]
 # command -> the module that registers it: `modarb <command> ...` imports only that one, so a bad
@@ -32,6 +33,7 @@ COMMAND_MODULES = {
     "identify": "interventions.cli.identify",
     "flow": "interventions.cli.flow",
     "reproduce": "interventions.cli.reproduce",
+    "steer": "interventions.cli.steer",
     "leaderboard": "leaderboard.cli",
     "check": "leaderboard.cli",
 }

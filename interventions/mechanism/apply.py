@@ -2,7 +2,7 @@
 
 Preparing (`prepare_spec`) is the per-model work: check that the spec was made for the model
 and locate the model's decoder heads. Applying (`apply_prepared`) is the per-batch work: hook
-head scaling and knockout around one batch, given that batch's token-group masks as a
+head scaling, knockout and residual steering around one batch, given that batch's token-group masks as a
 BatchState value. `apply_spec` does both, for a one-off block.
 """
 
@@ -19,6 +19,7 @@ from interventions.mechanism.heads import scale_heads
 from interventions.mechanism.knockout import knockout
 from interventions.mechanism.locate import HeadLayout, InterventionError, locate_heads
 from interventions.mechanism.spec import InterventionSpec
+from interventions.mechanism.steer import steer
 from interventions.mechanism.token_groups import EmptyGroupError, require_groups
 
 
@@ -68,10 +69,13 @@ def apply_prepared(prepared: PreparedSpec, batch: BatchState | None = None) -> I
     groups = _batch_groups(prepared, batch.token_groups if batch is not None else None)
     with ExitStack() as stack:
         if spec.heads:
-            positions = groups[spec.positions] if spec.positions in prepared.groups_needed else spec.positions
-            if positions == "last" and batch is not None and batch.answer is not None:
-                positions = batch.answer
+            positions = _scope(spec.positions, prepared, groups, batch)
             stack.enter_context(scale_heads(prepared.model, spec.scales(), positions, layout=prepared.layout))
+        if spec.steering is not None:
+            steering = spec.steering
+            scope = _scope(steering.positions, prepared, groups, batch)
+            stack.enter_context(steer(prepared.model, steering.vector, steering.layers, steering.alpha, scope,
+                                      layout=prepared.layout))
         if spec.knockout is not None and spec.knockout.edges:
             ko = spec.knockout
             edges = [(groups[query], groups[key]) for query, key in ko.edges]
@@ -107,6 +111,17 @@ def answer_positions(attention_mask: torch.Tensor, answer_lengths: Sequence[int]
     lengths = torch.as_tensor(answer_lengths or [0] * rows, device=attended.device)
     start = last - lengths.clamp(min=0)
     return (columns[None, :] >= start[:, None]) & (columns[None, :] <= last[:, None] + generated)
+
+
+def _scope(positions: str, prepared: PreparedSpec, groups: Mapping[str, torch.Tensor],
+           batch: BatchState | None) -> str | torch.Tensor:
+    """A spec's position scope for one batch: a token group's mask, the answer positions for "last"
+    when the batch has them, else the name ("all", or "last" as the final position of each call)."""
+    if positions in prepared.groups_needed:
+        return groups[positions]
+    if positions == "last" and batch is not None and batch.answer is not None:
+        return batch.answer
+    return positions
 
 
 def _batch_groups(prepared: PreparedSpec, token_groups: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:

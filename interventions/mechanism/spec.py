@@ -1,10 +1,14 @@
 """Intervention specs: a versioned, schema-validated JSON document naming the model it was made for.
 
 A spec is data (never pickle): which heads to scale and by how much, which attention edges to
-knock out at which layers, the position scope, and how the spec was made (provenance). It
+knock out at which layers, the position scope, a residual steering vector (stored beside the spec
+as safetensors, referenced by relative path and sha256), and how the spec was made (provenance). It
 names the model it was made for (name and head geometry) so that applying it to another model
 fails with one line instead of silently hitting the wrong heads. Every error here is a single
 line naming the problem and the fix.
+
+Versions: v2 adds `steering`; v1 is v2 without it and is read unchanged. A spec without steering
+is still written as v1, so its identity (a hash of the document) and existing specs stay as they are.
 """
 
 from __future__ import annotations
@@ -14,19 +18,23 @@ import json
 import math
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import jsonschema
+import torch
 from torch import nn
 
-from modarb_tasks.files import write_json
+from modarb_tasks.files import write_atomic, write_json
 from interventions.mechanism.locate import HeadLayout, InterventionError, locate_heads
 from interventions.organism import ORGANISM_DIR, ORGANISM_NAME
 from interventions.mechanism.token_groups import GROUP_NAMES
+from interventions.mechanism.steer import (
+    check_alpha, check_vector, hidden_size, parse_vector, read_vector_file, sha256, vector_bytes)
 
-SCHEMA_VERSION = "modarb.intervention/v1"
+SCHEMA_VERSION = "modarb.intervention/v2"
+SCHEMA_V1 = "modarb.intervention/v1"  # v2 without steering: read as is, and still written for such specs
 MAX_SPEC_BYTES = 4 * 1024 * 1024  # every head of a 100-layer x 100-head model with a long provenance fits
 POSITION_SCOPES = ("all", "last", *GROUP_NAMES)
 
@@ -37,7 +45,7 @@ JSON_SCHEMA: dict[str, Any] = {
     "required": ["schema", "model", "heads", "positions", "knockout", "provenance"],
     "additionalProperties": False,
     "properties": {
-        "schema": {"const": SCHEMA_VERSION},
+        "schema": {"enum": [SCHEMA_V1, SCHEMA_VERSION]},
         "model": {
             "type": "object",
             "required": ["name", "family", "num_layers", "num_heads", "head_dim"],
@@ -84,7 +92,31 @@ JSON_SCHEMA: dict[str, Any] = {
             ]
         },
         "provenance": {"type": "object"},
+        "steering": {
+            "oneOf": [
+                {"type": "null"},
+                {
+                    "type": "object",
+                    "required": ["layers", "alpha", "positions", "vector"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "layers": {"type": "array", "items": _INT, "minItems": 1},
+                        "alpha": {"type": "number"},
+                        "positions": _GROUP,
+                        "vector": {
+                            "type": "object",
+                            "required": ["path", "sha256"],
+                            "additionalProperties": False,
+                            "properties": {"path": {"type": "string", "minLength": 1},
+                                           "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"}},
+                        },
+                    },
+                },
+            ]
+        },
     },
+    "if": {"properties": {"schema": {"const": SCHEMA_V1}}},
+    "then": {"not": {"required": ["steering"]}},
 }
 
 
@@ -125,6 +157,37 @@ class KnockoutSpec:
     heads: tuple[int, ...] | None = None
 
 
+@dataclass(frozen=True)
+class SteeringSpec:
+    """alpha * vector added to the output of decoder `layers` at `positions`; `data` is the vector's
+    safetensors file (its sha256 names the vector), `path` where it lies relative to the spec."""
+
+    layers: tuple[int, ...]
+    alpha: float
+    data: bytes = field(repr=False)
+    positions: str = "all"
+    path: str = ""
+
+    def __post_init__(self) -> None:
+        check_alpha(self.alpha)
+        check_vector(self.vector)
+
+    @classmethod
+    def of(cls, vector: torch.Tensor, layers, alpha: float, positions: str = "all") -> SteeringSpec:
+        """Steering by an in-memory vector (stored as float32 when the spec is saved)."""
+        check_vector(vector)
+        return cls(layers=tuple(int(layer) for layer in layers), alpha=float(alpha), data=vector_bytes(vector),
+                   positions=positions)
+
+    @property
+    def vector(self) -> torch.Tensor:
+        return parse_vector(self.data, "steering vector")
+
+    @property
+    def sha256(self) -> str:
+        return sha256(self.data)
+
+
 def model_fingerprint(model: nn.Module, layout: HeadLayout | None = None) -> ModelFingerprint:
     """The fingerprint of `model`: name from its config's name_or_path, geometry from its decoder
     (`layout`: its heads, when the caller has located them already).
@@ -143,13 +206,14 @@ def model_fingerprint(model: nn.Module, layout: HeadLayout | None = None) -> Mod
 
 @dataclass(frozen=True)
 class InterventionSpec:
-    """Head scales + knockout + position scope for one model, with its provenance."""
+    """Head scales + knockout + position scope + steering for one model, with its provenance."""
 
     model: ModelFingerprint
     heads: tuple[HeadScale, ...] = ()
     positions: str = "all"
     knockout: KnockoutSpec | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
+    steering: SteeringSpec | None = None
 
     def __post_init__(self) -> None:
         _check_content(self)
@@ -173,15 +237,16 @@ class InterventionSpec:
         except UnicodeDecodeError:
             raise SpecError(f"spec {path}: not valid JSON (not UTF-8 text)") from None
         try:
-            return cls.from_dict(document)
-        except SpecError as err:
+            return cls.from_dict(document, base=path.parent)
+        except InterventionError as err:
             raise SpecError(f"spec {path}: {err}") from None
 
     @classmethod
-    def from_dict(cls, document: Any) -> InterventionSpec:
+    def from_dict(cls, document: Any, base: Path | None = None) -> InterventionSpec:
+        """The spec in `document`; `base`: the folder a steering vector's path is relative to (the spec's)."""
         version = document.get("schema") if isinstance(document, dict) else None
-        if version != SCHEMA_VERSION:
-            raise SpecError(f"unknown schema version {version!r}; this modarb reads {SCHEMA_VERSION!r}")
+        if version not in (SCHEMA_V1, SCHEMA_VERSION):
+            raise SpecError(f"unknown schema version {version!r}; this modarb reads {SCHEMA_V1!r} and {SCHEMA_VERSION!r}")
         try:
             jsonschema.validate(document, JSON_SCHEMA)
         except jsonschema.ValidationError as err:
@@ -200,12 +265,13 @@ class InterventionSpec:
                 heads=None if knockout.get("heads") is None else tuple(knockout["heads"]),
             ),
             provenance=dict(document["provenance"]),
+            steering=_read_steering(document.get("steering"), base),
         )
 
     def to_dict(self) -> dict[str, Any]:
         knockout = self.knockout
-        return {
-            "schema": SCHEMA_VERSION,
+        document = {
+            "schema": SCHEMA_V1 if self.steering is None else SCHEMA_VERSION,
             "model": asdict(self.model),
             "heads": [asdict(h) for h in self.heads],
             "positions": self.positions,
@@ -218,10 +284,26 @@ class InterventionSpec:
             },
             "provenance": self.provenance,
         }
+        steering = self.steering
+        if steering is not None:
+            document["steering"] = {
+                "layers": list(steering.layers),
+                "alpha": steering.alpha,
+                "positions": steering.positions,
+                "vector": {"path": steering.path, "sha256": steering.sha256},
+            }
+        return document
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the spec as JSON atomically (a crash never leaves a half-written spec)."""
-        return write_json(Path(path), self.to_dict())
+        """Write the spec as JSON atomically (a crash never leaves a half-written spec); a steering
+        vector goes first, beside it, as `<spec name>.safetensors`."""
+        path = Path(path)
+        spec = self
+        if self.steering is not None:
+            vector = path.with_suffix(".safetensors")
+            write_atomic(vector, self.steering.data)
+            spec = replace(self, steering=replace(self.steering, path=vector.name))
+        return write_json(path, spec.to_dict())
 
     # --- use ------------------------------------------------------------------------------
     def scales(self) -> dict[tuple[int, int], float]:
@@ -231,6 +313,8 @@ class InterventionSpec:
         """A short hash of what the spec does and which model it is for (provenance excluded)."""
         content = self.to_dict()
         del content["provenance"]
+        if content.get("steering"):
+            del content["steering"]["vector"]["path"]  # where the vector lies does not change what it does
         content["heads"] = sorted(content["heads"], key=lambda h: (h["layer"], h["head"]))
         canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
@@ -240,7 +324,14 @@ class InterventionSpec:
         needed = {self.positions} - {"all", "last"} if self.heads else set()
         for query, key in self.knockout.edges if self.knockout else ():
             needed |= {query, key}
+        if self.steering is not None:
+            needed |= {self.steering.positions} - {"all", "last"}
         return needed
+
+    def needs_answer_positions(self) -> bool:
+        """Whether a batch must supply its answer positions (a positions="last" scope of heads or steering)."""
+        return (bool(self.heads) and self.positions == "last") or (
+            self.steering is not None and self.steering.positions == "last")
 
     def validate_against(self, model: nn.Module, layout: HeadLayout | None = None) -> None:
         """SpecError unless the spec was made for `model` (same geometry and family; same name when both have one);
@@ -259,6 +350,11 @@ class InterventionSpec:
                 f"spec was made for {expected.describe()} but the model is {actual.describe()}; "
                 "make a spec for this model"
             )
+        if self.steering is not None:
+            try:
+                check_vector(self.steering.vector, hidden_size(model))
+            except InterventionError as err:
+                raise SpecError(str(err)) from None
 
     @classmethod
     def from_inline(
@@ -334,6 +430,10 @@ def _check_content(spec: InterventionSpec) -> None:
         if not (math.isfinite(h.scale) and h.scale >= 0):
             raise SpecError(f"scale {h.scale} of head L{h.layer}H{h.head} must be a finite number >= 0")
     _check_group(spec.positions, POSITION_SCOPES)
+    if spec.steering is not None:
+        for layer in spec.steering.layers:
+            _check_layer(layer, model)
+        _check_group(spec.steering.positions, POSITION_SCOPES)
     if spec.knockout is not None:
         for query, key in spec.knockout.edges:
             _check_group(query, GROUP_NAMES)
@@ -346,6 +446,18 @@ def _check_content(spec: InterventionSpec) -> None:
         if not (spec.knockout.edges and spec.knockout.layers and spec.knockout.heads != ()):
             missing = "edges" if not spec.knockout.edges else "layers" if not spec.knockout.layers else "heads"
             raise SpecError(f"knockout has no {missing}, so it would change nothing; give {missing} or set knockout to null")
+
+
+def _read_steering(document: dict | None, base: Path | None) -> SteeringSpec | None:
+    """The steering part of a spec document, its vector read from `base` and checked against its sha256."""
+    if document is None:
+        return None
+    if base is None:
+        raise SpecError("a spec with steering is read from its file (its vector lies beside it); use InterventionSpec.load")
+    vector = document["vector"]
+    data = read_vector_file(base / vector["path"], vector["sha256"])
+    return SteeringSpec(layers=tuple(document["layers"]), alpha=float(document["alpha"]), data=data,
+                        positions=document["positions"], path=vector["path"])
 
 
 def _check_layer(layer: int, model: ModelFingerprint) -> None:

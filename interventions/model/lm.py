@@ -2,7 +2,8 @@
 
 It keeps everything the stock class does (chat templates, devices, dtype, `parallelize=True`,
 accelerate data parallelism, request caching) and adds:
-- the intervention (`spec=path.json`, or inline `block=L3H1;L5H7`, `amplify=...,alpha=2`),
+- the intervention (`spec=path.json`, or inline `block=L3H1;L5H7`, `amplify=...,alpha=2`,
+  `steer=v.safetensors,steer_layer=3,steer_alpha=4`),
   checked against the model and its heads located once, when the spec is set (a PreparedSpec);
   each batch gets hooks for itself only, with token groups built from its docs' recorded
   prompt spans when the spec needs them (a BatchState handed to apply_prepared);
@@ -27,6 +28,7 @@ lm-eval methods it overrides, and why:
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from collections.abc import Sequence
 from contextlib import nullcontext
 
@@ -50,10 +52,11 @@ from interventions.model.cache import cache_record, weights_fingerprint
 from interventions.model.encoding import encode_multimodal, image_string
 from modarb_tasks.errors import ModarbError
 from interventions.model.model_files import check_pretrained
-from interventions.model.model_args import check_model_args, check_tasks_for_spec
+from interventions.model.model_args import check_model_args, check_steer_args, check_tasks_for_spec
 from interventions.organism import organism_path
 from interventions.model.processors import load_processor
-from interventions.mechanism.spec import InterventionSpec, model_name
+from interventions.mechanism.spec import InterventionSpec, SteeringSpec, model_name
+from interventions.mechanism.steer import read_vector_file
 from interventions.versions import warn_untested_versions
 from interventions.mechanism.token_groups import doc_token_groups, image_token_id
 
@@ -75,10 +78,16 @@ class ModarbVLM(HFMultimodalLM):
         amplify: str | None = None,
         alpha: float | None = None,
         positions: str = "all",
+        steer: str | None = None,
+        steer_layer: int | None = None,
+        steer_alpha: float | None = None,
+        steer_positions: str = "all",
         **kwargs,
     ) -> None:
         warn_untested_versions()  # lm_eval's own CLI and the Python API start here, not in `modarb`
         check_model_args(kwargs, spec=spec, block=block, amplify=amplify, alpha=alpha, positions=positions)
+        steering = dict(steer=steer, steer_layer=steer_layer, steer_alpha=steer_alpha, steer_positions=steer_positions)
+        check_steer_args(spec=spec, **steering)
         if kwargs.get("device") is None:  # HFLM's own default is "cuda", even on a CPU-only machine
             kwargs["device"] = "cuda" if torch.cuda.is_available() else "cpu"
         if isinstance(pretrained, str):
@@ -89,7 +98,7 @@ class ModarbVLM(HFMultimodalLM):
                                         int(kwargs["image_token_id"]) if kwargs.get("image_token_id") else None)
         alpha = DEFAULT_ALPHA if alpha is None else alpha
         self._prepared = prepare_model_args(self.model, spec=spec, block=block, amplify=amplify, alpha=alpha,
-                                            positions=positions)
+                                            positions=positions, **steering)
         self._model_fingerprint = weights_fingerprint(self.model)
         self.cache_path: str | None = None  # set by the scoped --use_cache wrapper (interventions/model/cache.py)
 
@@ -233,7 +242,7 @@ class ModarbVLM(HFMultimodalLM):
         else:
             encoding, texts = self._encode(strings, visuals, left_truncate_len=left_truncate_len, truncation=truncation)
         answer = None
-        if self._prepared is not None and self._prepared.spec.heads and self._prepared.spec.positions == "last":
+        if self._prepared is not None and self._prepared.spec.needs_answer_positions():
             answer = answer_positions(encoding["attention_mask"], answer_lengths, generated)
         return encoding, BatchState(docs=tuple(docs), token_groups=self._groups(encoding, texts, docs), answer=answer)
 
@@ -257,9 +266,9 @@ class ModarbVLM(HFMultimodalLM):
                 f"spec {self.spec.identity()} needs token groups {sorted(self.spec.groups_needed())}, which hf-modarb "
                 "builds for generation and image loglikelihood only; use positions=all for text-only loglikelihood tasks"
             )
-        if self._prepared is not None and self.spec.heads and self.spec.positions == "last":
+        if self._prepared is not None and self.spec.needs_answer_positions():
             raise ModarbError(
-                f"spec {self.spec.identity()} scales heads at the answer positions (positions=last), which hf-modarb "
+                f"spec {self.spec.identity()} acts at the answer positions (positions=last), which hf-modarb "
                 "finds for generation and image loglikelihood only; use positions=all for text-only loglikelihood tasks"
             )
         with self._intervention(None):
@@ -317,16 +326,24 @@ class ModarbVLM(HFMultimodalLM):
 
 
 def prepare_model_args(
-    model, *, spec: str | None, block: str | None, amplify: str | None, alpha: float, positions: str
+    model, *, spec: str | None, block: str | None, amplify: str | None, alpha: float, positions: str,
+    steer: str | None = None, steer_layer: int | None = None, steer_alpha: float | None = None,
+    steer_positions: str = "all",
 ) -> PreparedSpec | None:
-    """The spec from `spec=` (a JSON file) or the inline args (checked by check_model_args), prepared
-    for `model`: its heads located and the spec validated against it, once."""
+    """The spec from `spec=` (a JSON file) or the inline args (checked by check_model_args and
+    check_steer_args), prepared for `model`: its heads located and the spec validated against it, once."""
     if spec:
         loaded, layout = InterventionSpec.load(spec), locate_heads(model)
-    elif block or amplify:
+    elif block or amplify or steer:
         layout = locate_heads(model)
         loaded = InterventionSpec.from_inline(model=model, block=block, amplify=amplify, alpha=alpha,
                                               positions=positions, layout=layout)
+        if steer:
+            steering = SteeringSpec(layers=(steer_layer,), alpha=float(steer_alpha), data=read_vector_file(steer),
+                                    positions=steer_positions)
+            command = f"steer={steer},steer_layer={steer_layer},steer_alpha={steer_alpha},steer_positions={steer_positions}"
+            provenance = dict(loaded.provenance, command=",".join(filter(None, [loaded.provenance["command"], command])))
+            loaded = replace(loaded, steering=steering, provenance=provenance)
     else:
         return None
     return prepare_spec(model, loaded, layout)
@@ -343,6 +360,9 @@ def spec_name(spec: InterventionSpec | None) -> str:
     parts = [f"{verb} {len(spec.heads)} heads"] if spec.heads else []
     if spec.knockout is not None:
         parts.append(f"knockout {len(spec.knockout.edges)} edges")
+    if spec.steering is not None:
+        layers = ",".join(map(str, spec.steering.layers))
+        parts.append(f"steer L{layers} x{spec.steering.alpha:g} at {spec.steering.positions}")
     return ", ".join(parts) or "no-op"
 
 

@@ -16,6 +16,7 @@ import math
 from modarb_tasks.errors import ModarbError
 
 OWN_ARGS = ("pretrained", "spec", "block", "amplify", "alpha", "positions")
+STEER_ARGS = ("steer", "steer_layer", "steer_alpha", "steer_positions")
 FROM_PRETRAINED_ARGS = (
     "attn_implementation", "device_map", "low_cpu_mem_usage", "load_in_8bit", "load_in_4bit", "quantization_config",
     "cache_dir", "local_files_only", "token", "use_safetensors", "variant", "torch_dtype", "offload_state_dict",
@@ -32,14 +33,14 @@ def known_args() -> set[str]:
 
     named = {name for cls in (HFLM, HFMultimodalLM) for name, parameter in inspect.signature(cls.__init__).parameters.items()
              if parameter.kind not in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL) and name != "self"}
-    return named | set(OWN_ARGS) | set(FROM_PRETRAINED_ARGS)
+    return named | set(OWN_ARGS) | set(STEER_ARGS) | set(FROM_PRETRAINED_ARGS)
 
 
 def check_model_args(kwargs: dict, *, spec, block, amplify, alpha, positions) -> None:
     """ModarbError for the first model arg that cannot work; `kwargs` are those hf-modarb passes on."""
     from interventions.mechanism.spec import POSITION_SCOPES
 
-    quick = set(OWN_ARGS) | set(FROM_PRETRAINED_ARGS) | set(COMMON_ARGS)
+    quick = set(OWN_ARGS) | set(STEER_ARGS) | set(FROM_PRETRAINED_ARGS) | set(COMMON_ARGS)
     known = quick if set(kwargs) <= quick else known_args()  # known_args imports lm-eval's HF model (seconds)
     for name in kwargs:
         if name not in known:
@@ -73,14 +74,43 @@ def check_model_args(kwargs: dict, *, spec, block, amplify, alpha, positions) ->
                           "has no 'auto')")
 
 
+def check_steer_args(*, spec, steer, steer_layer, steer_alpha, steer_positions="all") -> None:
+    """ModarbError for the first inline steering arg that cannot work; the vector file is read and
+    checked here (one finite 1-D tensor), its width against the model once the model is loaded."""
+    from interventions.mechanism.spec import POSITION_SCOPES
+    from interventions.mechanism.steer import read_vector
+
+    if not steer:
+        given = [f"{name}={value}" for name, value in (("steer_layer", steer_layer), ("steer_alpha", steer_alpha))
+                 if value is not None] + ([f"steer_positions={steer_positions}"] if steer_positions != "all" else [])
+        if given:
+            raise ModarbError(f"{given[0]} applies to a steering vector, but none is given; add steer=PATH.safetensors "
+                              f"or drop {given[0].split('=')[0]}")
+        return
+    if spec:
+        raise ModarbError("give either spec=<file> or inline steer=<vector>, not both (a spec file can hold steering)")
+    if isinstance(steer_layer, bool) or not (isinstance(steer_layer, int) and steer_layer >= 0):
+        raise ModarbError(f"steer_layer={steer_layer} must be a decoder layer number >= 0 (0-based), e.g. steer_layer=3")
+    if isinstance(steer_alpha, bool) or not isinstance(steer_alpha, (int, float)) or not math.isfinite(steer_alpha):
+        raise ModarbError(f"steer_alpha={steer_alpha} must be a finite number, e.g. steer_alpha=4")
+    if steer_positions not in POSITION_SCOPES:
+        raise ModarbError(f"steer_positions={steer_positions} is not a position scope; "
+                          f"choose one of {', '.join(POSITION_SCOPES)}")
+    if not str(steer).endswith(".safetensors"):
+        raise ModarbError(f"steer={steer} must be a .safetensors file holding one 1-D vector (never a pickle)")
+    read_vector(steer)
+
+
 def check_cli_model_args(model_args: dict) -> None:
     """check_model_args (and the pretrained= folder) for `modarb eval --model hf-modarb --model_args ...`,
     before lm-eval indexes its tasks (half a minute) and loads the model."""
     from interventions.model.model_files import check_pretrained
 
     own = {name: model_args.get(name) for name in ("spec", "block", "amplify", "alpha")}
-    rest = {name: value for name, value in model_args.items() if name not in OWN_ARGS}
+    rest = {name: value for name, value in model_args.items() if name not in OWN_ARGS and name not in STEER_ARGS}
     check_model_args(rest, **own, positions=model_args.get("positions", "all"))
+    check_steer_args(spec=model_args.get("spec"), **{name: model_args.get(name) for name in STEER_ARGS[:3]},
+                     steer_positions=model_args.get("steer_positions", "all"))
     if isinstance(model_args.get("pretrained"), str):
         check_pretrained(model_args["pretrained"], trust_remote_code=bool(model_args.get("trust_remote_code")))
 
