@@ -4,14 +4,15 @@ Locating heads, encoding prompts and loading processors are generic; a record st
 family differs (decoder path, image string, processor work-around), so those differences are
 data, not branches. A model whose family has no record uses DEFAULT_LAYOUT (then the model's own
 `get_decoder()`) and lm-eval's rules. To add a family: a module here with its record, listed in
-FAMILIES, and its tiny model joins every family-parametrised test.
+FAMILIES, and its tiny recipe in interventions/testing/tiny_families/ (every
+family-parametrised test then runs on it).
 """
 
 from __future__ import annotations
 
 from modarb_tasks.errors import ModarbError
 from interventions.families import gemma3, idefics3, internvl, llava, paligemma, qwen2_vl
-from interventions.families.record import DEFAULT_LAYOUT, FamilyLayout, FamilyRecord, FamilyTokens, TinyModel
+from interventions.families.record import DEFAULT_LAYOUT, FamilyLayout, FamilyRecord, FamilyTokens
 
 FAMILIES: tuple[FamilyRecord, ...] = (
     *llava.RECORDS,
@@ -30,7 +31,7 @@ FAMILY_TOKENS: dict[str, FamilyTokens] = {r.model_type: r.tokens for r in FAMILI
 
 __all__ = [
     "DEFAULT_LAYOUT", "FAMILIES", "FAMILY_LAYOUTS", "FAMILY_NAMES", "FAMILY_TOKENS", "FamilyLayout", "FamilyRecord",
-    "FamilyTokens", "TinyModel", "family_layout", "family_record", "get_family", "image_prompt",
+    "FamilyTokens", "family_layout", "family_record", "get_family", "image_prompt",
 ]
 
 

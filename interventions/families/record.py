@@ -1,18 +1,16 @@
 """What modarb knows about one VLM family, as data: a FamilyRecord per model_type.
 
 A record holds what the run-time code reads (where the decoder is, how a prompt stands for an
-image, which processor work-around loads it, how lm-eval batches its images) and the recipe the
-test suite builds a tiny random-init model of the family from (`TinyModel`). Code that used to
-branch on family names reads the record instead, so a new family is one record and its test.
+image, which processor work-around loads it, how lm-eval batches its images), nothing else: the
+tiny random-init models the tests build of each family live in interventions/testing/. Code that
+used to branch on family names reads the record instead, so a new family is one record and its test.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import torch
-from transformers import PretrainedConfig, PreTrainedTokenizerFast, ProcessorMixin
+from transformers import ProcessorMixin
 
 
 @dataclass(frozen=True)
@@ -52,35 +50,11 @@ class FamilyTokens:
                 **{name: text for name, (text, _) in self.with_ids.items()}, **self.free}
 
 
-PixelMaker = Callable[..., torch.Tensor]  # random pixels of a given shape (the test batch's generator)
-
-
-@dataclass(frozen=True)
-class TinyModel:
-    """How the test suite builds a tiny random-init model of the family, its inputs and its processor.
-
-    config: the tiny config (real config class, a few layers and heads, milliseconds a forward).
-    image_block: (config, image token id, batch size, pixels) -> (the token ids of one image in a
-        prompt, with the family's delimiters; the pixel inputs of one image per row), for
-        random_init.random_batch.
-    processor: (config, tokenizer) -> a processor whose images become exactly the image tokens the
-        tiny vision tower produces (the family's image processor class, sized to the tower).
-    type_ids: (input ids, image token id, image block length) -> the token type inputs the family's
-        processor emits, where it emits any.
-    """
-
-    config: Callable[[], PretrainedConfig]
-    image_block: Callable[[PretrainedConfig, int, int, PixelMaker], tuple[list[int], dict[str, torch.Tensor]]]
-    processor: Callable[[PretrainedConfig, PreTrainedTokenizerFast], ProcessorMixin]
-    type_ids: Callable[[torch.Tensor, int, int], dict[str, torch.Tensor]] | None = None
-
-
 @dataclass(frozen=True)
 class FamilyRecord:
-    """One VLM family (one config model_type): what the run-time code and the tests need to know."""
+    """One VLM family (one config model_type): what the run-time code needs to know."""
 
     model_type: str
-    tiny: TinyModel
     layout: FamilyLayout = DEFAULT_LAYOUT
     tokens: FamilyTokens = FamilyTokens()
     # Subclass of the stock processor that loads without a video processor, where the stock one

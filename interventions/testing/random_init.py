@@ -20,7 +20,8 @@ from transformers import (
 )
 
 from interventions.families import FAMILY_NAMES, get_family
-from interventions.families.tiny import (  # noqa: F401  (the tiny dimensions, importable from here as before)
+from interventions.testing.tiny_families import TINY_MODELS
+from interventions.testing.tiny_families.dimensions import (  # noqa: F401  (the tiny dimensions the tests read)
     HEAD_DIM,
     HEADS,
     HIDDEN,
@@ -40,8 +41,8 @@ TINY_FAMILIES: tuple[str, ...] = FAMILY_NAMES
 
 
 def tiny_config(family: str) -> PretrainedConfig:
-    """The tiny config of `family` (one of TINY_FAMILIES), from its record."""
-    return get_family(family).tiny.config()
+    """The tiny config of `family` (one of TINY_FAMILIES), from its recipe."""
+    return TINY_MODELS[get_family(family).model_type].config()
 
 
 def build_from_config(
@@ -89,7 +90,7 @@ def random_batch(
     PaliGemma get the `token_type_ids`, Qwen the `mm_token_type_ids` their processors emit.
     """
     config = model.config
-    tiny = get_family(config.model_type).tiny
+    tiny = TINY_MODELS[config.model_type]
     gen = torch.Generator().manual_seed(seed)
     image_id = image_token_id(config)
     image_ids, pixel_inputs = tiny.image_block(config, image_id, batch_size,

@@ -1,6 +1,6 @@
 """Processors for the tiny random-init models, which have no processor on any hub.
 
-Built offline per family from its record (interventions/families/): the `shapes` word-level
+Built offline per family from its record (interventions/families/) and tiny recipe (tiny_families/): the `shapes` word-level
 tokenizer (or a BPE one trained on given texts) laid out on the model's vocabulary with the
 family's special tokens at the ids its config names, the family's own image processor sized to
 the tiny vision tower, and a chat template.
@@ -19,6 +19,7 @@ from interventions.families import FamilyTokens, get_family
 from interventions.mechanism.token_groups import image_token_id
 from interventions.organism.tokenizer import BOS, CHAT_TEMPLATE, EOS, PAD, UNK, train_word_tokenizer
 from interventions.testing.random_init import build_tiny_model
+from interventions.testing.tiny_families import TINY_MODELS
 from modarb_tasks.prompts import IMAGE_PLACEHOLDER
 
 # Tokenizer kinds of the tiny families: the shapes word-level one, and two trained on given texts
@@ -132,10 +133,10 @@ def _lay_out(fixed: dict[str, int], rest: list[str], vocab_size: int) -> dict[st
 def build_tiny_processor(family: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast | None = None
                          ) -> ProcessorMixin:
     """A processor matching `model`, a tiny random-init model of `family` (see random_init.py),
-    with `tokenizer` (default: the shapes word-level one): the record's recipe, so that each image
-    becomes exactly the image tokens the model's vision tower produces."""
-    record = get_family(family)
-    return record.tiny.processor(model.config, tokenizer or tiny_tokenizer(family, model.config))
+    with `tokenizer` (default: the shapes word-level one): the family's tiny recipe, so that each
+    image becomes exactly the image tokens the model's vision tower produces."""
+    return TINY_MODELS[get_family(family).model_type].processor(model.config,
+                                                                tokenizer or tiny_tokenizer(family, model.config))
 
 
 def save_tiny_family(family: str, out_dir: str | Path, seed: int = 0, attn_implementation: str = "sdpa",

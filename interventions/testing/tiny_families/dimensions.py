@@ -1,8 +1,7 @@
-"""The shared dimensions of the tiny random-init models the records' TinyModel recipes build.
+"""The shared dimensions of the tiny random-init models the family recipes (TinyModel) build.
 
 Small enough that a forward pass takes milliseconds, yet with several decoder layers and heads
-(GQA in some families) so that head indexing and per-layer knockout are exercised. Plain data
-and config helpers only: the builders that use them live in interventions/testing/.
+(GQA in some families) so that head indexing and per-layer knockout are exercised.
 """
 
 from __future__ import annotations
