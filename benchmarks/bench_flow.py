@@ -38,7 +38,7 @@ PROMPT_PARTS = (("bos", 1), ("image", 576), ("context", 64), ("instruction", 30)
 
 def bench_organism(args: argparse.Namespace) -> dict:
     from interventions.analysis.flow import flow_sweep
-    from interventions.cli.flow import follow_docs
+    from interventions.analysis.flow_run import follow_docs
     from interventions.model.loading import load_model
 
     model, processor = load_model(args.model, device=args.device)

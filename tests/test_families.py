@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from interventions.analysis.batches import encode_docs
-from interventions.cli.flow import run_flow
+from interventions.analysis.flow_run import run_flow
 from interventions.analysis.identify import run_identify
 from interventions.analysis.reproduce import ReproduceConfig, reproduce
 from interventions.cli import main

@@ -16,7 +16,7 @@ from interventions.analysis.flow import (
     flow_sweep,
     following_probability,
 )
-from interventions.cli.flow import follow_docs
+from interventions.analysis.flow_run import follow_docs
 from interventions.analysis.lens import logit_lens
 from interventions.mechanism.knockout import knockout
 from untrained_organism import save_untrained_organism

@@ -27,7 +27,7 @@ from interventions.analysis.experiments import (
     blocking_curve,
     head_count,
 )
-from interventions.cli.flow import run_flow
+from interventions.analysis.flow_run import run_flow
 from interventions.analysis.identify import METHODS, frozen, run_identify, split_docs
 from interventions.analysis.defaults import ReproduceConfig
 from interventions.analysis.objective import Objective
@@ -43,7 +43,7 @@ def reproduce(config: ReproduceConfig) -> dict:
     if not 0 < config.top < 1 or config.top not in config.fractions:
         raise ModarbError(f"--top {config.top} must be one of the blocking fractions {list(config.fractions)}")
     from interventions.analysis.data import analysis_docs, data_record, prepare_docs, resolve_data
-    from interventions.cli.flow import DEFAULT_LAYOUTS, FOLLOW_KINDS
+    from interventions.analysis.flow_run import DEFAULT_LAYOUTS, FOLLOW_KINDS
     from interventions.analysis.identify import CONTROL_KINDS
     from interventions.model.lm import ModarbVLM
 
