@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 
 from interventions.analysis.data import add_data_arguments
+from interventions.cli.arguments import add_model_arguments
 from interventions.analysis.flow_run import DEFAULT_LAYOUTS, FOLLOW_KINDS, check_counts, run_flow
 from modarb_tasks.errors import ModarbError
 from modarb_tasks.outdir import check_out, staged
@@ -28,7 +29,6 @@ def register(subparsers) -> None:
         "P_F = p(F)/(p(F)+p(C)) of the first answer token, per instruction side. Also the logit lens and each "
         "layer's attention and MLP contribution to the follow-minus-competitor logit difference.",
     )
-    parser.add_argument("--model", default=None, help="model folder or cached hub id (default: the bundled organism)")
     parser.add_argument("--out", type=Path, default=Path("reports/flow"), help="output folder (default: %(default)s)")
     parser.add_argument("--window", type=int, default=None,
                         help="knockout window in layers (default: the odd number nearest 30%% of the depth; 1 on the "
@@ -41,11 +41,8 @@ def register(subparsers) -> None:
                         help="shapes split (default: %(default)s); MC² data always uses its analysis half")
     parser.add_argument("--layouts", default=",".join(DEFAULT_LAYOUTS),
                         help="prompt layouts, comma-separated (default: %(default)s)")
-    parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
-    parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 (default: %(default)s)")
     add_data_arguments(parser)
-    parser.add_argument("--trust-remote-code", action="store_true",
-                        help="allow the model folder's own Python code (needed by some families; off by default: it runs code from the folder)")
+    add_model_arguments(parser, device="cpu")
     parser.set_defaults(func=_run)
 
 

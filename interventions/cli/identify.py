@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 
 from interventions.analysis.data import add_data_arguments
+from interventions.cli.arguments import add_model_arguments
 from interventions.analysis.defaults import MAX_SETS, METHODS, LearnedMaskOptions, check_fraction
 from modarb_tasks.errors import ModarbError
 from modarb_tasks.outdir import check_out, staged
@@ -26,7 +27,6 @@ def register(subparsers) -> None:
         "test split / half stays for lm-eval). "
         "Writes identify.json, heads_<method>.png heat-maps and spec_top<percent>.json for hf-modarb.",
     )
-    parser.add_argument("--model", default=None, help="model folder or cached hub id (default: the bundled organism)")
     parser.add_argument("--out", type=Path, default=Path("reports/identify"), help="output folder (default: %(default)s)")
     parser.add_argument("--top", type=float, default=0.05, help="fraction of heads in the spec (default: %(default)s)")
     parser.add_argument("--method", choices=METHODS, default="attribution",
@@ -45,12 +45,9 @@ def register(subparsers) -> None:
     parser.add_argument("--n-items", type=int, default=64,
                         help="shapes items; each gives one doc per task kind (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=16, help="docs per forward (default: %(default)s)")
-    parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
-    parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the learned mask (default: %(default)s)")
     add_data_arguments(parser)
-    parser.add_argument("--trust-remote-code", action="store_true",
-                        help="allow the model folder's own Python code (needed by some families; off by default: it runs code from the folder)")
+    add_model_arguments(parser, device="cpu")
     parser.set_defaults(func=run)
 
 

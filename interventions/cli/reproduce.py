@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 from interventions.analysis.data import add_data_arguments
+from interventions.cli.arguments import add_model_arguments
 from modarb_tasks.errors import ModarbError
 from modarb_tasks.files import check_writable
 from modarb_tasks.outdir import check_out
@@ -21,7 +22,6 @@ def register(subparsers) -> None:
         "ability controls. Writes report.md, summary.json, figures, specs and every run's lm-eval results.",
     )
     defaults = _defaults()
-    parser.add_argument("--model", default=None, help="local folder or cached hub id (default: the bundled organism)")
     parser.add_argument("--out", type=Path, default=defaults.out, help="report folder (default: %(default)s)")
     parser.add_argument("--limit", type=int, default=defaults.limit, help="test items (MC²: test-half items) per task scored by lm-eval (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="default: %(default)s")
@@ -42,14 +42,11 @@ def register(subparsers) -> None:
                         "learn from the failed items only)")
     parser.add_argument("--window", type=int, default=defaults.window, help="flow knockout window in layers (default: the odd count nearest 30%% of the depth)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="default: %(default)s")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    parser.add_argument("--dtype", default=defaults.dtype, help="float32, bfloat16, float16 (default: %(default)s)")
     parser.add_argument("--use-cache", type=Path, default=None, metavar="DIR",
                         help="keep lm-eval's answers in DIR (keyed by model and spec): an interrupted run "
                         "started again with the same DIR resumes instead of recomputing")
     add_data_arguments(parser)
-    parser.add_argument("--trust-remote-code", action="store_true",
-                        help="allow the model folder's own Python code (needed by some families; off by default: it runs code from the folder)")
+    add_model_arguments(parser, device=None)
     parser.set_defaults(func=_run)
 
 

@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 from interventions.analysis.data import add_data_arguments
+from interventions.cli.arguments import add_model_arguments
 from interventions.analysis.defaults import STEER_DIRECTIONS as DIRECTIONS
 from modarb_tasks.errors import ModarbError
 from modarb_tasks.outdir import check_out, staged
@@ -29,7 +30,6 @@ def register(subparsers) -> None:
         "both controls and the share of answers naming neither side. Writes steer.json, steer.md and one spec "
         "(+ vector) per direction.",
     )
-    parser.add_argument("--model", default=None, help="model folder or cached hub id (default: the bundled organism)")
     parser.add_argument("--out", type=Path, default=Path("reports/steer"), help="output folder (default: %(default)s)")
     parser.add_argument("--directions", default="modality,following",
                         help=f"comma-separated, from {', '.join(DIRECTIONS)} (default: %(default)s)")
@@ -44,11 +44,8 @@ def register(subparsers) -> None:
     parser.add_argument("--limit", type=int, default=200, help="test items per task scored by lm-eval "
                         "(default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=64, help="default: %(default)s")
-    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
-    parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 (default: %(default)s)")
     add_data_arguments(parser)
-    parser.add_argument("--trust-remote-code", action="store_true",
-                        help="allow the model folder's own Python code (off by default: it runs code from the folder)")
+    add_model_arguments(parser, device=None)
     parser.set_defaults(func=run)
 
 
