@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         if not is_disk_full(error) or os.environ.get("MODARB_DEBUG"):
             raise  # any other OS error may be a bug: keep its traceback
-        where = Path(error.filename).parent if error.filename else Path.cwd()
+        where = Path(error.filename) if error.filename else Path.cwd()
+        where = where if where.is_dir() else where.parent
         print(f"modarb: error: {disk_full_message(where)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
