@@ -52,7 +52,7 @@ def check_out(out: Path, flag: str = "--out") -> None:
     if out.exists() and not out.is_dir():
         raise ModarbError(f"{flag} {out} is a file, not a folder; give a new folder path (modarb leaves the file alone)")
     if out.resolve() in (Path.cwd().resolve(), *Path.cwd().resolve().parents):
-        raise ModarbError(f"{flag} {str(out) or repr('')} is the current folder or holds it; give a new folder "
+        raise ModarbError(f"{flag} {out} is the current folder or holds it; give a new folder "
                           "for modarb's output, e.g. reports/run1")
     check_writable(out.absolute().parent, flag, shown=out)  # the finished folder is renamed into place there
     foreign = _foreign_entry(out) if out.is_dir() else None
