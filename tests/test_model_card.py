@@ -1,4 +1,4 @@
-"""The organism's model card, rendered from its training record by the templates in interventions/organism/templates/."""
+"""The organism's model card, rendered from its training record by interventions/organism/templates/."""
 
 from __future__ import annotations
 

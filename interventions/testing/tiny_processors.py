@@ -1,9 +1,9 @@
 """Processors for the tiny random-init models, which have no processor on any hub.
 
-Built offline per family from its record (interventions/families/) and tiny recipe (tiny_families/): the `shapes` word-level
-tokenizer (or a BPE one trained on given texts) laid out on the model's vocabulary with the
-family's special tokens at the ids its config names, the family's own image processor sized to
-the tiny vision tower, and a chat template.
+Built offline per family from its record (interventions/families/) and its tiny recipe
+(tiny_families/): the `shapes` word-level tokenizer (or a BPE one trained on given texts) laid
+out on the model's vocabulary with the family's special tokens at the ids its config names, the
+family's own image processor sized to the tiny vision tower, and a chat template.
 """
 
 from __future__ import annotations

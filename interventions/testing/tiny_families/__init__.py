@@ -11,6 +11,8 @@ from interventions.testing.tiny_families.recipe import TinyModel
 
 # Each module's recipes, in the order of interventions.families.FAMILIES.
 RECIPE_MODULES = (llava, qwen2_vl, idefics3, paligemma, gemma3, internvl)
-TINY_MODELS: dict[str, TinyModel] = {name: recipe for module in RECIPE_MODULES for name, recipe in module.RECIPES.items()}
+TINY_MODELS: dict[str, TinyModel] = {
+    name: recipe for module in RECIPE_MODULES for name, recipe in module.RECIPES.items()
+}
 
 __all__ = ["RECIPE_MODULES", "TINY_MODELS", "TinyModel"]
