@@ -12,7 +12,7 @@ from pathlib import Path
 from modarb_tasks.errors import ModarbError
 from modarb_tasks.files import check_writable
 from leaderboard.board import BOARD_DIR, build_board
-from leaderboard.check import DEFAULT_TOLERANCE, DEFAULT_Z, compare, format_report
+from leaderboard.check import DEFAULT_TOLERANCE, DEFAULT_Z, compare, format_report, nonnegative_number
 from leaderboard.entries import ENTRIES_DIR, add_results
 
 EXIT_REGRESSION = 1
@@ -52,15 +52,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check = subparsers.add_parser(
         "check", help="fail (exit 1) when new results regress against a baseline",
         description="Compare new lm-eval results with a baseline task by task (follow image / text: "
-        "mf_ratio; visual / language control: acc). A task regresses when new < baseline - tolerance - "
-        "z*sqrt(se_baseline^2 + se_new^2). Both must score the same items per task (same --limit). "
+        "mf_ratio; visual / language control: acc). Paired when both kept per-item outcomes (--log_samples) "
+        "on the same docs: a task regresses when the paired interval of new - baseline lies below -tolerance; "
+        "otherwise when new < baseline - tolerance - z*sqrt(se_baseline^2 + se_new^2). Both must score the same items per task (same --limit). "
         "Exit 0: no regression; 1: regression; 2: bad input (runs on different items included).")
     check.add_argument("--baseline", type=Path, required=True,
                        help="leaderboard entry JSON, or lm-eval results file / output folder")
     check.add_argument("--results", type=Path, required=True, help="new lm-eval results file or output folder")
-    check.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+    check.add_argument("--tolerance", type=nonnegative_number, default=DEFAULT_TOLERANCE,
                        help="accepted drop on top of the noise (default: %(default)s)")
-    check.add_argument("--z", type=float, default=DEFAULT_Z,
+    check.add_argument("--z", type=nonnegative_number, default=DEFAULT_Z,
                        help="standard errors of the difference that noise may explain (default: %(default)s)")
     check.set_defaults(func=_check)
 
