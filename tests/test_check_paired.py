@@ -17,11 +17,14 @@ TASKS = ("mf_follow_image", "mf_follow_text", "mf_visual_control", "mf_language_
 STAMP = "2026-11-24T05-17-55.645984"
 
 
-def write_run(folder: Path, outcomes: dict[str, list[int]], *, samples: bool = True, doc_offset: int = 0) -> Path:
+def write_run(folder: Path, outcomes: dict[str, list[int]], *, samples: bool = True, doc_offset: int = 0,
+              spec: str | None = None) -> Path:
     """A results file built from the organism fixture's, with each task's headline metric, stderr and
     item count set from `outcomes`, and (when `samples`) lm-eval's samples_<task>_<date>.jsonl beside it."""
     raw = raw_results("organism_baseline")
     folder.mkdir(parents=True)
+    if spec is not None:
+        raw["config"] |= {"modarb_spec_identity": spec, "modarb_spec_name": spec}
     for task, values in outcomes.items():
         metric, n = catalog().tasks[task].headline, len(values)
         mean = sum(values) / n
@@ -129,3 +132,19 @@ def test_a_nan_stderr_is_stated_as_unknown(tmp_path, monkeypatch, capsys):
     assert status == 0
     assert _rows(out)["mf_follow_text"][5:7] == ["0.825", "se?"]
     assert "se?: stderr unknown" in out
+
+
+def test_the_board_gives_the_paired_interval_and_says_when_a_run_cannot_be_paired(tmp_path):
+    from leaderboard.board import board_rows, cell_text
+    from leaderboard.entries import load_entries
+    from modarb_tasks.paired import pair
+
+    entries = tmp_path / "entries"
+    add_results([write_run(tmp_path / "base", BASE), write_run(tmp_path / "new", REGRESSED, spec="block L1H1"),
+                 write_run(tmp_path / "bare", BASE, samples=False, spec="no samples")], entries)
+    cells = {r.intervention: cell_text(r, "delta_mf_ratio") for r in board_rows(load_entries(entries))}
+    follow = BASE["mf_follow_image"] + BASE["mf_follow_text"]
+    low, high = pair(follow, REGRESSED["mf_follow_image"] + REGRESSED["mf_follow_text"]).interval()
+    assert high < 0  # 12 of 400 follow items lost, none gained
+    assert cells == {"baseline": "+0.000", "block L1H1": f"-0.030 [{low:+.3f}, {high:+.3f}]*",
+                     "no samples": "+0.000 (unpaired)"}
