@@ -49,18 +49,22 @@ BASE = {task: [1] * 150 + [0] * 50 for task in TASKS}
 REGRESSED = BASE | {"mf_follow_text": [0] * 12 + [1] * 138 + [0] * 50}
 
 
-def test_a_six_point_drop_on_200_items_is_caught_paired_and_missed_unpaired(tmp_path, monkeypatch, capsys):
-    base, new = write_run(tmp_path / "base", BASE), write_run(tmp_path / "new", REGRESSED)
-    status, out, err = run_modarb(monkeypatch, capsys, "check", "--baseline", base, "--results", new)
+@pytest.mark.parametrize("lost, tolerance", [(12, "0.02"), (8, "0")])  # 6 points at the default tolerance, 4 at 0
+def test_a_drop_on_200_items_is_caught_paired_and_missed_unpaired(lost, tolerance, tmp_path, monkeypatch, capsys):
+    regressed = BASE | {"mf_follow_text": [0] * lost + [1] * (150 - lost) + [0] * 50}
+    base, new = write_run(tmp_path / "base", BASE), write_run(tmp_path / "new", regressed)
+    status, out, err = run_modarb(monkeypatch, capsys, "check", "--baseline", base, "--results", new,
+                                  "--tolerance", tolerance)
     assert (status, err) == (1, "")
     row = _rows(out)["mf_follow_text"]
     assert row[-1] == "REGRESSION" and "paired" in row
-    assert row[row.index("paired") + 3:row.index("paired") + 6] == ["12", "0", f"{2 * 0.5**12:.3g}"]
+    assert row[row.index("paired") + 3:row.index("paired") + 6] == [str(lost), "0", f"{2 * 0.5**lost:.3g}"]
     assert "test: paired on all 4 tasks" in out
     assert [r[-1] for name, r in _rows(out).items() if name != "mf_follow_text"] == ["ok"] * 3
 
     unpaired_base = write_run(tmp_path / "base_nosamples", BASE, samples=False)
-    status, out, _ = run_modarb(monkeypatch, capsys, "check", "--baseline", unpaired_base, "--results", new)
+    status, out, _ = run_modarb(monkeypatch, capsys, "check", "--baseline", unpaired_base, "--results", new,
+                                "--tolerance", tolerance)
     assert status == 0
     assert _rows(out)["mf_follow_text"][-1] == "ok" and "unpaired" in _rows(out)["mf_follow_text"]
     assert "test: unpaired on all 4 tasks; pairing needs both runs' per-item outcomes" in out

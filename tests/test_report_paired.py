@@ -60,3 +60,22 @@ def test_the_report_shows_the_paired_rows_and_the_test(summary, tmp_path):
     assert f"| block top heads {heads} | – | – | -0.360 [-0.460, -0.250] b 30 c 1 p 1e-08 | " in text
     assert "0 of 5 random sets of as many heads drop it as much, p = 0.167 ((1 + 0) / (1 + 5))" in text
     assert "| check | value | bar | met | significantly |" in text
+
+
+def test_paired_vs_pools_the_follow_items_and_pairs_each_task_on_shared_docs():
+    from interventions.analysis.evaluation import Run, paired_vs
+
+    def run(image, text, visual):
+        outcomes = {"mf_follow_image": dict(enumerate(image)), "mf_follow_text": dict(enumerate(text)),
+                    "mf_visual_control": dict(enumerate(visual))}
+        return Run("r", {}, {}, {}, Path("results.json"), "", outcomes=outcomes)
+
+    baseline = run([1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1])
+    blocked = run([1, 0, 1, 0], [0, 0, 0, 1], [1, 1, 1])  # one visual doc not scored: paired on the other three
+    compared = paired_vs(baseline, blocked)
+    assert set(compared) == {"follow_image", "follow_text", "mf_ratio", "visual_control"}
+    assert {k: compared["mf_ratio"][k] for k in ("b", "c", "n")} == {"b": 3, "c": 1, "n": 8}
+    assert compared["mf_ratio"]["delta"] == pytest.approx(-2 / 8)
+    assert compared["follow_text"]["p"] == pytest.approx(1.0)  # b 2, c 1
+    assert compared["visual_control"]["n"] == 3
+    assert compared["visual_control"]["b"] == compared["visual_control"]["c"] == 0

@@ -41,6 +41,22 @@ def headline_scores(results: dict, tasks: TaskSet) -> dict[str, float]:
     return scores
 
 
+@dataclass
+class Run:
+    """One lm-eval run: its headline scores, per-item outcomes, and how to redo it."""
+
+    name: str
+    scores: dict[str, float]
+    follow_by_doc: dict[str, dict[int, float]]  # follow task -> doc_id -> follow (0/1)
+    type_by_doc: dict[str, dict[int, str]]  # follow task -> doc_id -> question type (MC²: its task type)
+    results_file: Path
+    command: str
+    spec_file: Path | None = None  # where the spec was written (the run's folder)
+    samples: dict[str, list[int]] | None = field(default=None, repr=False)
+    # task -> doc_id -> its headline outcome (0/1: followed, or correct), for paired comparisons
+    outcomes: dict[str, dict[int, int]] = field(default_factory=dict, repr=False)
+
+
 def paired_vs(baseline: Run, run: Run) -> dict[str, dict]:
     """Each headline score of `run` against `baseline` on the docs both scored, item by item: Δ (run −
     baseline), its 95% paired interval (Newcombe's), the discordant counts b (lost) and c (gained)
@@ -59,22 +75,6 @@ def paired_vs(baseline: Run, run: Run) -> dict[str, dict]:
         compared[key] = {"delta": found.delta, "low": low, "high": high, "b": found.b, "c": found.c,
                          "p": found.p_value, "n": found.n}
     return compared
-
-
-@dataclass
-class Run:
-    """One lm-eval run: its headline scores, per-item outcomes, and how to redo it."""
-
-    name: str
-    scores: dict[str, float]
-    follow_by_doc: dict[str, dict[int, float]]  # follow task -> doc_id -> follow (0/1)
-    type_by_doc: dict[str, dict[int, str]]  # follow task -> doc_id -> question type (MC²: its task type)
-    results_file: Path
-    command: str
-    spec_file: Path | None = None  # where the spec was written (the run's folder)
-    samples: dict[str, list[int]] | None = field(default=None, repr=False)
-    # task -> doc_id -> its headline outcome (0/1: followed, or correct), for paired comparisons
-    outcomes: dict[str, dict[int, int]] = field(default_factory=dict, repr=False)
 
 
 class Evaluator:
