@@ -6,8 +6,8 @@ when its drop is larger than the tolerance beyond what chance explains:
 - paired, when both sides kept per-item outcomes (lm-eval's --log_samples) on the same docs: the
   upper end of the paired interval for new − baseline (Newcombe's, modarb_tasks/paired.py) lies
   below −tolerance. The table shows the discordant counts b (lost) and c (gained) and McNemar's p.
-- unpaired otherwise: new < baseline − tolerance − z·sqrt(se_baseline² + se_new²) (a missing
-  stderr counts as 0 and is marked "se?" in the table).
+- unpaired otherwise: new < baseline − tolerance − z·sqrt(se_baseline² + se_new²) (a missing or
+  NaN stderr is unknown: shown as ?, counted as 0).
 
 Each row also gives the minimum drop the rule catches with 80% power at the run's item count.
 Runs on different item counts or doc sets are not compared (exit 2): a --limit 8 run is no
@@ -16,7 +16,6 @@ baseline for a 200-item one.
 
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,18 +28,6 @@ from leaderboard.entries import headline, load_scores
 
 DEFAULT_TOLERANCE = 0.02
 DEFAULT_Z = 1.96
-
-
-def nonnegative_number(text: str) -> float:
-    """argparse type of --tolerance and --z: a finite number ≥ 0 (nan or inf would make every
-    comparison pass)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number ≥ 0, got {text!r}") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"expected a finite number ≥ 0, got {text!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -84,20 +71,16 @@ def regression_floor(baseline: Metric, new: Metric, tolerance: float, z: float) 
     return baseline.value - tolerance - z * math.hypot(baseline.stderr or 0.0, new.stderr or 0.0)
 
 
+def check_setting(name: str, value: float) -> float:
+    """`value` when it is a finite number ≥ 0 (a NaN or infinite tolerance or z would pass anything)."""
+    if not (math.isfinite(value) and value >= 0):
+        raise ModarbError(f"--{name} {value} must be a finite number ≥ 0 (a NaN or infinite {name} lets any drop pass)")
+    return value
+
+
 def _task_order(task: str) -> tuple[str, int]:
     found = catalog().tasks[task]
     return found.suite, SLOTS.index(found.slot)
-
-
-def _checked(path: Path, task: str, metric: Metric | None, name: str) -> Metric:
-    """The headline metric, refused when absent or not a proportion with a non-negative stderr."""
-    if metric is None:
-        raise ModarbError(f"{path}: task {task} has no {name!r} metric")
-    if not 0 <= metric.value <= 1 or metric.stderr is not None and metric.stderr < 0:
-        raise ModarbError(f"{path}: task {task}'s {name} is {metric.value}" +
-                          ("" if metric.stderr is None else f" ± {metric.stderr}") +
-                          "; a proportion lies in [0, 1] with a stderr ≥ 0: pass the results lm-eval wrote")
-    return metric
 
 
 def _paired(task: str, baseline: dict[str, Any], new: dict[str, Any]) -> Paired | None:
@@ -114,8 +97,8 @@ def _paired(task: str, baseline: dict[str, Any], new: dict[str, Any]) -> Paired 
 def compare(baseline_path: Path, results_path: Path, tolerance: float = DEFAULT_TOLERANCE,
             z: float = DEFAULT_Z) -> list[Comparison]:
     """Compare every modarb task of the baseline with the same task in the new results."""
-    if not (math.isfinite(tolerance) and tolerance >= 0 and math.isfinite(z) and z >= 0):
-        raise ModarbError(f"tolerance ({tolerance}) and z ({z}) must be finite numbers ≥ 0")
+    for name, value in (("tolerance", tolerance), ("z", z)):
+        check_setting(name, value)
     baseline, new = load_scores(baseline_path), load_scores(results_path)
     missing = sorted(set(baseline) - set(new))
     if missing:
@@ -124,8 +107,9 @@ def compare(baseline_path: Path, results_path: Path, tolerance: float = DEFAULT_
     comparisons = []
     for task in sorted(baseline, key=_task_order):
         metric = catalog().tasks[task].headline
-        base_metric = _checked(baseline_path, task, headline(task, baseline[task]), metric)
-        new_metric = _checked(results_path, task, headline(task, new[task]), metric)
+        base_metric, new_metric = headline(task, baseline[task]), headline(task, new[task])
+        if base_metric is None or new_metric is None:
+            raise ModarbError(f"task {task}: no {metric!r} metric in the baseline or the new results")
         if base_metric.n != new_metric.n:
             raise ModarbError(f"task {task}: the baseline scored {base_metric.n} items, the new results {new_metric.n}; "
                               "compare runs on the same items (the same --limit and --metadata)")
@@ -135,7 +119,8 @@ def compare(baseline_path: Path, results_path: Path, tolerance: float = DEFAULT_
 
 
 def _metric_text(metric: Metric) -> str:
-    return f"{metric.value:.3f}" + (" se?" if metric.stderr is None else f" ± {metric.stderr:.3f}")
+    """The value ± its stderr; "± ?" when the file gives none (or NaN): the floor then counts it as 0."""
+    return f"{metric.value:.3f} ± " + ("?" if metric.stderr is None else f"{metric.stderr:.3f}")
 
 
 def _row(c: Comparison) -> tuple[str, ...]:
@@ -163,10 +148,10 @@ def format_report(comparisons: list[Comparison], tolerance: float, z: float) -> 
     notes = [f"test: {tests}",
              "b: items lost, c: items gained, p: exact McNemar; interval: new − baseline at the level z sets; "
              "min drop: the true drop the rule catches with 80% power at this item count"]
-    if any(m.stderr is None for c in comparisons if c.paired is None for m in (c.baseline, c.new)):
-        notes.append("se?: stderr unknown (N/A or not a number in the results), counted as 0 in the floor")
     regressed = [c.task for c in comparisons if c.regressed]
     settings = f"tolerance {tolerance:g}, z {z:g}"
+    if any(m.stderr is None for c in comparisons for m in (c.baseline, c.new)):
+        settings += "; a stderr shown as ? is unknown and counted as 0"
     verdict = (f"REGRESSION on {len(regressed)} of {len(comparisons)} tasks ({settings}): {', '.join(regressed)}"
                if regressed else f"no regression on {len(comparisons)} tasks ({settings})")
     return "\n".join(table + [""] + notes + [verdict])

@@ -12,7 +12,7 @@ from pathlib import Path
 from modarb_tasks.errors import ModarbError
 from modarb_tasks.files import check_writable
 from leaderboard.board import BOARD_DIR, build_board
-from leaderboard.check import DEFAULT_TOLERANCE, DEFAULT_Z, compare, format_report, nonnegative_number
+from leaderboard.check import DEFAULT_TOLERANCE, DEFAULT_Z, compare, format_report
 from leaderboard.entries import ENTRIES_DIR, add_results
 
 EXIT_REGRESSION = 1
@@ -59,9 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("--baseline", type=Path, required=True,
                        help="leaderboard entry JSON, or lm-eval results file / output folder")
     check.add_argument("--results", type=Path, required=True, help="new lm-eval results file or output folder")
-    check.add_argument("--tolerance", type=nonnegative_number, default=DEFAULT_TOLERANCE,
+    check.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                        help="accepted drop on top of the noise (default: %(default)s)")
-    check.add_argument("--z", type=nonnegative_number, default=DEFAULT_Z,
+    check.add_argument("--z", type=float, default=DEFAULT_Z,
                        help="standard errors of the difference that noise may explain (default: %(default)s)")
     check.set_defaults(func=_check)
 
