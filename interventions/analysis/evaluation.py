@@ -20,6 +20,7 @@ from interventions.model.lm import ModarbVLM
 from interventions.mechanism.spec import InterventionSpec
 from modarb_tasks import TASKS_PATH
 from modarb_tasks.catalog import FOLLOW_SLOTS, HEADLINE_METRIC, MF_RATIO, SLOTS, Metric, catalog, pooled_mf_ratio
+from modarb_tasks.files import write_text
 from modarb_tasks.paired import pair
 
 
@@ -75,6 +76,17 @@ def paired_vs(baseline: Run, run: Run) -> dict[str, dict]:
         compared[key] = {"delta": found.delta, "low": low, "high": high, "b": found.b, "c": found.c,
                          "p": found.p_value, "n": found.n}
     return compared
+
+
+SAMPLE_KEYS = ("doc_id", "filter")
+
+
+def compact_samples(logged: list[dict]) -> str:
+    """lm-eval's --log_samples lines for one task, less the docs, prompts, answers and hashes: each doc's id,
+    filter and per-item metrics, so a run pairs item by item with others (a leaderboard entry reads
+    them) at ~1% of the size: dozens of runs per report."""
+    lines = [{key: sample[key] for key in (*SAMPLE_KEYS, *sample["metrics"])} for sample in logged]
+    return "".join(json.dumps(line) + "\n" for line in lines)
 
 
 class Evaluator:
@@ -150,8 +162,8 @@ class Evaluator:
         tracker = EvaluationTracker(output_path=str(run_dir))
         tracker.general_config_tracker.model_name_sanitized = "results"
         tracker.save_results_aggregated(results=results, samples=None)
-        for task in tasks:  # lm-eval's --log_samples files: the run pairs item by item with others later
-            tracker.save_results_samples(task, logged[task])
+        for task in tasks:
+            write_text(run_dir / "results" / f"samples_{task}_{tracker.date_id}.jsonl", compact_samples(logged[task]))
         results_file = max((run_dir / "results").glob("results_*.json"))
         return Run(
             name=name,
