@@ -17,6 +17,7 @@ from leaderboard.entries import BASELINE, ENTRIES_DIR, headline, load_entries
 from modarb_tasks.catalog import FOLLOW_SLOTS, LABELS, MF_RATIO, SCORES, SLOTS, Metric, catalog, pooled_mf_ratio
 from modarb_tasks.errors import ModarbError
 from modarb_tasks.files import check_writable, png_bytes, write_all_atomic
+from modarb_tasks.paired import Paired, pair
 
 BOARD_DIR = ENTRIES_DIR.parent
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
@@ -53,7 +54,10 @@ class Row:
     suite: str
     date: str
     scores: dict[str, Metric | None]  # keyed by SCORES: the slots and "mf_ratio"
+    follow_items: tuple[tuple[str, str], ...] | None = None  # (doc-id hash, outcomes) per follow task, if kept
     delta_mf_ratio: float | None = None
+    delta_paired: Paired | None = None  # the follow items of this run against its baseline's, when both kept them
+    is_reference: bool = False  # the baseline the other rows' Δ is taken against
 
     @property
     def items(self) -> tuple[int | None, ...]:
@@ -72,8 +76,11 @@ def _rows_of(slug: str, entry: dict[str, Any]) -> list[Row]:
         scores: dict[str, Metric | None] = {
             slot: headline(present[slot], entry["tasks"][present[slot]]) if slot in present else None for slot in SLOTS}
         scores[MF_RATIO] = pooled_mf_ratio(*(scores[slot] for slot in FOLLOW_SLOTS))
+        kept = [entry["tasks"][present[slot]].get("items") if slot in present else None for slot in FOLLOW_SLOTS]
+        follow_items = (None if None in kept else
+                        tuple((items["doc_ids_sha256"], items["outcomes"]) for items in kept))
         rows.append(Row(slug, entry["kind"], entry["model"], entry["intervention"]["name"],
-                        entry["intervention"]["identity"], suite, entry["date"], scores))
+                        entry["intervention"]["identity"], suite, entry["date"], scores, follow_items))
     return rows
 
 
@@ -97,8 +104,20 @@ def board_rows(entries: dict[str, dict[str, Any]]) -> list[Row]:
         base = baselines.get((row.kind, row.model, row.suite, row.items))
         delta = (row.scores[MF_RATIO].value - base.scores[MF_RATIO].value
                  if base is not None and row.scores[MF_RATIO] is not None else None)
-        out.append(replace(row, delta_mf_ratio=delta))
+        paired = _paired_follow(base, row) if delta is not None and base is not row else None
+        out.append(replace(row, delta_mf_ratio=delta, delta_paired=paired, is_reference=base is row))
     return out
+
+
+def _paired_follow(base: Row, row: Row) -> Paired | None:
+    """Both follow tasks' items of `row` against the same docs of `base` (the pooled MF ratio's
+    items), or None when either run kept no per-item outcomes or they scored different docs."""
+    if base.follow_items is None or row.follow_items is None:
+        return None
+    if [doc_ids for doc_ids, _ in base.follow_items] != [doc_ids for doc_ids, _ in row.follow_items]:
+        return None
+    return pair([int(x) for _, outcomes in base.follow_items for x in outcomes],
+                [int(x) for _, outcomes in row.follow_items for x in outcomes])
 
 
 def format_metric(metric: Metric | None) -> str:
@@ -107,8 +126,24 @@ def format_metric(metric: Metric | None) -> str:
     return f"{metric.value:.3f}" if metric.stderr is None else f"{metric.value:.3f} ± {metric.stderr:.3f}"
 
 
-def format_delta(delta: float | None) -> str:
-    return MISSING if delta is None else f"{round(delta, 3) + 0.0:+.3f}"  # + 0.0: no "-0.000"
+def _signed(value: float) -> str:
+    return f"{round(value, 3) + 0.0:+.3f}"  # + 0.0: no "-0.000"
+
+
+def format_delta(row: Row) -> str:
+    """Δ with its paired 95% interval, * when the interval excludes 0; "(unpaired)" when the run or
+    its baseline kept no per-item outcomes (or they scored different docs); – without a baseline on
+    the same items; the plain +0.000 on the baseline itself."""
+    if row.delta_mf_ratio is None:
+        return MISSING
+    if row.is_reference:
+        return _signed(row.delta_mf_ratio)
+    if row.delta_paired is None:
+        return f"{_signed(row.delta_mf_ratio)} (unpaired)"
+    if row.delta_paired.b + row.delta_paired.c == 0:
+        return f"{_signed(row.delta_mf_ratio)} (no answer changed)"
+    low, high = row.delta_paired.interval()
+    return f"{_signed(row.delta_mf_ratio)} [{_signed(low)}, {_signed(high)}]" + ("*" if low > 0 or high < 0 else "")
 
 
 def format_items(items: tuple[int | None, ...]) -> str:
@@ -126,7 +161,7 @@ def cell_text(row: Row, column: str) -> str:
     if column == "items":
         return format_items(row.items)
     if column == "delta_mf_ratio":
-        return format_delta(row.delta_mf_ratio)
+        return format_delta(row)
     return format_metric(row.scores[column])
 
 

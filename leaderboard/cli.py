@@ -58,8 +58,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check = subparsers.add_parser(
         "check", help="fail (exit 1) when new results regress against a baseline",
         description="Compare new lm-eval results with a baseline task by task (follow image / text: "
-        "mf_ratio; visual / language control: acc). A task regresses when new < baseline - tolerance - "
-        "z*sqrt(se_baseline^2 + se_new^2). Both must score the same items per task (same --limit). "
+        "mf_ratio; visual / language control: acc). Paired when both kept per-item outcomes (--log_samples) "
+        "on the same docs: a task regresses when the paired interval of new - baseline lies below -tolerance; "
+        "otherwise when new < baseline - tolerance - z*sqrt(se_baseline^2 + se_new^2). Both must score the same items per task (same --limit). "
         "Exit 0: no regression; 1: regression; 2: bad input (runs on different items included).")
     check.add_argument("--baseline", type=Path, required=True,
                        help="leaderboard entry JSON, or lm-eval results file / output folder")

@@ -174,6 +174,12 @@ def entry_from_results(data: dict[str, Any], path: Path, source_sha256: str, *,
         filter_name, metrics = _task_metrics(task, data["results"][task], path)
         tasks[task] = {"filter": filter_name, "n": counts["effective"],
                        "n_original": counts.get("original"), "metrics": metrics}
+        items = logged_outcomes(path, task, filter_name)
+        if items is not None:
+            if len(items["outcomes"]) != counts["effective"]:
+                raise ModarbError(f"{path}: task {task} scored {counts['effective']} items but its samples file "
+                                  f"holds {len(items['outcomes'])}; keep the samples file of this run beside it")
+            tasks[task]["items"] = items
     config = data["config"]
     model_args = parse_model_args(config.get("model_args"))
     identity = config.get("modarb_spec_identity")
@@ -194,6 +200,38 @@ def entry_from_results(data: dict[str, Any], path: Path, source_sha256: str, *,
         "tasks": tasks,
         "source": {"file": path.name, "sha256": source_sha256},
     }
+
+
+def outcome_record(by_doc: dict[int, int]) -> dict[str, str]:
+    """Per-item outcomes, compact: one 0/1 character per doc in doc-id order, and the doc-id list's
+    hash, so two entries pair only when they scored the same docs."""
+    doc_ids = sorted(by_doc)
+    return {"doc_ids_sha256": hashlib.sha256(",".join(map(str, doc_ids)).encode()).hexdigest(),
+            "outcomes": "".join(str(by_doc[doc]) for doc in doc_ids)}
+
+
+def logged_outcomes(results_path: Path, task: str, filter_name: str) -> dict[str, str] | None:
+    """The task's per-item headline outcomes from lm-eval's --log_samples file beside the results
+    (samples_<task>_<date>.jsonl, the results file's date), or None when it was not logged."""
+    samples = results_path.with_name(f"samples_{task}_{results_path.stem.removeprefix('results_')}.jsonl")
+    if not samples.is_file():
+        return None
+    metric = catalog().tasks[task].headline
+    by_doc: dict[int, int] = {}
+    try:
+        for number, line in enumerate(samples.read_text(encoding="utf-8").splitlines(), 1):
+            sample = json.loads(line)
+            if sample.get("filter", filter_name) != filter_name:
+                continue
+            doc_id, outcome = sample.get("doc_id"), sample.get(metric)
+            if not isinstance(doc_id, int) or outcome not in (0, 1):
+                raise ModarbError(f"{samples}: line {number} has no integer doc_id and 0/1 {metric!r}; "
+                                  "re-run lm_eval with --log_samples")
+            by_doc[doc_id] = int(outcome)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ModarbError(f"{samples}: malformed samples file (not JSON lines); "
+                          "re-run lm_eval with --log_samples") from None
+    return outcome_record(by_doc) if by_doc else None
 
 
 def cache_used(config: dict[str, Any]) -> dict[str, Any] | None:

@@ -1,9 +1,8 @@
 """`modarb check` on real runs of the bundled organism: its own baseline passes, a real regression fails.
 
-The regression is the organism with its identified top-20% heads blocked (MF ratio 0.858 -> 0.725 and
-language control 0.975 -> 0.805 on the test split). Its top-5% block (0.833 vs 0.858 MF ratio) is
-within sampling noise on this organism, so it is no regression for `check` to catch; the report's
-blocking curve shows both.
+The regression is the organism with the shipped top-20% heads blocked (MF ratio 0.858 -> 0.430 and
+language control 0.975 -> 0.585 on the test split). Both runs keep per-item outcomes, so the check
+is paired.
 """
 
 from __future__ import annotations
@@ -42,5 +41,7 @@ def test_organism_with_its_top_20pct_heads_blocked_is_a_regression(runs, capsys)
     baseline, blocked = runs
     assert blocked.scores["mf_ratio"] < baseline.scores["mf_ratio"]
     assert main(["check", "--baseline", str(baseline.results_file), "--results", str(blocked.results_file)]) == 1
-    verdict = capsys.readouterr().out.strip().splitlines()[-1]
+    out = capsys.readouterr().out
+    verdict = out.strip().splitlines()[-1]
     assert verdict.startswith("REGRESSION on") and "mf_follow" in verdict
+    assert "test: paired on all 4 tasks" in out

@@ -169,13 +169,13 @@ def test_markdown_table_matches_the_entries(board: Path, tmp_path: Path):
             "Follow text": _expected_cell(raw, "mf_follow_text", "mf_ratio"),
             "Visual control": _expected_cell(raw, "mf_visual_control", "acc"),
             "Language control": _expected_cell(raw, "mf_language_control", "acc"),
-            "Δ MF ratio": f"{round(mf - base_mf, 3) + 0.0:+.3f}",
+            "Δ MF ratio": f"{round(mf - base_mf, 3) + 0.0:+.3f}" + ("" if run == "organism_baseline" else " (unpaired)"),
             "MF ratio": f"{mf:.3f}",
         })
     for row in results + smoke:  # the pooled stderr is checked in test_catalog.py
         row["MF ratio"] = row["MF ratio"].split(" ± ")[0]
     assert results == expected
-    assert [row["Δ MF ratio"] for row in results] == ["+0.000", "+0.050", "-0.525"]
+    assert [row["Δ MF ratio"] for row in results] == ["+0.000", "+0.050 (unpaired)", "-0.525 (unpaired)"]
 
     qwen = raw_results("smoke_qwen2vl")
     assert smoke == [{
@@ -314,4 +314,4 @@ def test_a_run_on_fewer_items_is_never_the_baseline_of_a_fuller_one(tmp_path: Pa
     assert blocked[1] == "40" and rows[("baseline", "8")] == "+0.000" and rows[("baseline", "40")] == "+0.000"
     full = raw_results("organism_baseline")["groups"]["modality_following"]["mf_ratio,none"]
     top5 = raw_results("organism_block_top5")["groups"]["modality_following"]["mf_ratio,none"]
-    assert rows[blocked] == f"{round(top5 - full, 3) + 0.0:+.3f}"  # against the 40-item baseline
+    assert rows[blocked] == f"{round(top5 - full, 3) + 0.0:+.3f} (unpaired)"  # against the 40-item baseline

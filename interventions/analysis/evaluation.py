@@ -19,7 +19,9 @@ from interventions.analysis.data import SHAPES_TASKS, TaskSet
 from interventions.model.lm import ModarbVLM
 from interventions.mechanism.spec import InterventionSpec
 from modarb_tasks import TASKS_PATH
-from modarb_tasks.catalog import FOLLOW_SLOTS, HEADLINE_METRIC, MF_RATIO, SLOTS, Metric, pooled_mf_ratio
+from modarb_tasks.catalog import FOLLOW_SLOTS, HEADLINE_METRIC, MF_RATIO, SLOTS, Metric, catalog, pooled_mf_ratio
+from modarb_tasks.files import write_text
+from modarb_tasks.paired import pair
 
 
 def headline(tasks: TaskSet) -> dict[str, tuple[str, str]]:
@@ -42,7 +44,7 @@ def headline_scores(results: dict, tasks: TaskSet) -> dict[str, float]:
 
 @dataclass
 class Run:
-    """One lm-eval run: its headline scores, per-item follow outcomes, and how to redo it."""
+    """One lm-eval run: its headline scores, per-item outcomes, and how to redo it."""
 
     name: str
     scores: dict[str, float]
@@ -52,6 +54,39 @@ class Run:
     command: str
     spec_file: Path | None = None  # where the spec was written (the run's folder)
     samples: dict[str, list[int]] | None = field(default=None, repr=False)
+    # task -> doc_id -> its headline outcome (0/1: followed, or correct), for paired comparisons
+    outcomes: dict[str, dict[int, int]] = field(default_factory=dict, repr=False)
+
+
+def paired_vs(baseline: Run, run: Run) -> dict[str, dict]:
+    """Each headline score of `run` against `baseline` on the docs both scored, item by item: Δ (run −
+    baseline), its 95% paired interval (Newcombe's), the discordant counts b (lost) and c (gained)
+    and McNemar's exact p. The MF ratio pools both follow tasks' items, as the score does."""
+    slots = {task: catalog().tasks[task].slot for task in baseline.outcomes}
+    groups = {slot: [task for task in slots if slots[task] == slot] for slot in SLOTS}
+    groups[MF_RATIO] = [task for task in slots if slots[task] in FOLLOW_SLOTS]
+    compared = {}
+    for key, group in groups.items():
+        docs = [(task, doc) for task in group for doc in sorted(baseline.outcomes[task])
+                if doc in run.outcomes.get(task, {})]
+        if not docs:
+            continue
+        found = pair([baseline.outcomes[task][doc] for task, doc in docs], [run.outcomes[task][doc] for task, doc in docs])
+        low, high = found.interval()
+        compared[key] = {"delta": found.delta, "low": low, "high": high, "b": found.b, "c": found.c,
+                         "p": found.p_value, "n": found.n}
+    return compared
+
+
+SAMPLE_KEYS = ("doc_id", "filter")
+
+
+def compact_samples(logged: list[dict]) -> str:
+    """lm-eval's --log_samples lines for one task, less the docs, prompts, answers and hashes: each doc's id,
+    filter and per-item metrics, so a run pairs item by item with others (a leaderboard entry reads
+    them) at ~1% of the size: dozens of runs per report."""
+    lines = [{key: sample[key] for key in (*SAMPLE_KEYS, *sample["metrics"])} for sample in logged]
+    return "".join(json.dumps(line) + "\n" for line in lines)
 
 
 class Evaluator:
@@ -122,13 +157,18 @@ class Evaluator:
             verbosity="WARNING",
         )
         logged = results.pop("samples")
+        outcomes = {task: {sample["doc_id"]: int(sample[catalog().tasks[task].headline]) for sample in found}
+                    for task, found in logged.items()}
         tracker = EvaluationTracker(output_path=str(run_dir))
         tracker.general_config_tracker.model_name_sanitized = "results"
         tracker.save_results_aggregated(results=results, samples=None)
+        for task in tasks:
+            write_text(run_dir / "results" / f"samples_{task}_{tracker.date_id}.jsonl", compact_samples(logged[task]))
         results_file = max((run_dir / "results").glob("results_*.json"))
         return Run(
             name=name,
             scores=headline_scores(results, self.tasks),
+            outcomes=outcomes,
             follow_by_doc={
                 task: {sample["doc_id"]: float(sample["follow"]) for sample in logged[task]}
                 for task in self.tasks.follow

@@ -39,6 +39,7 @@ def write(folder: Path, summary: dict) -> None:
     """Write figures, targets, summary.json and report.md into `folder` (flow/ and identify/ already there)."""
     plot_blocking_curve(summary["blocking_curve"], folder / "figures" / "blocking_curve.png")
     plot_amplification(summary["amplify"]["curve"], folder / "figures" / "amplification.png")
+    summary["top_vs_random"] = top_vs_random(summary)
     summary["targets"] = targets(summary)
     write_json(folder / "summary.json", summary, indent=2)
     flow = json.loads((folder / "flow" / "flow.json").read_text())
@@ -64,8 +65,47 @@ def targets(summary: dict) -> list[dict]:
          PAPER_TARGETS["top_overlap"]),
     ]
     compare = {">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, "<": lambda a, b: a < b}
-    return [{"check": name, "value": value, "bar": f"{op} {bar:.2f}", "met": bool(compare[op](value, bar))}
-            for name, value, op, bar in rows]
+    significant = _significance(summary)
+    return [{"check": name, "value": value, "bar": f"{op} {bar:.2f}", "met": bool(compare[op](value, bar)),
+             "significant": significant.get(i)}
+            for i, (name, value, op, bar) in enumerate(rows)]
+
+
+SIGNIFICANCE = 0.05
+
+
+def _significance(summary: dict) -> dict[int, bool]:
+    """Target row -> whether it is met beyond chance (rows without a test are left out).
+
+    Row 0: the relative MF-ratio drop at the near end of its paired 95% interval still reaches the bar.
+    Row 1: each control's drop at the far end of its interval stays within the bar.
+    Row 2: the top set's MF-ratio drop exceeds the random draws' at p < 0.05 (see top_vs_random).
+    """
+    paired, base = summary["block_top"].get("vs_baseline"), summary["baseline"]["mf_ratio"]
+    found = {}
+    if paired and "mf_ratio" in paired and base:
+        found[0] = -paired["mf_ratio"]["high"] / base >= PAPER_TARGETS["block_top_relative_drop"]
+    if paired and all(key in paired for key in ("visual_control", "language_control")):
+        found[1] = all(-paired[key]["low"] <= PAPER_TARGETS["control_drop_points"]
+                       for key in ("visual_control", "language_control"))
+    tested = summary.get("top_vs_random")
+    if tested is not None:
+        found[2] = tested["p"] < SIGNIFICANCE
+    return found
+
+
+def top_vs_random(summary: dict) -> dict | None:
+    """The top set's MF-ratio drop against the random sets' drops (each of as many heads), as a
+    permutation-style test: p = (1 + draws dropping at least as much) / (1 + draws). With d draws
+    p is at least 1/(d + 1): 19 draws (--draws) are needed before p can fall below 0.05."""
+    base, top, draws = summary["baseline"]["mf_ratio"], summary["block_top"]["mf_ratio"], summary["block_random"]["draws"]
+    if base is None or top is None or not draws:
+        return None
+    top_drop = base - top
+    random_drops = [base - draw["mf_ratio"] for draw in draws]
+    as_large = sum(drop >= top_drop for drop in random_drops)
+    return {"top_drop": top_drop, "random_drops": random_drops, "draws": len(draws), "as_large": as_large,
+            "p": (1 + as_large) / (1 + len(draws))}
 
 
 def plot_blocking_curve(curve: list[dict], path: Path) -> None:
@@ -132,6 +172,7 @@ def context(summary: dict, flow: dict, folder: Path) -> dict:
         "unit": "split" if summary["data"]["data"] == "shapes" else "half",
         "data": summary["data"],
         "by_type": mf_ratio_rows(summary["data"]["mf_ratio_by_type"]),
+        "paired_rows": paired_rows(summary),
         "learned_gates": [{"name": _head_name(head), "gate": gate} for head, gate in zip(amplify["heads"], amplify["gates"])],
         "objective": objective_rows(summary),
         "gates": gate_findings(summary["identify"]),
@@ -139,6 +180,23 @@ def context(summary: dict, flow: dict, folder: Path) -> dict:
         "figures": {part: [{"stem": png.stem, "path": f"{part}/{png.name}"} for png in sorted((folder / part).glob("*.png"))]
                     for part in ("identify", "flow")},
     }
+
+
+def paired_rows(summary: dict) -> list[dict]:
+    """Each blocking run against the baseline, item by item: per score "Δ [low, high] b/c p"
+    (empty for a summary written before runs kept per-item outcomes)."""
+    runs = [(f"block top heads {summary['block_top']['heads']}", summary["block_top"])]
+    runs += [(f"{method}: {run['heads']}", run) for method, run in summary["block_top_by_ranking"].items()]
+    runs += [(f"random {draw['heads']}", draw) for draw in summary["block_random"]["draws"]]
+    return [{"name": name, "cells": {key: _paired_cell(run["vs_baseline"].get(key)) for key in SCORE_LABELS}}
+            for name, run in runs if "vs_baseline" in run]
+
+
+def _paired_cell(compared: dict | None) -> str:
+    if compared is None:
+        return "–"
+    return (f"{compared['delta']:+.3f} [{compared['low']:+.3f}, {compared['high']:+.3f}] "
+            f"b {compared['b']} c {compared['c']} p {compared['p']:.2g}")
 
 
 def _head_name(head) -> str:

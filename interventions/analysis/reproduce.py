@@ -17,7 +17,7 @@ import time
 from tqdm import tqdm
 
 from interventions.analysis import report
-from interventions.analysis.evaluation import Evaluator, quiet_lm_eval
+from interventions.analysis.evaluation import Evaluator, paired_vs, quiet_lm_eval
 from interventions.analysis.amplify import choose_alpha, learn_amplification
 from interventions.analysis.batches import iter_batches
 from interventions.analysis.experiments import (
@@ -169,12 +169,16 @@ def _summary(config, fingerprint, baseline, curve, amplification, top_heads, by_
         "fingerprint": fingerprint.describe(),
         "limit": config.limit,
         "baseline": _scores(baseline) | {"command": baseline.command},
-        "block_top": _scores(at_top.top) | {"heads": [list(h) for h in top_heads], "command": at_top.top.command},
+        "block_top": _scores(at_top.top) | {"heads": [list(h) for h in top_heads], "command": at_top.top.command,
+                                            "vs_baseline": paired_vs(baseline, at_top.top)},
         "block_top_by_ranking": {config.method: _scores(at_top.top) | {"heads": [list(h) for h in top_heads],
-                                                                        "command": at_top.top.command}} | {
-            method: _scores(run) | {"heads": _heads(run), "command": run.command} for method, run in by_ranking.items()},
+                                                                        "command": at_top.top.command,
+                                                                        "vs_baseline": paired_vs(baseline, at_top.top)}} | {
+            method: _scores(run) | {"heads": _heads(run), "command": run.command,
+                                    "vs_baseline": paired_vs(baseline, run)} for method, run in by_ranking.items()},
         "block_random": mean_random | {"draws": [
-            _scores(run) | {"heads": _heads(run), "command": run.command} for run in at_top.random]},
+            _scores(run) | {"heads": _heads(run), "command": run.command, "vs_baseline": paired_vs(baseline, run)}
+            for run in at_top.random]},
         "blocking_curve": [
             {"fraction": p.fraction, "k": p.k, "top": _scores(p.top),
              "random_mean": {key: _mean(run.scores[key] for run in p.random) for key in SCORE_KEYS},
