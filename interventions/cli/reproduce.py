@@ -45,6 +45,12 @@ def register(subparsers) -> None:
     parser.add_argument("--use-cache", type=Path, default=None, metavar="DIR",
                         help="keep lm-eval's answers in DIR (keyed by model and spec): an interrupted run "
                         "started again with the same DIR resumes instead of recomputing")
+    parser.add_argument("--exact-sweep", choices=("shortlist", "full"), default=defaults.exact_sweep,
+                        help="identify's exact sweeps: every head on models of at most 64 heads, else a shortlist "
+                        "(the cheap rankings' top heads; 'full': every head) (default: %(default)s)")
+    parser.add_argument("--plan", action="store_true",
+                        help="print the work plan (forwards, decoder layer-tokens, estimated H100 minutes per phase) "
+                        "from the model's config and processor, load no weights, and exit")
     add_data_arguments(parser)
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow the model folder's own Python code (needed by some families; off by default: it runs code from the folder)")
@@ -73,9 +79,16 @@ def _run(args: argparse.Namespace) -> int:
             raise ModarbError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")
     if args.window is not None and args.window < 1:
         raise ModarbError(f"--window must be at least 1 layer, not {args.window}")
-    check_out(args.out)
+    if not args.plan:  # a plan writes nothing
+        check_out(args.out)
     check_device(args.device)
-    config = ReproduceConfig(**{key: value for key, value in vars(args).items() if key not in ("func", "command")})
+    config = ReproduceConfig(**{key: value for key, value in vars(args).items()
+                                if key not in ("func", "command", "plan")})
+    if args.plan:
+        from interventions.analysis.plan import reproduce_work, table
+
+        print(table(reproduce_work(config)))
+        return 0
     from interventions.analysis.reproduce import reproduce  # torch and lm-eval: after the checks, so bad input is quick
 
     summary = reproduce(config)
