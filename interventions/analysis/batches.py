@@ -37,13 +37,7 @@ def encode_docs(model, processor, docs: Sequence[dict]) -> DocBatch:
     """Encode `docs` (lm-eval docs from modarb_tasks.docs.to_doc) for one forward pass, as hf-modarb
     encodes them (interventions.model.encoding): the model's image string, one processor call."""
     tokenizer = processor.tokenizer
-    images = [[load_image(doc["image"])] if doc.get("image") is not None else [] for doc in docs]
-    prompts = [doc["prompt"] for doc in docs]
-    if any(images):
-        inputs, texts = encode_multimodal(processor, model.config.model_type, prompts, images,
-                                          image_text=image_string(model.config, tokenizer))
-    else:  # language-control docs: hf-modarb's text-only path
-        inputs, texts = encode_text(tokenizer, prompts), prompts
+    inputs, texts = encode_inputs(model.config, processor, docs)
     inputs = {key: value.to(model.device) for key, value in inputs.items()}
     if "pixel_values" in inputs:
         inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
@@ -55,6 +49,18 @@ def encode_docs(model, processor, docs: Sequence[dict]) -> DocBatch:
         follow_ids=[answer_token_ids(tokenizer, text, doc["candidates_follow"]) for text, doc in zip(texts, docs)],
         compete_ids=[answer_token_ids(tokenizer, text, doc["candidates_compete"]) for text, doc in zip(texts, docs)],
     )
+
+
+def encode_inputs(config, processor, docs: Sequence[dict]) -> tuple[dict, list[str]]:
+    """(model inputs on the CPU, the prompt texts as encoded) for one batch of `docs`: needs the
+    config and processor only, so a work plan can measure prompt lengths before weights load."""
+    tokenizer = processor.tokenizer
+    images = [[load_image(doc["image"])] if doc.get("image") is not None else [] for doc in docs]
+    prompts = [doc["prompt"] for doc in docs]
+    if any(images):
+        return encode_multimodal(processor, config.model_type, prompts, images,
+                                 image_text=image_string(config, tokenizer))
+    return encode_text(tokenizer, prompts), prompts  # language-control docs: hf-modarb's text-only path
 
 
 def load_image(image):

@@ -52,6 +52,7 @@ class ReproduceConfig:
     method: str = "learned"
     analysis_items: int = 48  # validation items for flow / identify / amplification (per instruction side and layout)
     learned_steps: int = LearnedMaskOptions.steps  # optimisation steps of the learned head mask, per start
+    exact_sweep: str = "shortlist"  # identify's exact sweeps: a shortlist on large models, or "full": every head
     amplify_items: int = 150  # validation items per task that fit the amplification gates and pick the sweep's alpha
     window: int | None = None  # flow knockout window; None: the odd layer count nearest 30% of the depth
     seed: int = 0

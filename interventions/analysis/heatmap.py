@@ -15,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np
 import torch  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
@@ -27,7 +28,8 @@ def plot_head_scores(
     """Write a PNG of `scores` [layers, heads] to `path` (atomically); heads in `boxed` get a frame."""
     values = scores.detach().double().cpu().numpy()
     layers, heads = values.shape
-    limit = float(abs(values).max()) or 1.0
+    limit = float(np.nanmax(abs(values))) if not np.isnan(values).all() else 1.0  # NaN: not scored
+    limit = limit or 1.0
     fig, ax = plt.subplots(figsize=(max(4.5, 1.8 + 0.45 * min(heads, 32)), max(3.0, 1.2 + 0.4 * min(layers, 32))), constrained_layout=True)
     image = ax.imshow(values, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto", origin="lower")
     for layer, head in boxed:

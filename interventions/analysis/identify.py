@@ -24,6 +24,7 @@ exhaustive search over all k-head sets gives the optimum to compare with.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -43,6 +44,7 @@ from interventions.analysis.gates import gate_heads
 from interventions.analysis.defaults import METHODS, LearnedMaskOptions, check_fraction
 from interventions.analysis.learned_mask import learned_mask
 from interventions.analysis.objective import Objective
+from interventions.analysis.plan import shortlist_size
 from interventions.analysis.selective import MAX_SETS, exhaustive_sets, selective_sweep, set_count
 from modarb_tasks.errors import ModarbError
 from modarb_tasks.outdir import OutputFolder
@@ -59,6 +61,7 @@ DATA_SEED = 0  # the `shapes` generator seed of the benchmark's own splits
 SPLIT = "validation"  # heads are found here; the test split is kept for scoring the interventions with lm-eval
 
 Head = tuple[int, int]
+EXACT_SWEEPS = ("shortlist", "full")  # the exact sweeps score a shortlist on large models, or every head
 
 
 @dataclass
@@ -78,7 +81,7 @@ class Ranking:
     def to_dict(self) -> dict[str, Any]:
         ranked = self.ranked
         return {
-            "scores": self.scores.tolist(),
+            "scores": [[None if math.isnan(v) else v for v in row] for row in self.scores.tolist()],
             "ranked": [list(cell) for cell in ranked],
             "heads": [[l, h] for l, h, _ in ranked],  # the ranking without scores, best first
             "passes": self.passes,
@@ -140,10 +143,12 @@ class IdentifyResult:
 
 # --- selection and agreement ------------------------------------------------------------------
 def rank_heads(scores: torch.Tensor) -> list[tuple[int, int, float]]:
-    """Every head as (layer, head, score), highest score first (ties: lower layer, then head)."""
+    """Every head as (layer, head, score), highest score first (ties: lower layer, then head); heads
+    not scored (NaN: outside an exact sweep's shortlist) last."""
     layers, heads = scores.shape
     cells = [(l, h, float(scores[l, h])) for l in range(layers) for h in range(heads)]
-    return sorted(cells, key=lambda cell: (-cell[2], cell[0], cell[1]))
+    return sorted(cells, key=lambda cell: (math.isnan(cell[2]), -cell[2] if not math.isnan(cell[2]) else 0.0,
+                                           cell[0], cell[1]))
 
 
 def top_k(num_heads: int, fraction: float) -> int:
@@ -163,8 +168,12 @@ def top_overlap(a: torch.Tensor, b: torch.Tensor, fraction: float) -> float:
 
 
 def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float | None:
-    """Spearman's rho over all heads; None when either ranking is constant (rho is undefined)."""
+    """Spearman's rho over the heads both scored; None when either ranking is constant there."""
     a, b = a.flatten().double(), b.flatten().double()
+    both = ~(a.isnan() | b.isnan())
+    a, b = a[both], b[both]
+    if a.numel() < 2:
+        return None
     if bool((a == a[0]).all()) or bool((b == b[0]).all()):
         return None
     return float(spearmanr(a.numpy(), b.numpy()).statistic)
@@ -187,6 +196,30 @@ def shapes_docs(n_items: int, split: str = SPLIT) -> list[dict]:
         raise ModarbError(f"--n-items {n_items} must be at least 1")
     items = make_items(split, n_items, seed=DATA_SEED)
     return [to_doc(item, kind) for kind in (*FOLLOW_KINDS, *CONTROL_KINDS) for item in items]
+
+
+def every_head(layers: int, heads: int) -> list[Head]:
+    return [(l, h) for l in range(layers) for h in range(heads)]
+
+
+def shortlist(rankings: Sequence[Ranking], fraction: float, exact_sweep: str = "shortlist") -> list[Head] | None:
+    """The heads the exact sweeps score: None (every head) with `exact_sweep` "full" or on models of at
+    most FULL_SWEEP_HEADS heads; else `plan.shortlist_size` heads taken from the cheap rankings in turn,
+    best first (so it holds each ranking's top k x SHORTLIST_FACTOR, deeper where they agree), in
+    layer order. The sweeps then score these exactly by the same objective."""
+    if exact_sweep not in EXACT_SWEEPS:
+        raise ModarbError(f"unknown exact sweep {exact_sweep!r}; choose one of {', '.join(EXACT_SWEEPS)}")
+    layers, heads = rankings[0].scores.shape
+    num_heads = layers * heads
+    size = shortlist_size(num_heads, top_k(num_heads, fraction), exact_sweep)
+    if size == num_heads:
+        return None
+    chosen: list[Head] = []
+    for cells in zip(*(ranking.ranked for ranking in rankings)):
+        for l, h, _ in cells:
+            if (l, h) not in chosen and len(chosen) < size:
+                chosen.append((l, h))
+    return sorted(chosen)
 
 
 # --- the three methods -------------------------------------------------------------------------
@@ -225,12 +258,16 @@ def attribution_scores(model: nn.Module, batches: Sequence[DocBatch], progress: 
 
 
 @torch.no_grad()
-def ablation_scores(model: nn.Module, batches: Sequence[DocBatch], progress: bool = True) -> Ranking:
-    """Exact sweep: the drop of the mean logit difference with each head blocked in turn."""
+def ablation_scores(model: nn.Module, batches: Sequence[DocBatch], progress: bool = True,
+                    heads: Sequence[Head] | None = None) -> Ranking:
+    """Exact sweep: the drop of the mean logit difference with each head (of `heads`; default all)
+    blocked in turn; heads not swept score NaN."""
     start = time.perf_counter()
     layout = locate_heads(model)
-    heads = [(l, h) for l in range(layout.num_layers) for h in range(layout.num_heads)]
-    drops = torch.zeros(layout.num_layers, layout.num_heads, dtype=torch.float64)
+    heads = every_head(layout.num_layers, layout.num_heads) if heads is None else list(heads)
+    drops = torch.full((layout.num_layers, layout.num_heads), math.nan, dtype=torch.float64)
+    for l, h in heads:
+        drops[l, h] = 0.0
     rows = 0
     with tqdm(total=len(batches) * len(heads), desc="ablation", unit="head", disable=not progress) as bar:
         for batch in batches:
@@ -240,15 +277,17 @@ def ablation_scores(model: nn.Module, batches: Sequence[DocBatch], progress: boo
                     drops[l, h] += float((base - logit_difference(model, batch)).double().sum())
                 bar.update()
             rows += len(batch)
-    return Ranking("ablation", drops / rows, len(batches) * (len(heads) + 1), time.perf_counter() - start)
+    details = {} if len(heads) == drops.numel() else {"exact_heads": [list(head) for head in heads]}
+    return Ranking("ablation", drops / rows, len(batches) * (len(heads) + 1), time.perf_counter() - start, details)
 
 
-def selective_scores(objective: Objective, progress: bool = True) -> Ranking:
-    """Each head blocked alone, scored by the objective (see selective.py)."""
+def selective_scores(objective: Objective, progress: bool = True, heads: Sequence[Head] | None = None) -> Ranking:
+    """Each head (of `heads`; default all) blocked alone, scored by the objective (see selective.py)."""
     start = time.perf_counter()
-    values, terms = selective_sweep(objective, progress)
-    passes = objective.forwards * (values.numel() + 1)
-    return Ranking("selective", values, passes, time.perf_counter() - start, {"terms": terms})
+    values, terms = selective_sweep(objective, progress, heads)
+    passes = objective.forwards * (int((~values.isnan()).sum()) + 1)
+    details = {"terms": terms} | ({} if heads is None else {"exact_heads": [list(head) for head in heads]})
+    return Ranking("selective", values, passes, time.perf_counter() - start, details)
 
 
 def learned_mask_scores(
@@ -328,6 +367,7 @@ def identify_batches(
     seed: int = 0,
     progress: bool = True,
     exhaustive: bool = False,
+    exact_sweep: str = "shortlist",
 ) -> IdentifyResult:
     """The rankings on already-encoded batches (random inputs work too: the 7B benchmark uses them).
 
@@ -340,13 +380,15 @@ def identify_batches(
     objective = Objective(model, follow_batches, control_batches, learned_options.control) if control_batches \
         else None
     rankings = {"attribution": attribution_scores(model, follow_batches, progress)}
-    if exact:
-        rankings["ablation"] = ablation_scores(model, follow_batches, progress)
-        if objective is not None:
-            rankings["selective"] = selective_scores(objective, progress)
-    if learned:
+    if learned:  # before the exact sweeps: its ranking helps pick their shortlist
         rankings["learned"] = learned_mask_scores(model, follow_batches, control_batches, learned_options, seed,
                                                   progress, fraction, objective)
+    if exact:
+        swept = shortlist(list(rankings.values()), fraction, exact_sweep)
+        rankings["ablation"] = ablation_scores(model, follow_batches, progress, swept)
+        if objective is not None:
+            rankings["selective"] = selective_scores(objective, progress, swept)
+    rankings = {method: rankings[method] for method in METHODS if method in rankings}
     optimum = None
     if exhaustive:
         if objective is None:
@@ -393,6 +435,7 @@ def identify(
     seed: int = 0,
     progress: bool = True,
     exhaustive: bool = False,
+    exact_sweep: str = "shortlist",
 ) -> IdentifyResult:
     """Score every head of `model` on `docs` (follow docs; control docs too for the objective-based rankings)."""
     check_fraction(fraction)
@@ -406,7 +449,7 @@ def identify(
     return identify_batches(
         model, follow_batches, control_batches, fraction=fraction, exact=exact, learned=learned,
         learned_options=learned_options, response_heads=response_heads, seed=seed, progress=progress,
-        exhaustive=exhaustive,
+        exhaustive=exhaustive, exact_sweep=exact_sweep,
     )
 
 
@@ -426,13 +469,13 @@ def spec_name(fraction: float) -> str:
 
 def command_line(model: nn.Module, model_name: str | None, out: Path, *, top: float, method: str, n_items: int,
                  batch_size: int, seed: int, exact: bool, learned: bool, learned_steps: int, curve_heads: int,
-                 exhaustive: bool = False) -> str:
+                 exhaustive: bool = False, exact_sweep: str = "shortlist") -> str:
     """The `modarb identify` command that repeats the run, every option explicit."""
     parts = ["modarb identify"] + ([f"--model {model_name}"] if model_name else [])
     parts += [f"--out {out}", f"--top {top:g}", f"--method {method}", f"--n-items {n_items}",
               f"--batch-size {batch_size}", f"--device {model.device.type}",
               f"--dtype {str(model.dtype).removeprefix('torch.')}", f"--seed {seed}", f"--learned-steps {learned_steps}",
-              f"--curve-heads {curve_heads}"]
+              f"--curve-heads {curve_heads}"] + [f"--exact-sweep {exact_sweep}"] * (exact_sweep != "shortlist")
     parts += [flag for flag, on in (("--no-exact", not exact), ("--no-learned", not learned),
                                     ("--exhaustive", exhaustive)) if on]
     return " ".join(parts)
@@ -457,6 +500,7 @@ def run_identify(
     docs: Sequence[dict] | None = None,
     data: dict[str, Any] | None = None,
     exhaustive: bool = False,
+    exact_sweep: str = "shortlist",
 ) -> dict[str, Any]:
     """Rank every head on `n_items` shapes validation items (or on `docs`, e.g. MC²'s analysis half,
     described by `data`); write `out` (a folder, or a staged `OutputFolder`: the command then names
@@ -486,13 +530,13 @@ def run_identify(
     result = identify(
         model, processor, shapes_docs(n_items, SPLIT) if docs is None else docs, fraction=top, batch_size=batch_size, exact=exact,
         learned=learned, learned_options=LearnedMaskOptions(steps=learned_steps), response_heads=curve_heads,
-        seed=seed, progress=progress, exhaustive=exhaustive,
+        seed=seed, progress=progress, exhaustive=exhaustive, exact_sweep=exact_sweep,
     )
     out = OutputFolder.of(out)
     fingerprint = model_fingerprint(model)
     command = command_line(model, model_name, out.final, top=top, method=method, n_items=n_items, batch_size=batch_size,
                            seed=seed, exact=exact, learned=learned, learned_steps=learned_steps,
-                           curve_heads=curve_heads, exhaustive=exhaustive)
+                           curve_heads=curve_heads, exhaustive=exhaustive, exact_sweep=exact_sweep)
     provenance = {"method": method, "fraction": top, "split": SPLIT, "n_items": n_items, "data_seed": DATA_SEED,
                   "seed": seed, "command": command}
     if data is not None:  # MC²: the analysis half of the named file; the command names the data flags

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import ExitStack
 
 from tqdm import tqdm
 
@@ -31,6 +32,7 @@ from interventions.analysis.flow_run import run_flow
 from interventions.analysis.identify import METHODS, frozen, run_identify, split_docs
 from interventions.analysis.defaults import ReproduceConfig
 from interventions.analysis.objective import Objective
+from interventions.analysis.plan import H100_SECONDS_PER_LAYER_TOKEN, Phase, WorkCounter
 from modarb_tasks.catalog import SCORES as SCORE_KEYS
 from modarb_tasks.catalog import Metric, pooled_mf_ratio
 from modarb_tasks.errors import ModarbError
@@ -53,9 +55,10 @@ def reproduce(config: ReproduceConfig) -> dict:
                                            trust_remote_code=config.trust_remote_code)
     started = time.perf_counter()
     quiet_lm_eval()
-    with staged(config.out) as out:
+    with staged(config.out) as out, ExitStack() as hooks:
         lm = ModarbVLM(pretrained=config.model, batch_size=config.batch_size, device=config.device, dtype=config.dtype,
                        trust_remote_code=config.trust_remote_code)
+        counter = hooks.enter_context(WorkCounter(lm.model))  # the work each phase actually did, for the report
         fingerprint = model_fingerprint(lm.model)
         model_arg = ",".join([f"pretrained={config.model}"] * bool(config.model)
                              + ["trust_remote_code=True"] * config.trust_remote_code)
@@ -77,13 +80,17 @@ def reproduce(config: ReproduceConfig) -> dict:
         progress("baseline")
         baseline = evaluator.run("baseline", None)
         progress("flow")
-        flow = run_flow(lm.model, lm.processor, out / "flow", n_items=config.analysis_items, window=config.window,
-                        batch_size=config.batch_size, model_name=config.model, docs=flow_docs, data=records["flow"])
+        with counter.phase("flow"):
+            flow = run_flow(lm.model, lm.processor, out / "flow", n_items=config.analysis_items,
+                            window=config.window, batch_size=config.batch_size, model_name=config.model,
+                            docs=flow_docs, data=records["flow"])
         progress("identify")
-        identified = run_identify(lm.model, lm.processor, out / "identify", top=config.top, method=config.method,
-                                  n_items=config.analysis_items, batch_size=config.batch_size, seed=config.seed,
-                                  learned_steps=config.learned_steps, model_name=config.model, docs=identify_docs,
-                                  data=records["identify"])
+        with counter.phase("identify"):
+            identified = run_identify(lm.model, lm.processor, out / "identify", top=config.top,
+                                      method=config.method, n_items=config.analysis_items,
+                                      batch_size=config.batch_size, seed=config.seed,
+                                      learned_steps=config.learned_steps, model_name=config.model,
+                                      docs=identify_docs, data=records["identify"], exact_sweep=config.exact_sweep)
         ranking = [tuple(head) for head in identified["rankings"][config.method]["heads"]]
         curve = blocking_curve(evaluator, fingerprint, ranking, config.fractions, config.draws, config.seed, progress)
         top_heads = ranking[: head_count(config.top, fingerprint.num_layers, fingerprint.num_heads)]
@@ -91,7 +98,8 @@ def reproduce(config: ReproduceConfig) -> dict:
                   for method, found in identified["rankings"].items() if method != config.method}
         by_ranking = block_each_ranking(evaluator, fingerprint, others, config.top, progress)
         progress("amplification gates (validation)")
-        learned, alpha = _amplification_on_validation(lm, config, source, top_heads)
+        with counter.phase("amplification (validation)"):
+            learned, alpha = _amplification_on_validation(lm, config, source, top_heads)
         progress("amplify (learned gates)")
         amplified = amplify_gates(evaluator, fingerprint, {tuple(h): g for h, g in zip(learned["heads"], learned["gates"])},
                                   baseline, {"name": "amplify (learned gates)", "method": "learned amplification",
@@ -99,12 +107,23 @@ def reproduce(config: ReproduceConfig) -> dict:
         amplify = amplification_sweep(evaluator, fingerprint, top_heads, config.alphas, baseline, progress=progress)
         summary = _summary(config, fingerprint, baseline, curve, (amplified, learned, amplify, alpha), top_heads,
                            by_ranking, identified, flow, seconds=time.perf_counter() - started)
+        summary["work"] = work_summary(counter)
         summary["data"] = data_summary(source, {"flow": flow_dropped, "identify": identify_dropped}, baseline,
                                        at_fraction(curve, config.top).top)
         progress("report")
         report.write(out.work, summary)
         steps.close()
     return summary
+
+
+def work_summary(counter: WorkCounter) -> dict:
+    """Forwards and decoder layer-tokens each phase ran (lm-eval: every run together), and the
+    H100 minutes they come to (interventions.analysis.plan)."""
+    phases = {p.name: p for p in counter.phases}
+    rest = Phase("lm-eval runs", counter.forwards - sum(p.forwards for p in phases.values()), 0,
+                 counter.layer_tokens - sum(p.layer_tokens for p in phases.values()))
+    return {p.name: p.to_json() for p in [*phases.values(), rest]} | {
+        "h100_seconds_per_layer_token": H100_SECONDS_PER_LAYER_TOKEN}
 
 
 def at_fraction(curve, fraction: float):

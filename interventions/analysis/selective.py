@@ -27,13 +27,15 @@ Head = tuple[int, int]
 TERMS = ("following_drop", *(f"{kind}_drop" for kind in CONTROL_KINDS))
 
 
-def selective_sweep(objective: Objective, progress: bool = True) -> tuple[torch.Tensor, dict[str, list]]:
-    """(value per head [L, H], each term per head as nested lists) with each head blocked alone."""
+def selective_sweep(objective: Objective, progress: bool = True,
+                    swept: list[Head] | None = None) -> tuple[torch.Tensor, dict[str, list]]:
+    """(value per head [L, H], each term per head as nested lists) with each head of `swept` (default:
+    all) blocked alone; heads not swept score NaN (terms None)."""
     layers, heads = objective.shape
-    values = torch.zeros(layers, heads, dtype=torch.float64)
-    terms = {term: [[0.0] * heads for _ in range(layers)] for term in TERMS}
-    for layer, head in tqdm([(l, h) for l in range(layers) for h in range(heads)], desc="selective", unit="head",
-                            disable=not progress):
+    swept = [(l, h) for l in range(layers) for h in range(heads)] if swept is None else swept
+    values = torch.full((layers, heads), math.nan, dtype=torch.float64)
+    terms = {term: [[None] * heads for _ in range(layers)] for term in TERMS}
+    for layer, head in tqdm(swept, desc="selective", unit="head", disable=not progress):
         scored = objective.at([(layer, head)])
         values[layer, head] = scored["value"]
         for term in TERMS:

@@ -41,6 +41,9 @@ def register(subparsers) -> None:
                         help="shapes split (default: %(default)s); MC² data always uses its analysis half")
     parser.add_argument("--layouts", default=",".join(DEFAULT_LAYOUTS),
                         help="prompt layouts, comma-separated (default: %(default)s)")
+    parser.add_argument("--plan", action="store_true",
+                        help="print the work plan (forwards, decoder layer-tokens, estimated H100 minutes per phase) "
+                        "from the model's config and processor, load no weights, and exit")
     add_data_arguments(parser)
     add_model_arguments(parser, device="cpu")
     parser.set_defaults(func=_run)
@@ -61,11 +64,19 @@ def _run(args: argparse.Namespace) -> int:
 
     layouts = parse_layouts(args.layouts)
     check_counts(args.window, args.n_items, args.batch_size)
-    check_out(args.out)
+    if not args.plan:  # a plan writes nothing
+        check_out(args.out)
     source = resolve_data(args.data, args.mc2_json, args.mc2_images, uses=[("analysis", args.n_items)])
     docs, dropped = prepare_docs(source, args.model, args.n_items, FOLLOW_KINDS, layouts, half=args.split,
                                  trust_remote_code=args.trust_remote_code)
     print(docs_line(source, docs, dropped))
+    if args.plan:
+        from interventions.analysis.plan import flow_work, table
+        from interventions.model.model_files import check_device
+
+        check_device(args.device)
+        print(table(flow_work(args.model, docs, args.batch_size, args.trust_remote_code)))
+        return 0
     from interventions.model.loading import load_model
 
     model, processor = load_model(args.model, device=args.device, dtype=args.dtype,

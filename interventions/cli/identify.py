@@ -46,6 +46,13 @@ def register(subparsers) -> None:
                         help="shapes items; each gives one doc per task kind (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=16, help="docs per forward (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the learned mask (default: %(default)s)")
+    parser.add_argument("--exact-sweep", choices=("shortlist", "full"), default="shortlist",
+                        help="the exact sweeps score every head on models of at most 64 heads, else a shortlist: "
+                        "the union of attribution's and the learned mask's top heads; 'full': every head "
+                        "(default: %(default)s)")
+    parser.add_argument("--plan", action="store_true",
+                        help="print the work plan (forwards, decoder layer-tokens, estimated H100 minutes per phase) "
+                        "from the model's config and processor, load no weights, and exit")
     add_data_arguments(parser)
     add_model_arguments(parser, device="cpu")
     parser.set_defaults(func=run)
@@ -77,11 +84,21 @@ def run(args: argparse.Namespace) -> int:
     from interventions.analysis.identify import CONTROL_KINDS, FOLLOW_KINDS
 
     check_args(args)
-    check_out(args.out)
+    if not args.plan:  # a plan writes nothing
+        check_out(args.out)
     source = resolve_data(args.data, args.mc2_json, args.mc2_images, uses=[("analysis", args.n_items)])
     docs, dropped = prepare_docs(source, args.model, args.n_items, (*FOLLOW_KINDS, *CONTROL_KINDS),
                                  trust_remote_code=args.trust_remote_code)
     print(docs_line(source, docs, dropped))
+    if args.plan:
+        from interventions.analysis.plan import identify_work, table
+        from interventions.model.model_files import check_device
+
+        check_device(args.device)
+        print(table(identify_work(args.model, docs, args.batch_size, args.trust_remote_code, fraction=args.top,
+                                  exact=not args.no_exact, learned=not args.no_learned, curve_heads=args.curve_heads,
+                                  options=LearnedMaskOptions(steps=args.learned_steps), exact_sweep=args.exact_sweep)))
+        return 0
     model, processor = load_model(args.model, device=args.device, dtype=args.dtype,
                                   trust_remote_code=args.trust_remote_code)
     with staged(args.out) as out:
@@ -90,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, seed=args.seed, exact=not args.no_exact, learned=not args.no_learned,
             learned_steps=args.learned_steps, curve_heads=args.curve_heads, model_name=args.model,
             docs=docs, data=data_record(source, dropped, len(docs)) if source.is_mc2 or dropped else None,
-            exhaustive=args.exhaustive,
+            exhaustive=args.exhaustive, exact_sweep=args.exact_sweep,
         )
     heads = ", ".join(f"L{l}H{h}" for l, h in document["spec_heads"])
     print(f"identify: wrote {args.out / 'identify.json'}; {args.out / document['spec']} blocks {heads} ({args.method})")

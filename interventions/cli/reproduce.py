@@ -45,6 +45,12 @@ def register(subparsers) -> None:
     parser.add_argument("--use-cache", type=Path, default=None, metavar="DIR",
                         help="keep lm-eval's answers in DIR (keyed by model and spec): an interrupted run "
                         "started again with the same DIR resumes instead of recomputing")
+    parser.add_argument("--exact-sweep", choices=("shortlist", "full"), default=defaults.exact_sweep,
+                        help="identify's exact sweeps: every head on models of at most 64 heads, else a shortlist "
+                        "(the cheap rankings' top heads; 'full': every head) (default: %(default)s)")
+    parser.add_argument("--plan", action="store_true",
+                        help="print the work plan (forwards, decoder layer-tokens, estimated H100 minutes per phase) "
+                        "from the model's config and processor, load no weights, and exit")
     add_data_arguments(parser)
     add_model_arguments(parser, device=None)
     parser.set_defaults(func=_run)
@@ -84,11 +90,18 @@ def _run(args: argparse.Namespace) -> int:
     if not args.alphas or not all(math.isfinite(alpha) and alpha > 0 for alpha in args.alphas):
         raise ModarbError(f"--alphas {','.join(map(str, args.alphas)) or repr('')} must be one or more finite numbers "
                           "> 0, comma-separated (e.g. 2,4: each amplifies the top heads by that factor)")
-    check_out(args.out)
-    if args.use_cache is not None:
-        check_writable(args.use_cache, "--use-cache")
+    if not args.plan:  # a plan writes nothing
+        check_out(args.out)
+        if args.use_cache is not None:
+            check_writable(args.use_cache, "--use-cache")
     check_device(args.device)
-    config = ReproduceConfig(**{key: value for key, value in vars(args).items() if key not in ("func", "command")})
+    config = ReproduceConfig(**{key: value for key, value in vars(args).items()
+                                if key not in ("func", "command", "plan")})
+    if args.plan:
+        from interventions.analysis.plan import reproduce_work, table
+
+        print(table(reproduce_work(config)))
+        return 0
     from interventions.analysis.reproduce import reproduce  # torch and lm-eval: after the checks, so bad input is quick
 
     summary = reproduce(config)

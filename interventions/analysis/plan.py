@@ -1,0 +1,302 @@
+"""The work plan of identify, flow and reproduce, from the model's config alone (no weights).
+
+Work is counted in model forwards and decoder layer-tokens (decoder layer calls x tokens in the
+call): hardware-independent, so the same plan holds on any machine. A backward pass is counted as
+two forwards' work. Time on an H100 is layer-tokens x `H100_SECONDS_PER_LAYER_TOKEN`, measured on
+LLaVA-1.5-7B in bf16 (an exact head sweep: 1,025 passes of 4 x 695 tokens x 32 layers in 106 s).
+
+The counts follow the analyses' loops: identify (attribution, the exact sweeps over every head or a
+shortlist, the learned mask, the objective at each ranking's top set, gate-response curves), flow
+(each edge knocked out around each layer, per prompt layout and instruction side), amplification
+on validation, and lm-eval's runs (prompts scored once each; generated tokens beyond the first
+are not counted, so those runs are a lower bound).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+from interventions.analysis.defaults import LearnedMaskOptions
+
+H100_SECONDS_PER_LAYER_TOKEN = 1.16e-6  # LLaVA-1.5-7B, bf16, one H100 (see the module docstring)
+GATE_COUNT = 8  # gate_response.GATES: 0, 0.25, 0.5, 0.75, 1, 2, 4, 8 (1 is the shared unchanged model)
+CURVE_RANKINGS = 4  # rankings whose top heads get gate-response curves
+AMPLIFY_STEPS, AMPLIFY_SCALES = 30, 5  # amplify.AmplifyOptions: steps and the scales tried
+LM_EVAL_TASKS = 4  # follow_image, follow_text and the two controls
+# Above this many heads the exact sweeps score only a shortlist (identify.shortlist); at or below it
+# (the organism's 48 heads) they score every head: cheap there, and the exhaustive check needs it.
+FULL_SWEEP_HEADS = 64
+SHORTLIST_FACTOR = 2  # the shortlist: 2 cheap rankings x k x this many heads, taken from each in turn
+
+
+@dataclass
+class Phase:
+    """One phase's counted work: forwards, backwards and the layer-tokens of both."""
+
+    name: str
+    forwards: int
+    backwards: int
+    layer_tokens: int  # forward layer-tokens; a backward adds twice its forward's
+
+    def h100_minutes(self) -> float:
+        return self.layer_tokens * H100_SECONDS_PER_LAYER_TOKEN / 60
+
+    def to_json(self) -> dict:
+        return asdict(self) | {"h100_minutes": round(self.h100_minutes(), 3)}
+
+
+def batch_tokens(rows: int, tokens: int, batch_size: int) -> list[int]:
+    """Tokens (rows x padded width) of each batch when `rows` docs of `tokens` tokens are batched."""
+    return [min(batch_size, rows - start) * tokens for start in range(0, rows, batch_size)]
+
+
+def shortlist_size(num_heads: int, k: int, exact_sweep: str = "shortlist") -> int:
+    """How many heads the exact sweeps score: all, or two cheap rankings' top k x factor (identify.shortlist)."""
+    if exact_sweep == "full" or num_heads <= FULL_SWEEP_HEADS:
+        return num_heads
+    return min(num_heads, 2 * k * SHORTLIST_FACTOR)
+
+
+def top_count(num_heads: int, fraction: float) -> int:
+    return max(1, round(fraction * num_heads))
+
+
+def _phase(name: str, passes: int, backwards: int, tokens: list[int], layers: int) -> Phase:
+    """`passes` forwards (`backwards` of them also backpropagated) over every batch of `tokens`."""
+    return Phase(name, passes * len(tokens), backwards * len(tokens), (passes + 2 * backwards) * sum(tokens) * layers)
+
+
+def identify_plan(layers: int, heads: int, follow: list[int], control: list[int], *, fraction: float = 0.05,
+                  exact: bool = True, learned: bool = True, curve_heads: int = 3,
+                  options: LearnedMaskOptions = LearnedMaskOptions(), exact_sweep: str = "shortlist") -> list[Phase]:
+    """identify's phases over follow and control batches of the given token counts (`batch_tokens`)."""
+    num_heads = layers * heads
+    k = top_count(num_heads, fraction)
+    both = follow + control
+    swept = shortlist_size(num_heads, k, exact_sweep)
+    phases = [_phase("attribution", 1, 1, follow, layers)]
+    if control:
+        phases.append(_phase("objective (open model)", 1, 0, both, layers))
+    if learned and control:
+        starts = len(options.init_logits)
+        refined = min(options.refine_sets, k * options.candidates)
+        descents = starts * options.steps + math.ceil(refined / options.candidates)
+        phases.append(_phase("learned mask", descents + starts + refined, descents, both, layers))
+    if exact:
+        phases.append(_phase("ablation sweep", swept + 1, 0, follow, layers))
+        if control:
+            phases.append(_phase("selective sweep", swept, 0, both, layers))
+    rankings = 1 + (1 + bool(control)) * exact + (learned and bool(control))
+    if control:
+        phases.append(_phase("objective at each top set", rankings, 0, both, layers))
+    # curves for each ranking's top heads, once per distinct head: the rankings share about half of them
+    curves = math.ceil(min(k, curve_heads) * (rankings + 1) / 2) if curve_heads else 0
+    phases.append(_phase("gate response", 1 + curves * (GATE_COUNT - 1) if curves else 0, 0, follow, layers))
+    return phases
+
+
+def flow_plan(layers: int, parts: list[tuple[list[int], int]]) -> list[Phase]:
+    """flow's knockouts: per part (layout, side) with batches of the given tokens and its runnable
+    edge count, 1 + edges x layers forwards per batch."""
+    phases = [_phase("flow", 1 + edges * layers, 0, tokens, layers) for tokens, edges in parts]
+    return [Phase("flow knockouts", sum(p.forwards for p in phases), 0, sum(p.layer_tokens for p in phases))]
+
+
+def amplify_plan(layers: int, follow: list[int], control: list[int], alphas: int) -> list[Phase]:
+    """Amplification on validation: open model, learned gates, the scales and the alphas tried."""
+    return [_phase("amplification (validation)", 1 + AMPLIFY_STEPS + AMPLIFY_SCALES + alphas, AMPLIFY_STEPS,
+                   follow + control, layers)]
+
+
+def lm_eval_plan(layers: int, runs: int, prompts: list[int]) -> list[Phase]:
+    """lm-eval's runs, each scoring every task's prompts (batches of the given tokens) once."""
+    phase = _phase("lm-eval", runs, 0, prompts, layers)
+    phase.name = f"lm-eval ({runs} runs)"
+    return [phase]
+
+
+# Runnable flow edges per prompt layout (the others cannot act there: a group is missing, or causal
+# attention already blocks the edge), as flow_sweep finds them on shapes and MC² docs.
+FLOW_EDGES = {"standard": 9, "instruction_after": 8, "system_prompt": 9}
+
+
+@dataclass
+class Workload:
+    """The token counts of each batch every phase runs over (`batch_tokens` or measured ones)."""
+
+    identify_follow: list[int]
+    identify_control: list[int]
+    flow_parts: list[tuple[list[int], int]]  # per (layout, side): its batches' tokens, its runnable edges
+    lens: list[int]
+    amplify_follow: list[int]
+    amplify_control: list[int]
+    lm_eval: list[int]  # one run's prompts over every task
+
+
+def measured_tokens(model_config, processor, docs: list[dict], batch_size: int) -> list[int]:
+    """Rows x padded width of each batch of `docs`, encoded as the analyses encode them (processor only)."""
+    from interventions.analysis.batches import encode_inputs
+
+    return [int(encode_inputs(model_config, processor, docs[start:start + batch_size])[0]["input_ids"].numel())
+            for start in range(0, len(docs), batch_size)]
+
+
+def docs_workload(model_config, processor, batch_size: int, limit: int, identify_docs: list[dict],
+                  flow_docs: list[dict], amplify_docs: list[dict]) -> Workload:
+    """The Workload of reproduce's docs, their prompt lengths measured with the processor; lm-eval's
+    `limit` prompts per task are taken as long as the identify docs on average."""
+    from interventions.analysis.flow import split_docs as flow_parts
+    from interventions.analysis.identify import split_docs
+
+    def tokens(docs):
+        return measured_tokens(model_config, processor, docs, batch_size)
+
+    follow, control = split_docs(identify_docs)
+    amplify_follow, amplify_control = split_docs(amplify_docs)
+    parts = [(tokens(docs), FLOW_EDGES.get(layout, max(FLOW_EDGES.values())))
+             for (layout, _side), docs in flow_parts(flow_docs).items()]
+    per_row = round(sum(tokens(identify_docs)) / len(identify_docs))
+    return Workload(tokens(follow), tokens(control), parts, tokens(flow_docs), tokens(amplify_follow),
+                    tokens(amplify_control), batch_tokens(LM_EVAL_TASKS * limit, per_row, batch_size))
+
+
+def shapes_workload(model_config, processor, config) -> Workload:
+    """The Workload of `modarb reproduce` on shapes data with `config` (a ReproduceConfig)."""
+    from interventions.analysis.identify import shapes_docs
+    from interventions.cli.flow import DEFAULT_LAYOUTS, follow_docs
+
+    return docs_workload(model_config, processor, config.batch_size, config.limit, shapes_docs(config.analysis_items),
+                         follow_docs(config.analysis_items, "validation", DEFAULT_LAYOUTS),
+                         shapes_docs(config.amplify_items))
+
+
+def read_model(model: str | None, trust_remote_code: bool = False):
+    """(config, processor) of `model` (default: the organism), without its weights; one line when it cannot load."""
+    from transformers import AutoConfig
+
+    from interventions.model.model_files import check_pretrained
+    from interventions.model.processors import load_processor
+    from interventions.organism import organism_path
+
+    path = str(organism_path() if model is None else model)
+    check_pretrained(path, trust_remote_code=trust_remote_code)
+    return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code), \
+        load_processor(path, trust_remote_code=trust_remote_code)
+
+
+def shape(model_config) -> tuple[int, int]:
+    text = model_config.get_text_config()
+    return text.num_hidden_layers, text.num_attention_heads
+
+
+def reproduce_work(config) -> list[Phase]:
+    """`modarb reproduce --plan`: the plan for `config` (a ReproduceConfig), from the config and processor only."""
+    from interventions.analysis.data import analysis_docs, resolve_data
+    from interventions.analysis.identify import CONTROL_KINDS, FOLLOW_KINDS
+    from interventions.cli.flow import DEFAULT_LAYOUTS
+
+    source = resolve_data(config.data, config.mc2_json, config.mc2_images,
+                          uses=[("analysis", config.analysis_items), ("test", config.limit)])
+    model_config, processor = read_model(config.model, config.trust_remote_code)
+
+    def docs(n, kinds, layouts=("standard",)):
+        return analysis_docs(source, model_config, processor.tokenizer, n, kinds, layouts)[0]
+
+    kinds = (*FOLLOW_KINDS, *CONTROL_KINDS)
+    work = docs_workload(model_config, processor, config.batch_size, config.limit, docs(config.analysis_items, kinds),
+                         docs(config.analysis_items, FOLLOW_KINDS, DEFAULT_LAYOUTS), docs(config.amplify_items, kinds))
+    return reproduce_plan(*shape(model_config), work, config, config.exact_sweep)
+
+
+def reproduce_plan(layers: int, heads: int, work: Workload, config, exact_sweep: str = "shortlist") -> list[Phase]:
+    """Every phase of `modarb reproduce` with `config` (a ReproduceConfig) on a layers x heads decoder."""
+    from interventions.analysis.defaults import METHODS
+
+    runs = reproduce_runs(len(config.fractions), config.draws, len(METHODS), len(config.alphas))
+    return [*flow_plan(layers, work.flow_parts),
+            _phase("logit lens", 1, 0, work.lens, layers),
+            *identify_plan(layers, heads, work.identify_follow, work.identify_control, fraction=config.top,
+                           options=LearnedMaskOptions(steps=config.learned_steps), exact_sweep=exact_sweep),
+            *amplify_plan(layers, work.amplify_follow, work.amplify_control, len(config.alphas)),
+            *lm_eval_plan(layers, runs, work.lm_eval)]
+
+
+def reproduce_runs(fractions: int, draws: int, methods: int, alphas: int) -> int:
+    """Baseline, top + random draws per fraction, the other rankings' top sets, learned gates, the alphas."""
+    return 1 + fractions * (1 + draws) + (methods - 1) + 1 + alphas
+
+
+def totals(phases: list[Phase]) -> Phase:
+    return Phase("total", sum(p.forwards for p in phases), sum(p.backwards for p in phases),
+                 sum(p.layer_tokens for p in phases))
+
+
+def table(phases: list[Phase]) -> str:
+    """The plan as aligned text rows: phase, forwards, backwards, layer-tokens, H100 minutes."""
+    rows = [("phase", "forwards", "backwards", "layer-tokens", "H100 min")]
+    rows += [(p.name, f"{p.forwards:,}", f"{p.backwards:,}", f"{p.layer_tokens:,}", f"{p.h100_minutes():.2f}")
+             for p in [*phases, totals(phases)]]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+                     for r in rows)
+
+
+class WorkCounter:
+    """Forwards and decoder layer-tokens actually run, counted by hooks on the decoder's attention
+    modules (one call per layer and forward), per named phase. Use as a context manager."""
+
+    def __init__(self, model) -> None:
+        from interventions.mechanism.locate import locate_heads
+
+        self.attentions = locate_heads(model).attentions
+        self.forwards, self.layer_tokens, self.phases = 0, 0, []
+        self._handles = []
+
+    def __enter__(self) -> WorkCounter:
+        self._handles = [attention.register_forward_pre_hook(self._hook(i == 0), with_kwargs=True)
+                         for i, attention in enumerate(self.attentions)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+    def _hook(self, first: bool):
+        def count(module, args, kwargs):
+            hidden = kwargs.get("hidden_states", args[0] if args else None)
+            self.layer_tokens += hidden.shape[0] * hidden.shape[1]
+            self.forwards += first
+        return count
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Record the work done inside the block as phase `name` (backwards are not counted)."""
+        forwards, tokens = self.forwards, self.layer_tokens
+        yield
+        self.phases.append(Phase(name, self.forwards - forwards, 0, self.layer_tokens - tokens))
+
+
+def identify_work(model: str | None, docs: list[dict], batch_size: int, trust_remote_code: bool = False,
+                  **options) -> list[Phase]:
+    """`modarb identify --plan`: identify's plan on `docs` (options: identify_plan's keywords)."""
+    from interventions.analysis.identify import split_docs
+
+    model_config, processor = read_model(model, trust_remote_code)
+    follow, control = split_docs(docs)
+    return identify_plan(*shape(model_config), measured_tokens(model_config, processor, follow, batch_size),
+                         measured_tokens(model_config, processor, control, batch_size) if control else [], **options)
+
+
+def flow_work(model: str | None, docs: list[dict], batch_size: int, trust_remote_code: bool = False) -> list[Phase]:
+    """`modarb flow --plan`: the knockouts and the logit lens on `docs`."""
+    from interventions.analysis.flow import split_docs
+
+    model_config, processor = read_model(model, trust_remote_code)
+    layers, _ = shape(model_config)
+    parts = [(measured_tokens(model_config, processor, part, batch_size), FLOW_EDGES.get(layout, max(FLOW_EDGES.values())))
+             for (layout, _side), part in split_docs(docs).items()]
+    return [*flow_plan(layers, parts), _phase("logit lens", 1, 0, measured_tokens(model_config, processor, docs, batch_size),
+                                              layers)]
