@@ -203,3 +203,46 @@ def test_amplification_reports_restored_and_broken_shares(small_report):
     assert amplify["best_alpha"] == max(amplify["alpha_validation"], key=lambda p: (p["value"], -p["alpha"]))["alpha"]
     assert {"restoration_rate", "broken_rate"} <= set(amplify["sweep_at_best_alpha"])
     assert amplify["command"] in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_steering_is_chosen_on_validation_and_scored_beside_amplification(small_report):
+    """On the organism reproduce steers by default: each direction's layer and alpha are the best of the
+    validation search, its test run pairs item by item with the baseline, and the comparison ranks it
+    with both amplifications by one value."""
+    from interventions.analysis.steer import value_on_test
+    from interventions.mechanism.spec import InterventionSpec
+
+    out, summary = small_report
+    steer = summary["steer"]
+    assert steer["settings"], "the organism's validation items split both ways: every default direction is fitted"
+    for setting in steer["settings"]:
+        assert setting["validation"]["value"] == max(point["value"] for point in setting["tried"])
+        assert (setting["validation"]["failed"] + setting["validation"]["followed"]) == 2 * AMPLIFY_ITEMS
+        test = setting["test"]
+        assert test["failed"] + test["followed"] == 2 * summary["limit"]
+        assert 0.0 <= test["other"] <= 1.0
+        spec = InterventionSpec.load(out / setting["spec"])
+        assert spec.identity() == setting["identity"]
+        assert (spec.steering.layers, spec.steering.alpha) == ((setting["layer"],), setting["alpha"])
+        assert set(setting["vs_amplify_learned"]) >= {"mf_ratio", "visual_control", "language_control"}
+    rows = steer["comparison"]["rows"]
+    assert [row["intervention"] for row in rows][:2] == [
+        "amplify (learned gates)", f"amplify top heads x{summary['amplify']['best_alpha']:g}"]
+    assert (rows[0]["restored"], rows[0]["broken"]) == (summary["amplify"]["restored"], summary["amplify"]["broken"])
+    for row in rows:
+        assert row["value"] == pytest.approx(value_on_test(row, summary["baseline"]))
+    assert steer["comparison"]["best"] == max(rows, key=lambda row: row["value"])["intervention"]
+    report = (out / "report.md").read_text()
+    assert "## Residual steering beside amplification" in report
+    assert f"Best: **{steer['comparison']['best']}**" in report
+    assert summary["work"]["steering (validation)"]["forwards"] > 0
+
+
+def test_steer_flag_reaches_the_config(configs, tmp_path):
+    """--steer is on by default for the organism only; --no-steer and --steer override the default."""
+    for argv in ([], ["--no-steer"], ["--steer"]):
+        with pytest.raises(_Stopped):
+            cli.main(["reproduce", "--out", str(tmp_path / "r"), *argv])
+    assert [(config.steer, config.steers) for config in configs] == [(None, True), (False, False), (True, True)]
+    assert not ReproduceConfig(model="some/7b").steers and ReproduceConfig(model="some/7b", steer=True).steers

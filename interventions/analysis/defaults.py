@@ -7,7 +7,7 @@ The analyses import them from here too, so a default is stated once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from modarb_tasks.errors import ModarbError
@@ -63,4 +63,10 @@ class ReproduceConfig:
     data: str = "shapes"  # shapes, mc2 or mc2_paper:<model> (interventions.analysis.data)
     mc2_json: str | None = None  # default: $MODARB_MC2_JSON
     mc2_images: str | None = None  # default: $MODARB_MC2_IMAGES
-    steps: list[str] = field(default_factory=list)
+    steer: bool | None = None  # residual steering beside amplification; None: on for the bundled organism only
+
+    @property
+    def steers(self) -> bool:
+        """Whether the steering step runs: its layer x alpha search costs ~100 validation passes per direction,
+        minutes on the organism, most of an hour on a 7B, so elsewhere it is asked for with --steer."""
+        return self.model is None if self.steer is None else self.steer

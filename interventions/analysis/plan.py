@@ -111,6 +111,14 @@ def amplify_plan(layers: int, follow: list[int], control: list[int], alphas: int
                    follow + control, layers)]
 
 
+def steer_plan(layers: int, follow: list[int], control: list[int], directions: int, alphas: int) -> list[Phase]:
+    """Steering on validation: one residual pass over the follow batches, then every direction x layer x alpha
+    scored over the follow and control batches (the amplification's objective, already open)."""
+    fit = _phase("fit", 1, 0, follow, layers)
+    search = _phase("search", directions * layers * alphas, 0, follow + control, layers)
+    return [Phase("steering (validation)", fit.forwards + search.forwards, 0, fit.layer_tokens + search.layer_tokens)]
+
+
 def lm_eval_plan(layers: int, runs: int, prompts: list[int]) -> list[Phase]:
     """lm-eval's runs, each scoring every task's prompts (batches of the given tokens) once."""
     phase = _phase("lm-eval", runs, 0, prompts, layers)
@@ -214,18 +222,24 @@ def reproduce_work(config) -> list[Phase]:
 def reproduce_plan(layers: int, heads: int, work: Workload, config, exact_sweep: str = "shortlist") -> list[Phase]:
     """Every phase of `modarb reproduce` with `config` (a ReproduceConfig) on a layers x heads decoder."""
     from interventions.analysis.defaults import METHODS
+    from interventions.analysis.steer import SteerOptions
 
-    runs = reproduce_runs(len(config.fractions), config.draws, len(METHODS), len(config.alphas))
+    steer = SteerOptions()
+    directions = len(steer.directions) * config.steers
+    runs = reproduce_runs(len(config.fractions), config.draws, len(METHODS), len(config.alphas)) + directions
+    steering = steer_plan(layers, work.amplify_follow, work.amplify_control, directions, len(steer.alphas))
     return [*flow_plan(layers, work.flow_parts),
             _phase("logit lens", 1, 0, work.lens, layers),
             *identify_plan(layers, heads, work.identify_follow, work.identify_control, fraction=config.top,
                            options=LearnedMaskOptions(steps=config.learned_steps), exact_sweep=exact_sweep),
             *amplify_plan(layers, work.amplify_follow, work.amplify_control, len(config.alphas)),
+            *(steering if directions else []),
             *lm_eval_plan(layers, runs, work.lm_eval)]
 
 
 def reproduce_runs(fractions: int, draws: int, methods: int, alphas: int) -> int:
-    """Baseline, top + random draws per fraction, the other rankings' top sets, learned gates, the alphas."""
+    """Baseline, top + random draws per fraction, the other rankings' top sets, learned gates, the alphas
+    (and one per steering direction, counted by the caller)."""
     return 1 + fractions * (1 + draws) + (methods - 1) + 1 + alphas
 
 

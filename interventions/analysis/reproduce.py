@@ -1,9 +1,11 @@
 """`modarb reproduce`: the Instruction Anchor paper's experiments on one model, in one command.
 
 Baseline scores -> information flow -> head identification -> blocking curve (top vs random)
--> amplification (learned gates, and a fixed-alpha sweep beside it) -> a report folder (Markdown, figures, summary.json, the
-specs and the lm-eval results of every run, with the command that recomputes each).
-Identification, flow, the amplification gates and the sweep's alpha use the validation split (MC²: the
+-> amplification (learned gates, and a fixed-alpha sweep beside it) -> residual steering (optional) -> a report
+folder (Markdown, figures, summary.json, the specs and the lm-eval results of every run, with the command that
+recomputes each).
+Identification, flow, the amplification gates, the sweep's alpha and the steering directions, layers and alphas
+use the validation split (MC²: the
 analysis half); every score comes from lm-eval on the test split (MC²: the test half), so nothing is
 chosen on the items it is judged on. `data` picks shapes, mc2 or mc2_paper:<model>
 (interventions.analysis.data).
@@ -20,7 +22,6 @@ from tqdm import tqdm
 from interventions.analysis import report
 from interventions.analysis.evaluation import Evaluator, paired_vs, quiet_lm_eval
 from interventions.analysis.amplify import choose_alpha, learn_amplification
-from interventions.analysis.batches import iter_batches
 from interventions.analysis.experiments import (
     amplification_sweep,
     amplify_gates,
@@ -29,7 +30,15 @@ from interventions.analysis.experiments import (
     head_count,
 )
 from interventions.analysis.flow_run import run_flow
-from interventions.analysis.identify import METHODS, frozen, run_identify, split_docs
+from interventions.analysis.identify import METHODS, frozen, run_identify
+from interventions.analysis.steer import (
+    SteerOptions,
+    choose_steering,
+    rates_on_test,
+    score_steering,
+    validation_objective,
+    value_on_test,
+)
 from interventions.analysis.defaults import ReproduceConfig
 from interventions.analysis.objective import Objective
 from interventions.analysis.plan import H100_SECONDS_PER_LAYER_TOKEN, Phase, WorkCounter
@@ -70,7 +79,9 @@ def reproduce(config: ReproduceConfig) -> dict:
                    for name, docs, dropped in (("flow", flow_docs, flow_dropped),
                                                ("identify", identify_docs, identify_dropped))}
         other_rankings = len(METHODS) - 1  # their top sets are blocked beside the chosen ranking's
-        steps = tqdm(total=6 + other_rankings + len(config.fractions) * (1 + config.draws) + len(config.alphas),
+        steer_steps = 2 * config.steers
+        steps = tqdm(total=6 + other_rankings + len(config.fractions) * (1 + config.draws) + len(config.alphas)
+                     + steer_steps,
                      desc="reproduce", unit="step")
 
         def progress(what: str) -> None:
@@ -98,15 +109,28 @@ def reproduce(config: ReproduceConfig) -> dict:
                   for method, found in identified["rankings"].items() if method != config.method}
         by_ranking = block_each_ranking(evaluator, fingerprint, others, config.top, progress)
         progress("amplification gates (validation)")
-        with counter.phase("amplification (validation)"):
-            learned, alpha = _amplification_on_validation(lm, config, source, top_heads)
+        with frozen(lm.model):
+            with counter.phase("amplification (validation)"):
+                objective = _validation_objective(lm, config, source)
+                learned = learn_amplification(objective, 2 * len(top_heads), progress=False)
+                alpha = choose_alpha(objective, [tuple(h) for h in top_heads], list(config.alphas))
+            if config.steers:
+                progress("steering directions (validation)")
+                with counter.phase("steering (validation)"):
+                    steering = choose_steering(objective, SteerOptions())
         progress("amplify (learned gates)")
         amplified = amplify_gates(evaluator, fingerprint, {tuple(h): g for h, g in zip(learned["heads"], learned["gates"])},
                                   baseline, {"name": "amplify (learned gates)", "method": "learned amplification",
                                              "split": "validation"})
         amplify = amplification_sweep(evaluator, fingerprint, top_heads, config.alphas, baseline, progress=progress)
+        if config.steers:
+            progress("steer (test)")
+            steered = score_steering(evaluator, baseline, fingerprint, steering,
+                                     against={"amplify_learned": amplified.run})
         summary = _summary(config, fingerprint, baseline, curve, (amplified, learned, amplify, alpha), top_heads,
                            by_ranking, identified, flow, seconds=time.perf_counter() - started)
+        if config.steers:
+            summary["steer"] = steered | {"comparison": intervention_comparison(summary, steered)}
         summary["work"] = work_summary(counter)
         summary["data"] = data_summary(source, {"flow": flow_dropped, "identify": identify_dropped}, baseline,
                                        at_fraction(curve, config.top).top)
@@ -152,9 +176,9 @@ def mf_ratio_by_type(run) -> dict[str, dict]:
             for kind, tasks in sorted(by_type.items())}
 
 
-def _amplification_on_validation(lm, config: ReproduceConfig, source, top_heads) -> tuple[dict, dict]:
-    """Learned gates (on twice the block set's head count) and the sweep's alpha, both on validation items
-    (MC²: the analysis half).
+def _validation_objective(lm, config: ReproduceConfig, source) -> Objective:
+    """The first-token objective over the validation items (MC²: the analysis half) that fit the amplification
+    gates, choose the sweep's alpha and fit the steering directions.
 
     More items than identify uses: the gates are fit to the failed items, and 48 items have only ~10.
     """
@@ -162,19 +186,29 @@ def _amplification_on_validation(lm, config: ReproduceConfig, source, top_heads)
     from interventions.analysis.identify import CONTROL_KINDS, FOLLOW_KINDS
 
     docs, _ = analysis_docs(source, lm.model.config, lm.tokenizer, config.amplify_items, (*FOLLOW_KINDS, *CONTROL_KINDS))
-    follow, control = split_docs(docs)
-    with frozen(lm.model):
-        objective = Objective(lm.model, list(iter_batches(lm.model, lm.processor, follow, config.batch_size)),
-                              list(iter_batches(lm.model, lm.processor, control, config.batch_size)))
-        learned = learn_amplification(objective, 2 * len(top_heads), progress=False)
-    return learned, choose_alpha(objective, [tuple(h) for h in top_heads], list(config.alphas))
+    return validation_objective(lm, docs, config.batch_size)
+
+
+def intervention_comparison(summary: dict, steered: dict) -> dict:
+    """Amplification (learned gates; one alpha on the top heads) and each steering setting ranked on the test split
+    by the value that chose them on validation (restored share - 2 x broken share - control drops)."""
+    base, amplify = summary["baseline"], summary["amplify"]
+    rows = [{"intervention": "amplify (learned gates)", "rates": amplify | {"failed": amplify["failed_items"],
+                                                                             "followed": amplify["followed_items"]}},
+            {"intervention": f"amplify top heads x{amplify['best_alpha']:g}", "rates": amplify["sweep_at_best_alpha"]}]
+    rows += [{"intervention": f"steer {s['direction']} L{s['layer']} x{s['alpha']:g}", "rates": s["test"]}
+             for s in steered["settings"]]
+    ranked = [{"intervention": row["intervention"], "value": value_on_test(row["rates"], base),
+               **{key: row["rates"][key] for key in COMPARED}} for row in rows]
+    return {"rows": ranked, "best": max(ranked, key=lambda row: row["value"])["intervention"]}
+
+
+COMPARED = ("restored", "failed", "restoration_rate", "broken", "followed", "broken_rate", "visual_control",
+            "language_control", "other")  # what the comparison shows of each intervention's test rates
 
 
 def _amplify_point(point) -> dict:
-    return {"restored": point.restored, "failed": point.failed, "restoration_rate": point.restoration_rate,
-            "broken": point.broken, "followed": point.followed, "broken_rate": point.broken_rate,
-            "visual_control": point.run.scores.get("visual_control"),
-            "language_control": point.run.scores.get("language_control"), "command": point.run.command}
+    return rates_on_test(point) | {"command": point.run.command}
 
 
 def _summary(config, fingerprint, baseline, curve, amplification, top_heads, by_ranking, identified, flow,

@@ -141,6 +141,7 @@ def run_steer(config: SteerRun, out, source, docs: list[dict], dropped: dict) ->
     """Fit, choose on validation, score on test, write the specs and summaries into OutputFolder `out`."""
     from interventions.analysis.data import data_record
     from interventions.analysis.evaluation import Evaluator, quiet_lm_eval
+    from interventions.analysis.identify import frozen
     from interventions.mechanism.spec import model_fingerprint
     from interventions.model.lm import ModarbVLM
 
@@ -157,61 +158,95 @@ def run_steer(config: SteerRun, out, source, docs: list[dict], dropped: dict) ->
     evaluator = Evaluator(lm, model_arg, out.work / "runs", config.limit, config.batch_size, out.final / "runs",
                           tasks=source.tasks())
     baseline = evaluator.run("baseline", None)
+    with frozen(lm.model):
+        chosen = choose_steering(validation_objective(lm, docs, config.batch_size), config.options)
     summary = {
         "model": config.model or "modarb-organism",
         "fingerprint": fingerprint.describe(),
         "limit": config.limit,
         "data": data_record(source, dropped, len(docs)),
-        **steering_on_test(lm, evaluator, baseline, docs, config.batch_size, config.options, out.work),
+        **score_steering(evaluator, baseline, fingerprint, chosen),
     }
     write_summary(out.work, summary)
     return summary
 
 
-def steering_on_test(lm, evaluator, baseline, docs: list[dict], batch_size: int, options: SteerOptions,
-                     spec_dir=None) -> dict:
-    """Directions fitted on validation `docs`, each one's layer and alpha chosen there, each chosen setting
-    scored by `evaluator` on the test split against `baseline`: the summary's options, baseline and
-    settings (`spec_dir`: where each setting's spec is written besides its run folder)."""
+def validation_objective(lm, docs: list[dict], batch_size: int) -> Objective:
+    """The first-token objective over validation `docs` (follow and control kinds), open model scored once."""
     from interventions.analysis.batches import iter_batches
-    from interventions.analysis.experiments import amplify_point
-    from interventions.analysis.identify import frozen, split_docs
-    from interventions.mechanism.spec import model_fingerprint
+    from interventions.analysis.identify import split_docs
 
     follow, control = split_docs(docs)
-    with frozen(lm.model), torch.no_grad():
-        objective = Objective(lm.model, list(iter_batches(lm.model, lm.processor, follow, batch_size)),
-                              list(iter_batches(lm.model, lm.processor, control, batch_size)))
-        vectors = fit_directions(objective, options.positions, options.directions)
-        chosen = {name: choose_setting(objective, per_layer, options) for name, per_layer in vectors.items()}
-    fingerprint = model_fingerprint(lm.model)
-    settings = []
-    for name, setting in chosen.items():
-        spec = steering_spec(fingerprint, name, vectors[name][setting["layer"]], setting, options.positions,
-                             {"validation_docs": len(docs)})
-        if spec_dir is not None:
-            spec.save(spec_dir / f"steer_{name}.json")
+    return Objective(lm.model, list(iter_batches(lm.model, lm.processor, follow, batch_size)),
+                     list(iter_batches(lm.model, lm.processor, control, batch_size)))
+
+
+@dataclass
+class ChosenSteering:
+    """Each fitted direction's per-layer vectors and its setting chosen on validation."""
+
+    options: SteerOptions
+    vectors: dict[str, torch.Tensor]
+    settings: dict[str, dict]
+    validation_docs: int
+
+
+@torch.no_grad()
+def choose_steering(objective: Objective, options: SteerOptions,
+                    progress: Callable[[str], None] = lambda _: None) -> ChosenSteering:
+    """Fit the directions on the validation `objective` and choose each one's layer and alpha there."""
+    vectors = fit_directions(objective, options.positions, options.directions)
+    docs = sum(len(batch.docs) for batch in (*objective.follow_batches, *objective.control_batches))
+    return ChosenSteering(options, vectors, {name: choose_setting(objective, per_layer, options, progress)
+                                             for name, per_layer in vectors.items()}, docs)
+
+
+def score_steering(evaluator, baseline, fingerprint: ModelFingerprint, chosen: ChosenSteering,
+                   against: dict | None = None) -> dict:
+    """Each chosen setting scored by `evaluator` on the test split against `baseline`: the summary's options,
+    baseline and settings (each setting's spec, and its vector, lie in its run folder runs/steer_<direction>/).
+    `against`: name -> another Run on the same items; each setting records `vs_<name>`, its paired comparison."""
+    from interventions.analysis.evaluation import paired_vs
+    from interventions.analysis.experiments import amplify_point
+
+    options, settings = chosen.options, []
+    for name, setting in chosen.settings.items():
+        spec = steering_spec(fingerprint, name, chosen.vectors[name][setting["layer"]], setting, options.positions,
+                             {"validation_docs": chosen.validation_docs})
         run = evaluator.run(f"steer_{name}", spec)
         point = amplify_point(baseline, run, setting["alpha"])
         settings.append({
             "direction": name, "layer": setting["layer"], "alpha": setting["alpha"], "positions": options.positions,
-            "spec": f"steer_{name}.json", "identity": spec.identity(), "validation": setting["validation"],
-            "test": {"restored": point.restored, "failed": point.failed, "restoration_rate": point.restoration_rate,
-                     "broken": point.broken, "followed": point.followed, "broken_rate": point.broken_rate,
-                     "visual_control": run.scores.get("visual_control"),
-                     "language_control": run.scores.get("language_control"),
-                     "mf_ratio": run.scores.get("mf_ratio"), "other": other_share(run), "command": run.command},
+            "spec": f"runs/steer_{name}/spec.json", "identity": spec.identity(), "validation": setting["validation"],
+            "test": rates_on_test(point) | {"mf_ratio": run.scores.get("mf_ratio"), "command": run.command},
             "tried": setting["tried"],
+            **{f"vs_{other}": paired_vs(reference, run) for other, reference in (against or {}).items()},
         })
     return {
         "options": asdict(options),
-        "skipped_directions": sorted(set(options.directions) - set(vectors)),
+        "skipped_directions": sorted(set(options.directions) - set(chosen.vectors)),
         "baseline": {"visual_control": baseline.scores.get("visual_control"),
                      "language_control": baseline.scores.get("language_control"),
                      "mf_ratio": baseline.scores.get("mf_ratio"), "other": other_share(baseline),
                      "command": baseline.command},
         "settings": settings,
     }
+
+
+def rates_on_test(point) -> dict:
+    """An AmplifyPoint's restored and broken items, both controls and the `other` share, on the test split."""
+    return {"restored": point.restored, "failed": point.failed, "restoration_rate": point.restoration_rate,
+            "broken": point.broken, "followed": point.followed, "broken_rate": point.broken_rate,
+            "visual_control": point.run.scores.get("visual_control"),
+            "language_control": point.run.scores.get("language_control"), "other": other_share(point.run)}
+
+
+def value_on_test(rates: dict, baseline: dict, broken_weight: float = AmplifyOptions.broken_weight) -> float:
+    """Validation's value on the test split: restored share - broken_weight x broken share - control drops
+    (in points of accuracy against `baseline`), so interventions of any kind are ranked one way."""
+    restored = rates["restoration_rate"] if rates["failed"] else 0.0
+    drops = sum(max(0.0, baseline[key] - rates[key]) for key in ("visual_control", "language_control"))
+    return restored - broken_weight * rates["broken_rate"] - drops
 
 
 def write_summary(folder, summary: dict) -> None:
@@ -246,7 +281,7 @@ def markdown(summary: dict) -> str:
             f"{test['language_control']:.3f} | {_share(test['other'])} |")
     if summary["skipped_directions"]:
         lines += ["", f"Not fitted (a group was empty on validation): {', '.join(summary['skipped_directions'])}."]
-    lines += ["", "Each setting's spec (and its vector, `.safetensors`) is beside this file; "
+    lines += ["", "Each setting's spec (and its vector, `.safetensors`) is in its run folder `runs/steer_<direction>/`; "
               "its lm-eval command is in steer.json."]
     return "\n".join(lines) + "\n"
 

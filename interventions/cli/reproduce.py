@@ -48,6 +48,10 @@ def register(subparsers) -> None:
     parser.add_argument("--exact-sweep", choices=("shortlist", "full"), default=defaults.exact_sweep,
                         help="identify's exact sweeps: every head on models of at most 64 heads, else a shortlist "
                         "(the cheap rankings' top heads; 'full': every head) (default: %(default)s)")
+    parser.add_argument("--steer", action=argparse.BooleanOptionalAction, default=None,
+                        help="residual steering beside amplification: directions fitted, layer and alpha chosen on "
+                        "validation, scored on test in the same table (default: on for the bundled organism, off "
+                        "for other models, where its layer x alpha search costs ~100 validation passes per direction)")
     parser.add_argument("--plan", action="store_true",
                         help="print the work plan (forwards, decoder layer-tokens, estimated H100 minutes per phase) "
                         "from the model's config and processor, load no weights, and exit")
@@ -118,7 +122,14 @@ def _run(args: argparse.Namespace) -> int:
           f"items, broke {amplify['broken_rate']:.3f} of {amplify['followed_items']} followed; fixed x"
           f"{amplify['best_alpha']:g} (chosen on validation): restored "
           f"{amplify['sweep_at_best_alpha']['restoration_rate']:.3f}, broke "
-          f"{amplify['sweep_at_best_alpha']['broken_rate']:.3f}\n")
+          f"{amplify['sweep_at_best_alpha']['broken_rate']:.3f}")
+    for setting in summary.get("steer", {}).get("settings", []):
+        test = setting["test"]
+        print(f"steer {setting['direction']} (layer {setting['layer']} x{setting['alpha']:g}, chosen on validation): "
+              f"restored {test['restoration_rate']:.3f}, broke {test['broken_rate']:.3f}, other {test['other']:.3f}")
+    if "steer" in summary:
+        print(f"best on test by restored - 2 x broken - control drops: {summary['steer']['comparison']['best']}")
+    print()
     print(f"report: {config.out / 'report.md'}")
     for target in summary["targets"]:
         print(f"  {'met   ' if target['met'] else 'MISSED'} {target['check']}: {target['value']:.3f} (bar {target['bar']})")
