@@ -54,7 +54,9 @@ def main() -> None:
     import lm_eval.models  # noqa: F401  (registers hf-multimodal)
     from lm_eval.models.hf_vlms import HFMultimodalLM
 
-    from interventions.analysis.experiments import head_count, random_heads, scaled_spec
+    from interventions.analysis.defaults import top_k
+    from interventions.analysis.experiments import random_heads
+    from interventions.mechanism.spec import InterventionSpec
     from interventions.model.lm import ModarbVLM
     from interventions.organism import organism_path
     from interventions.organism.answers import generate_answers
@@ -67,8 +69,8 @@ def main() -> None:
     for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
         modarb = ModarbVLM(pretrained=path, batch_size=batch_size, device=args.device)
         fingerprint = model_fingerprint(modarb.model)
-        k = head_count(0.05, fingerprint.num_layers, fingerprint.num_heads)
-        modarb.spec = scaled_spec(fingerprint, random_heads(fingerprint, k, random.Random(0)), 0.0, {"name": "bench block 5%"})
+        k = top_k(fingerprint.num_layers * fingerprint.num_heads, 0.05)
+        modarb.spec = InterventionSpec.scaling(fingerprint, random_heads(fingerprint, k, random.Random(0)), 0.0, {"name": "bench block 5%"})
         stock = HFMultimodalLM(pretrained=path, batch_size=batch_size, device=args.device)
         # warm-up: first calls pay one-off costs (thread pools, kernels)
         generate_answers(modarb.model, modarb.processor, docs[:batch_size], batch_size=batch_size)

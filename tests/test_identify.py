@@ -9,7 +9,7 @@ import torch
 
 from interventions import cli
 from interventions.analysis.batches import candidate_log_mass, iter_batches, last_logits
-from interventions.analysis.gates import gate_heads
+from interventions.mechanism.heads import gate_heads
 from interventions.analysis.gate_response import GATES, describe, gate_response
 from interventions.analysis.selective import exhaustive_sets, selective_sweep
 from interventions.analysis.identify import (
@@ -18,7 +18,6 @@ from interventions.analysis.identify import (
     Ranking,
     ablation_scores,
     attribution_scores,
-    block_spec,
     curve_heads,
     identify,
     learned_mask_scores,
@@ -33,7 +32,7 @@ from modarb_tasks.errors import ModarbError
 from interventions.organism import organism_path
 from interventions.mechanism.heads import scale_heads
 from interventions.mechanism.locate import InterventionError
-from interventions.mechanism.spec import InterventionSpec
+from interventions.mechanism.spec import InterventionSpec, model_fingerprint
 from untrained_organism import save_untrained_organism
 
 IDENTIFY_CLI = "interventions.cli.identify"
@@ -245,7 +244,8 @@ def test_identify_result_and_block_spec(loaded, docs, tmp_path):
                                         "ablation~selective", "ablation~learned", "selective~learned"}
     assert summary["top_overlap"] == summary["overlaps"]["attribution~ablation"]
     heads = top_heads(result.rankings["attribution"].scores, 0.25)
-    spec = block_spec(model, heads, {"method": "attribution", "fraction": 0.25, "command": "test"})
+    spec = InterventionSpec.scaling(model_fingerprint(model), heads, 0.0,
+                                    {"method": "attribution", "fraction": 0.25, "command": "test"})
     loaded_spec = InterventionSpec.load(spec.save(tmp_path / "spec.json"))
     loaded_spec.validate_against(model)
     assert loaded_spec.scales() == {head: 0.0 for head in heads}

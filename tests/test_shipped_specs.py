@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from interventions.analysis.defaults import ReproduceConfig
-from interventions.analysis.experiments import head_count
+from interventions.analysis.defaults import top_k
 from interventions.mechanism.spec import InterventionSpec
 from leaderboard.entries import ENTRIES_DIR, load_entries
 
@@ -50,6 +50,6 @@ def test_the_top_spec_blocks_the_heads_the_demos_learned_mask_chooses():
     recorded = json.loads(IDENTIFY_BENCHMARK.read_text())
     assert recorded["n_follow_docs"] == 2 * config.analysis_items  # both instruction sides
     spec = InterventionSpec.load(ROOT / "leaderboard" / "specs" / "modarb-organism_block_top5.json")
-    assert recorded["k"] == head_count(config.top, spec.model.num_layers, spec.model.num_heads)
+    assert recorded["k"] == top_k(spec.model.num_layers * spec.model.num_heads, config.top)
     assert sorted([h.layer, h.head] for h in spec.heads) == sorted(recorded["rows"]["learned"]["top"])
     assert all(h.scale == 0.0 for h in spec.heads)

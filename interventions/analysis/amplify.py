@@ -27,9 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from interventions.analysis.objective import CONTROL_KINDS, Objective, control_masses, follow_probabilities
-from interventions.analysis.gates import gate_heads
-
-Head = tuple[int, int]
+from interventions.mechanism.heads import Head, gate_heads
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,11 @@ def check_fraction(fraction: float) -> float:
     return float(fraction)
 
 
+def top_k(num_heads: int, fraction: float) -> int:
+    """How many heads the top `fraction` of `num_heads` is: max(1, round(fraction * num_heads)); 5% of 48 is 2."""
+    return max(1, round(check_fraction(fraction) * num_heads))
+
+
 @dataclass(frozen=True)
 class LearnedMaskOptions:
     """The learned mask's search (interventions.analysis.learned_mask says why each part is there)."""

@@ -14,23 +14,10 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from interventions.analysis.defaults import top_k
 from interventions.analysis.evaluation import Evaluator, Run
 from interventions.mechanism.spec import HeadScale, InterventionSpec, ModelFingerprint
-
-Head = tuple[int, int]
-
-
-def head_count(fraction: float, num_layers: int, num_heads: int) -> int:
-    """k = max(1, round(fraction · L · H)): 5% of 48 heads is 2."""
-    return max(1, round(fraction * num_layers * num_heads))
-
-
-def scaled_spec(fingerprint: ModelFingerprint, heads: Sequence[Head], scale: float, provenance: dict) -> InterventionSpec:
-    return InterventionSpec(
-        model=fingerprint,
-        heads=tuple(HeadScale(layer, head, float(scale)) for layer, head in heads),
-        provenance=provenance,
-    )
+from interventions.mechanism.heads import Head
 
 
 def random_heads(fingerprint: ModelFingerprint, k: int, rng: random.Random) -> list[Head]:
@@ -59,19 +46,19 @@ def blocking_curve(
     rng = random.Random(seed)
     points = []
     for fraction in fractions:
-        k = head_count(fraction, fingerprint.num_layers, fingerprint.num_heads)
+        k = top_k(fingerprint.num_layers * fingerprint.num_heads, fraction)
         label = f"{fraction * 100:g}pct"
         progress(f"block top {label}")
         top = evaluator.run(
             f"block_top_{label}",
-            scaled_spec(fingerprint, ranking[:k], 0.0, {"name": f"block top {label}", "method": "ranking", "k": k}),
+            InterventionSpec.scaling(fingerprint, ranking[:k], 0.0, {"name": f"block top {label}", "method": "ranking", "k": k}),
         )
         randoms = []
         for draw in range(draws):
             progress(f"block random {label} #{draw + 1}")
             heads = random_heads(fingerprint, k, rng)
             provenance = {"name": f"block random {label} #{draw + 1}", "method": "random", "k": k, "seed": seed}
-            randoms.append(evaluator.run(f"block_random_{label}_{draw + 1}", scaled_spec(fingerprint, heads, 0.0, provenance)))
+            randoms.append(evaluator.run(f"block_random_{label}_{draw + 1}", InterventionSpec.scaling(fingerprint, heads, 0.0, provenance)))
         points.append(BlockPoint(fraction, k, top, randoms))
     return points
 
@@ -84,13 +71,13 @@ def block_each_ranking(
     progress: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Run]:
     """Block the top `fraction` of heads of each ranking (e.g. the exact sweep's beside attribution's)."""
-    k = head_count(fraction, fingerprint.num_layers, fingerprint.num_heads)
+    k = top_k(fingerprint.num_layers * fingerprint.num_heads, fraction)
     label = f"{fraction * 100:g}pct"
     runs = {}
     for method, ranking in rankings.items():
         progress(f"block top {label} ({method})")
         provenance = {"name": f"block top {label} ({method})", "method": method, "k": k}
-        runs[method] = evaluator.run(f"block_top_{label}_{method}", scaled_spec(fingerprint, ranking[:k], 0.0, provenance))
+        runs[method] = evaluator.run(f"block_top_{label}_{method}", InterventionSpec.scaling(fingerprint, ranking[:k], 0.0, provenance))
     return runs
 
 
@@ -146,6 +133,6 @@ def amplification_sweep(
     points = []
     for alpha in alphas:
         progress(f"amplify x{alpha:g}")
-        spec = scaled_spec(fingerprint, heads, alpha, {"name": f"amplify top x{alpha:g}", "method": "ranking"})
+        spec = InterventionSpec.scaling(fingerprint, heads, alpha, {"name": f"amplify top x{alpha:g}", "method": "ranking"})
         points.append(amplify_point(baseline, evaluator.run(f"amplify_x{alpha:g}", spec), alpha))
     return points

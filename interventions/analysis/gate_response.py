@@ -20,12 +20,10 @@ from tqdm.auto import tqdm
 from interventions.analysis.batches import DocBatch, logit_difference
 from modarb_tasks.errors import ModarbError
 from modarb_tasks.files import write_png
-from interventions.mechanism.heads import scale_heads
+from interventions.mechanism.heads import Head, scale_heads
 
 GATES = (0.0, 0.25, 0.5, 0.75, 1.0, 2.0, 4.0, 8.0)
 SIDES = ("follow_image", "follow_text")
-
-Head = tuple[int, int]
 
 
 def _check_gates(gates: Sequence[float]) -> tuple[float, ...]:

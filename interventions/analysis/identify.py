@@ -40,8 +40,8 @@ from tqdm.auto import tqdm
 
 from interventions.analysis.batches import DocBatch, iter_batches, logit_difference
 from interventions.analysis.gate_response import GATES, describe, gate_response
-from interventions.analysis.gates import gate_heads
-from interventions.analysis.defaults import METHODS, LearnedMaskOptions, check_fraction
+from interventions.mechanism.heads import Head, gate_heads
+from interventions.analysis.defaults import METHODS, LearnedMaskOptions, check_fraction, top_k
 from interventions.analysis.learned_mask import learned_mask
 from interventions.analysis.objective import Objective
 from interventions.analysis.plan import shortlist_size
@@ -50,7 +50,7 @@ from modarb_tasks.errors import ModarbError
 from modarb_tasks.outdir import OutputFolder
 from interventions.mechanism.heads import scale_heads
 from interventions.mechanism.locate import locate_heads
-from interventions.mechanism.spec import HeadScale, InterventionSpec, model_fingerprint
+from interventions.mechanism.spec import InterventionSpec, model_fingerprint
 from modarb_tasks.docs import to_doc
 from modarb_tasks.shapes import make_items
 
@@ -60,7 +60,6 @@ CONTROL_KINDS = ("visual_control", "language_control")
 DATA_SEED = 0  # the `shapes` generator seed of the benchmark's own splits
 SPLIT = "validation"  # heads are found here; the test split is kept for scoring the interventions with lm-eval
 
-Head = tuple[int, int]
 EXACT_SWEEPS = ("shortlist", "full")  # the exact sweeps score a shortlist on large models, or every head
 
 
@@ -151,11 +150,6 @@ def rank_heads(scores: torch.Tensor) -> list[tuple[int, int, float]]:
                                            cell[0], cell[1]))
 
 
-def top_k(num_heads: int, fraction: float) -> int:
-    """How many heads the top `fraction` is: max(1, round(fraction * num_heads))."""
-    return max(1, round(check_fraction(fraction) * num_heads))
-
-
 def top_heads(scores: torch.Tensor, fraction: float) -> list[Head]:
     """The k = max(1, round(fraction * L * H)) highest-scoring heads as (layer, head), best first."""
     return [(l, h) for l, h, _ in rank_heads(scores)[: top_k(scores.numel(), fraction)]]
@@ -177,16 +171,6 @@ def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float | None:
     if bool((a == a[0]).all()) or bool((b == b[0]).all()):
         return None
     return float(spearmanr(a.numpy(), b.numpy()).statistic)
-
-
-def block_spec(model: nn.Module, heads: Sequence[Head], provenance: dict[str, Any]) -> InterventionSpec:
-    """A spec that blocks `heads` (scale 0) at every position, for `model`."""
-    return InterventionSpec(
-        model=model_fingerprint(model),
-        heads=tuple(HeadScale(int(l), int(h), 0.0) for l, h in heads),
-        positions="all",
-        provenance=dict(provenance),
-    )
 
 
 # --- data --------------------------------------------------------------------------------------
@@ -543,7 +527,7 @@ def run_identify(
         provenance |= {"split": data["analysis_half"], "data": data, "command": command + data.get("flags", "")}
     chosen = top_heads(result.rankings[method].scores, top)
     out.work.mkdir(parents=True, exist_ok=True)
-    block_spec(model, chosen, provenance).save(out.work / spec_name(top))
+    InterventionSpec.scaling(model_fingerprint(model), chosen, 0.0, provenance).save(out.work / spec_name(top))
     for name, ranking in result.rankings.items():
         plot_head_scores(
             ranking.scores, out.work / f"heads_{name}.png", boxed=top_heads(ranking.scores, top), label=SCORE_LABELS[name],

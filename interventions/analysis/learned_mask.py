@@ -28,8 +28,7 @@ from tqdm.auto import tqdm
 
 from interventions.analysis.defaults import LearnedMaskOptions
 from interventions.analysis.objective import Objective
-
-Head = tuple[int, int]
+from interventions.mechanism.heads import Head
 
 
 @dataclass

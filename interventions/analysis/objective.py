@@ -24,13 +24,11 @@ import torch
 from torch import nn
 
 from interventions.analysis.batches import DocBatch, candidate_log_mass, following_scores, last_logits
-from interventions.analysis.gates import gate_heads
+from interventions.mechanism.heads import Head, gate_heads
 from interventions.mechanism.locate import locate_heads
 
 CONTROL_KINDS = ("visual_control", "language_control")
 CONTROL_WEIGHT = 1.0  # one point of control mass lost costs as much as one point of relative following drop
-
-Head = tuple[int, int]
 
 
 def follow_probabilities(model: nn.Module, batch: DocBatch) -> torch.Tensor:

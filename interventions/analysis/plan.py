@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
-from interventions.analysis.defaults import LearnedMaskOptions
+from interventions.analysis.defaults import LearnedMaskOptions, top_k
 
 H100_SECONDS_PER_LAYER_TOKEN = 1.16e-6  # LLaVA-1.5-7B, bf16, one H100 (see the module docstring)
 GATE_COUNT = 8  # gate_response.GATES: 0, 0.25, 0.5, 0.75, 1, 2, 4, 8 (1 is the shared unchanged model)
@@ -60,10 +60,6 @@ def shortlist_size(num_heads: int, k: int, exact_sweep: str = "shortlist") -> in
     return min(num_heads, 2 * k * SHORTLIST_FACTOR)
 
 
-def top_count(num_heads: int, fraction: float) -> int:
-    return max(1, round(fraction * num_heads))
-
-
 def _phase(name: str, passes: int, backwards: int, tokens: list[int], layers: int) -> Phase:
     """`passes` forwards (`backwards` of them also backpropagated) over every batch of `tokens`."""
     return Phase(name, passes * len(tokens), backwards * len(tokens), (passes + 2 * backwards) * sum(tokens) * layers)
@@ -74,7 +70,7 @@ def identify_plan(layers: int, heads: int, follow: list[int], control: list[int]
                   options: LearnedMaskOptions = LearnedMaskOptions(), exact_sweep: str = "shortlist") -> list[Phase]:
     """identify's phases over follow and control batches of the given token counts (`batch_tokens`)."""
     num_heads = layers * heads
-    k = top_count(num_heads, fraction)
+    k = top_k(num_heads, fraction)
     both = follow + control
     swept = shortlist_size(num_heads, k, exact_sweep)
     phases = [_phase("attribution", 1, 1, follow, layers)]

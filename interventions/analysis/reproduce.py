@@ -27,7 +27,6 @@ from interventions.analysis.experiments import (
     amplify_gates,
     block_each_ranking,
     blocking_curve,
-    head_count,
 )
 from interventions.analysis.flow_run import run_flow
 from interventions.analysis.identify import METHODS, frozen, run_identify
@@ -39,7 +38,7 @@ from interventions.analysis.steer import (
     validation_objective,
     value_on_test,
 )
-from interventions.analysis.defaults import ReproduceConfig
+from interventions.analysis.defaults import ReproduceConfig, top_k
 from interventions.analysis.objective import Objective
 from interventions.analysis.plan import H100_SECONDS_PER_LAYER_TOKEN, Phase, WorkCounter
 from modarb_tasks.catalog import SCORES as SCORE_KEYS
@@ -104,7 +103,7 @@ def reproduce(config: ReproduceConfig) -> dict:
                                       docs=identify_docs, data=records["identify"], exact_sweep=config.exact_sweep)
         ranking = [tuple(head) for head in identified["rankings"][config.method]["heads"]]
         curve = blocking_curve(evaluator, fingerprint, ranking, config.fractions, config.draws, config.seed, progress)
-        top_heads = ranking[: head_count(config.top, fingerprint.num_layers, fingerprint.num_heads)]
+        top_heads = ranking[: top_k(fingerprint.num_layers * fingerprint.num_heads, config.top)]
         others = {method: [tuple(head) for head in found["heads"]]
                   for method, found in identified["rankings"].items() if method != config.method}
         by_ranking = block_each_ranking(evaluator, fingerprint, others, config.top, progress)

@@ -21,9 +21,9 @@ from tqdm.auto import tqdm
 
 from interventions.analysis.defaults import MAX_SETS
 from interventions.analysis.objective import CONTROL_KINDS, Objective
+from interventions.mechanism.heads import Head
 from modarb_tasks.errors import ModarbError
 
-Head = tuple[int, int]
 TERMS = ("following_drop", *(f"{kind}_drop" for kind in CONTROL_KINDS))
 
 

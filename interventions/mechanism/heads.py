@@ -5,6 +5,10 @@ In transformers 5.x each decoder attention reshapes its per-head outputs (B, S, 
 `o_proj`. A forward pre-hook on `o_proj` multiplies those columns; scaling after `o_proj`
 would mix heads. Unscaled columns are multiplied by exactly 1.0, so they stay bit-identical.
 
+`gate_heads` hooks the same place with a live factor tensor [layers, heads] that may require grad,
+so autograd sees d(output)/d(gate): attribution reads every head's gradient from one backward pass and
+the learned mask optimises the gates directly. A gate of exactly 1.0 leaves its columns bit-identical.
+
 Position scope (`positions`):
 - None or "all": every position of every call;
 - "last": the last position of each forward call's input, i.e. the position that predicts
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 import math
 from numbers import Integral
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from typing import Union
 
@@ -28,6 +32,7 @@ from torch import nn
 from interventions.mechanism.locate import HeadLayout, InterventionError, call_span, locate_heads, window
 
 Positions = Union[None, str, torch.Tensor]
+Head = tuple[int, int]  # (decoder layer, head), both 0-based
 
 
 def check_heads(layout: HeadLayout, layer: int, head: int | None = None) -> None:
@@ -64,7 +69,23 @@ def scale_heads(
     scope = _check_positions(positions)
     with ExitStack() as hooks:
         for layer, factor in factors.items():
-            _hook_layer(hooks, layout, layer, factor, scope)
+            _hook_layer(hooks, layout, layer, lambda factor=factor: factor, scope)
+        yield layout
+
+
+@contextmanager
+def gate_heads(model: nn.Module, gates: torch.Tensor) -> Iterator[HeadLayout]:
+    """Within the block, multiply head (l, h)'s output by gates[l, h] at every position; the factor is
+    expanded at each call, so a backward per forward never reuses a freed graph."""
+    layout = locate_heads(model)
+    if tuple(gates.shape) != (layout.num_layers, layout.num_heads):
+        raise InterventionError(
+            f"gates have shape {tuple(gates.shape)} but the model has {layout.num_layers} layers x "
+            f"{layout.num_heads} heads; make gates of shape ({layout.num_layers}, {layout.num_heads})"
+        )
+    with ExitStack() as hooks:
+        for layer in range(layout.num_layers):
+            _hook_layer(hooks, layout, layer, lambda layer=layer: gates[layer].repeat_interleave(layout.head_dim), None)
         yield layout
 
 
@@ -82,8 +103,10 @@ def _check_positions(positions: Positions) -> Positions:
     raise InterventionError(f"positions must be None, 'all', 'last' or a bool [batch, seq] mask, not {positions!r}")
 
 
-def _hook_layer(hooks: ExitStack, layout: HeadLayout, layer: int, factor: torch.Tensor, scope: Positions) -> None:
-    """Register the o_proj pre-hook (and, for a mask scope, the pre-hook that records the call's offset)."""
+def _hook_layer(hooks: ExitStack, layout: HeadLayout, layer: int, factor: Callable[[], torch.Tensor],
+                scope: Positions) -> None:
+    """Register the o_proj pre-hook multiplying its input columns by `factor()` (and, for a mask scope, the
+    pre-hook that records the call's offset)."""
     attention = layout.attentions[layer]
     offset = {"query": 0}
 
@@ -92,7 +115,7 @@ def _hook_layer(hooks: ExitStack, layout: HeadLayout, layer: int, factor: torch.
 
     def scale_columns(module: nn.Module, args: tuple) -> tuple:
         x = args[0]
-        f = factor.to(device=x.device, dtype=x.dtype)
+        f = factor().to(device=x.device, dtype=x.dtype)
         if scope is None:
             return (x * f, *args[1:])
         if isinstance(scope, str):  # "last"

@@ -218,6 +218,12 @@ class InterventionSpec:
     def __post_init__(self) -> None:
         _check_content(self)
 
+    @classmethod
+    def scaling(cls, fingerprint: ModelFingerprint, heads, scale: float, provenance: dict) -> InterventionSpec:
+        """Every head in `heads` ((layer, head) pairs) scaled by `scale` (0: blocked) at every position."""
+        return cls(model=fingerprint, heads=tuple(HeadScale(int(layer), int(head), float(scale)) for layer, head in heads),
+                   provenance=dict(provenance))
+
     # --- reading and writing -------------------------------------------------------------
     @classmethod
     def load(cls, path: str | os.PathLike) -> InterventionSpec:
