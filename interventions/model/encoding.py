@@ -15,7 +15,8 @@ as text (lm-eval's own rule).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from lm_eval.models.utils import flatten_image_list, replace_placeholders
 
@@ -69,12 +70,8 @@ def encode_multimodal(
     record = family_record(model_type)
     if record and record.flat_image_list:  # lm-eval's rule for LLaVA
         images = flatten_image_list(images)
-    tokenizer = processor.tokenizer
-    old_side, tokenizer.padding_side = tokenizer.padding_side, padding_side
-    try:
+    with padded_on(processor.tokenizer, padding_side):
         encoding = processor(images=images, text=texts, truncation=truncation, padding="longest", return_tensors="pt")
-    finally:
-        tokenizer.padding_side = old_side
     encoding.pop("labels", None)  # PaliGemma builds training labels; a forward would compute a loss on them
     return encoding, texts
 
@@ -82,19 +79,22 @@ def encode_multimodal(
 def encode_text(tokenizer, strings: Sequence[str], padding_side: str = "left"):
     """Text-only rows as hf-modarb encodes them (lm-eval's HFLM.tok_batch_encode): the tokenizer alone,
     since some processors (PaliGemma) refuse a prompt without an image."""
-    old_side, tokenizer.padding_side = tokenizer.padding_side, padding_side
-    try:
+    with padded_on(tokenizer, padding_side):
         return tokenizer(list(strings), padding="longest", return_tensors="pt")
-    finally:
-        tokenizer.padding_side = old_side
 
 
 def encode_docs_text(processor, texts: Sequence[str], docs: Sequence[dict], padding_side: str):
     """Processor inputs for `texts` (one per doc), with the image of every doc whose prompt has one."""
-    tokenizer = processor.tokenizer
     images = [doc["image"] for doc in docs if IMAGE_PLACEHOLDER in doc["prompt"]]
-    old_side, tokenizer.padding_side = tokenizer.padding_side, padding_side
-    try:
+    with padded_on(processor.tokenizer, padding_side):
         return processor(text=list(texts), images=images or None, padding="longest", return_tensors="pt")
+
+
+@contextmanager
+def padded_on(tokenizer, side: str) -> Iterator[None]:
+    """The tokenizer pads on `side` within the block, and on its own side again after it."""
+    old_side, tokenizer.padding_side = tokenizer.padding_side, side
+    try:
+        yield
     finally:
         tokenizer.padding_side = old_side
