@@ -101,7 +101,9 @@ def test_validation_rates_at_alpha_zero_change_nothing_and_the_best_setting_is_c
     from interventions.analysis.data import DataSource, prepare_docs
     from interventions.analysis.identify import CONTROL_KINDS, FOLLOW_KINDS, split_docs
     from interventions.analysis.objective import Objective
+    from interventions.analysis.amplify import follow_rates, with_control_drops
     from interventions.analysis.steer import SteerOptions, choose_setting, fit_directions
+    from interventions.mechanism.steer import steer
     from interventions.model.loading import load_model
 
     model, processor = load_model(None)
@@ -114,12 +116,25 @@ def test_validation_rates_at_alpha_zero_change_nothing_and_the_best_setting_is_c
                                          model.config.get_text_config().hidden_size)
     torch.testing.assert_close(vectors["modality_pc1"].norm(dim=-1), vectors["modality"].norm(dim=-1))
     assert bool(((vectors["modality_pc1"] * vectors["modality"]).sum(-1) >= 0).all())
-    chosen = choose_setting(objective, vectors["modality"], SteerOptions(alphas=(0.0, 1.0), layers=(1, 3)))
+    options = SteerOptions(alphas=(0.0, 1.0, -1.0, 4.0), layers=(1, 3))
+    chosen = choose_setting(objective, vectors["modality"], options)
     unchanged = [point for point in chosen["tried"] if point["alpha"] == 0.0]
-    assert len(unchanged) == 2 and len(chosen["tried"]) == 4
+    assert len(unchanged) == 2 and len(chosen["tried"]) == 8
     for point in unchanged:
-        assert point["restored"] == point["broken"] == 0 and point["visual_control_drop"] == 0.0
-    assert chosen["validation"]["value"] == max(point["value"] for point in chosen["tried"])
+        assert point["restored"] == point["broken"] == 0 and point["bound"] == 0.0
+    # the controls are skipped only where they cannot change the choice: every setting scored in full picks the same
+    full = []
+    for point in chosen["tried"]:
+        def hooks(point=point):
+            return steer(model, vectors["modality"][point["layer"]], [point["layer"]], point["alpha"], "last")
+        full.append(with_control_drops(objective, hooks, follow_rates(objective, hooks)) | point)
+        if "value" in point:
+            assert full[-1]["value"] == point["value"] <= point["bound"]
+        else:
+            assert full[-1]["value"] <= point["bound"] < chosen["validation"]["value"]
+    best = max(full, key=lambda point: (point["value"], -abs(point["alpha"])))
+    assert (chosen["layer"], chosen["alpha"], chosen["validation"]["value"]) == (best["layer"], best["alpha"], best["value"])
+    assert any("value" not in point for point in chosen["tried"]), "alpha 4 breaks enough to be pruned"
 
 
 @pytest.mark.slow

@@ -19,6 +19,8 @@ alpha it reports is chosen on validation, never on the test items.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 
@@ -48,18 +50,23 @@ def _followed(objective: Objective) -> list[torch.Tensor]:
 
 def rates(objective: Objective, gates: torch.Tensor, broken_weight: float = AmplifyOptions.broken_weight) -> dict:
     """Restored share of the failed docs, broken share of the followed docs, control drops, value."""
-    return intervention_rates(objective, gate_heads(objective.model, gates), broken_weight)
+    def intervention():
+        return gate_heads(objective.model, gates)
+
+    return with_control_drops(objective, intervention, follow_rates(objective, intervention, broken_weight))
+
+
+Intervention = Callable[[], AbstractContextManager]  # makes the hooks (head gates, residual steering) afresh
 
 
 @torch.no_grad()
-def intervention_rates(objective: Objective, intervention: AbstractContextManager,
-                       broken_weight: float = AmplifyOptions.broken_weight) -> dict:
-    """`rates` with the model run inside `intervention` (any hooks: head gates, residual steering)."""
-    with intervention:
-        now = [follow_probabilities(objective.model, b) >= 0.5 for b in objective.follow_batches]
-        control = [control_masses(objective.model, b) for b in objective.control_batches]
+def follow_rates(objective: Objective, intervention: Intervention,
+                 broken_weight: float = AmplifyOptions.broken_weight) -> dict:
+    """The follow docs' part of `rates`; its `bound` (restored share - broken_weight x broken share) is the
+    value before the control drops, which can only lower it."""
+    with intervention():
+        now = torch.cat([follow_probabilities(objective.model, b) >= 0.5 for b in objective.follow_batches])
     was = torch.cat(_followed(objective))
-    now = torch.cat(now)
     failed, followed = int((~was).sum()), int(was.sum())
     out = {
         "failed": failed,
@@ -69,12 +76,46 @@ def intervention_rates(objective: Objective, intervention: AbstractContextManage
     }
     out["restoration_rate"] = out["restored"] / failed if failed else float("nan")
     out["broken_rate"] = out["broken"] / followed if followed else 0.0
+    out["bound"] = (out["restoration_rate"] if failed else 0.0) - broken_weight * out["broken_rate"]
+    return out
+
+
+@torch.no_grad()
+def with_control_drops(objective: Objective, intervention: Intervention, follow: dict) -> dict:
+    """`follow` (from follow_rates) with each control's mass drop under `intervention()` and the value."""
+    with intervention():
+        control = [control_masses(objective.model, b) for b in objective.control_batches]
     means = objective.control_means(control)
     drops = {f"{kind}_drop": objective.open[kind] - means[kind] for kind in CONTROL_KINDS if objective.n_control[kind]}
-    out |= drops
-    restored = out["restoration_rate"] if failed else 0.0
-    out["value"] = restored - broken_weight * out["broken_rate"] - sum(max(0.0, d) for d in drops.values())
+    out = follow | drops
+    out["value"] = follow["bound"] - sum(max(0.0, d) for d in drops.values())
     return out
+
+
+def best_of(objective: Objective, settings: Sequence[dict], interventions: Sequence[Intervention],
+            broken_weight: float = AmplifyOptions.broken_weight) -> list[dict]:
+    """Each setting's validation rates, the control drops computed only where they can still matter.
+
+    Every setting's follow docs are scored; then the controls, in order of the bound (the value before
+    the drops, which only lower it), until the next bound falls below the best value found: a setting
+    left there cannot win. The winner is the exhaustive search's (ties too: `chosen` breaks them by the
+    settings' order); a pruned setting records its `bound` and no value.
+    """
+    follows = [follow_rates(objective, make, broken_weight) for make in interventions]
+    tried = [dict(setting) | follow for setting, follow in zip(settings, follows)]
+    best = -math.inf
+    for index in sorted(range(len(tried)), key=lambda i: -tried[i]["bound"]):
+        if tried[index]["bound"] < best:
+            break
+        tried[index] = dict(settings[index]) | with_control_drops(objective, interventions[index], follows[index])
+        best = max(best, tried[index]["value"])
+    return tried
+
+
+def chosen(tried: Sequence[dict], tie: Callable[[dict], float]) -> dict:
+    """The scored setting with the best value; ties go to the larger `tie(setting)`, then to the earlier one."""
+    scored = [(point["value"], tie(point), -index) for index, point in enumerate(tried) if "value" in point]
+    return tried[-max(scored)[2]]
 
 
 def _loss(objective: Objective, gates: torch.Tensor, options: AmplifyOptions) -> float:

@@ -109,7 +109,8 @@ def amplify_plan(layers: int, follow: list[int], control: list[int], alphas: int
 
 def steer_plan(layers: int, follow: list[int], control: list[int], directions: int, alphas: int) -> list[Phase]:
     """Steering on validation: one residual pass over the follow batches, then every direction x layer x alpha
-    scored over the follow and control batches (the amplification's objective, already open)."""
+    scored over the follow and control batches (the amplification's objective, already open). An upper bound:
+    the search skips the controls of settings that can no longer win (`amplify.best_of`)."""
     fit = _phase("fit", 1, 0, follow, layers)
     search = _phase("search", directions * layers * alphas, 0, follow + control, layers)
     return [Phase("steering (validation)", fit.forwards + search.forwards, 0, fit.layer_tokens + search.layer_tokens)]

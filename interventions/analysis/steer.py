@@ -12,7 +12,7 @@ A vector is the raw difference (PC1: scaled to the modality difference's norm), 
 an average doc by about that difference.
 
 Layer and alpha are chosen per direction on validation by amplification's value (restored share -
-2 x broken share - control drops, `amplify.intervention_rates`); the test split then scores each
+2 x broken share - control drops, `amplify.rates`); the test split then scores each
 chosen setting through lm-eval against the baseline, item by item, with the share of `other`
 answers (matching neither side: lost fluency).
 """
@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from interventions.analysis.amplify import AmplifyOptions, intervention_rates
+from interventions.analysis.amplify import AmplifyOptions, best_of, chosen
 from interventions.analysis.batches import DocBatch
 from interventions.analysis.objective import Objective
 from interventions.mechanism.spec import InterventionSpec, ModelFingerprint, SteeringSpec
@@ -89,16 +89,20 @@ def fit_directions(objective: Objective, positions: str, directions: Sequence[st
 
 def choose_setting(objective: Objective, vectors: torch.Tensor, options: SteerOptions,
                    progress: Callable[[str], None] = lambda _: None) -> dict:
-    """Every (layer, alpha)'s validation rates for one direction's per-layer `vectors`, and the best."""
+    """Every (layer, alpha)'s validation rates for one direction's per-layer `vectors` (control drops where
+    they can still matter: `amplify.best_of`), and the best; ties go to the smaller |alpha|."""
     layers = options.layers if options.layers is not None else range(vectors.shape[0])
-    tried = []
-    for layer in layers:
-        for alpha in options.alphas:
-            progress(f"layer {layer} x{alpha:g}")
-            hooks = steer(objective.model, vectors[layer], [layer], alpha, options.positions)
-            tried.append({"layer": layer, "alpha": alpha,
-                          **intervention_rates(objective, hooks, options.broken_weight)})
-    best = max(tried, key=lambda point: (point["value"], -abs(point["alpha"])))
+    settings = [{"layer": layer, "alpha": alpha} for layer in layers for alpha in options.alphas]
+
+    def intervention(setting: dict):
+        def hooks():
+            progress(f"layer {setting['layer']} x{setting['alpha']:g}")
+            return steer(objective.model, vectors[setting["layer"]], [setting["layer"]], setting["alpha"],
+                         options.positions)
+        return hooks
+
+    tried = best_of(objective, settings, [intervention(setting) for setting in settings], options.broken_weight)
+    best = chosen(tried, tie=lambda point: -abs(point["alpha"]))
     return {"layer": best["layer"], "alpha": best["alpha"], "validation": best, "tried": tried}
 
 
