@@ -51,6 +51,7 @@ from interventions.mechanism.locate import locate_heads
 from interventions.model.cache import cache_record, weights_fingerprint
 from interventions.model.encoding import encode_multimodal, image_string
 from modarb_tasks.errors import ModarbError
+from interventions.model.loading import DEFAULT_ATTENTION
 from interventions.model.model_files import check_pretrained
 from interventions.model.model_args import check_model_args, check_steer_args, check_tasks_for_spec
 from interventions.organism import organism_path
@@ -90,6 +91,7 @@ class ModarbVLM(HFMultimodalLM):
         check_steer_args(spec=spec, **steering)
         if kwargs.get("device") is None:  # HFLM's own default is "cuda", even on a CPU-only machine
             kwargs["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+        kwargs.setdefault("attn_implementation", DEFAULT_ATTENTION)
         if isinstance(pretrained, str):
             check_pretrained(pretrained, trust_remote_code=bool(kwargs.get("trust_remote_code")))
         super().__init__(str(organism_path()) if pretrained is None else pretrained, **kwargs)
@@ -131,6 +133,7 @@ class ModarbVLM(HFMultimodalLM):
             "model_dtype": str(self.model.dtype),
             "model_name": model_name(self.model),
             "modarb_version": MODARB_VERSION,
+            "modarb_attn_implementation": self.model.config.get_text_config()._attn_implementation,
             "modarb_spec_identity": self.spec.identity() if self.spec else "none",
             "modarb_spec_name": spec_name(self.spec),
             "modarb_spec": self.spec.to_dict() if self.spec else None,

@@ -17,6 +17,9 @@ from interventions.organism import organism_path
 from interventions.model.processors import load_processor
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Every command loads with this attention backend unless told otherwise (hf-modarb: attn_implementation=), so an
+# analysis scores the same model whichever command runs it; knockouts need a mask-based backend.
+DEFAULT_ATTENTION = "sdpa"
 
 
 def load_model(
@@ -24,7 +27,7 @@ def load_model(
     *,
     device: str = "cpu",
     dtype: str = "float32",
-    attn_implementation: str = "sdpa",
+    attn_implementation: str = DEFAULT_ATTENTION,
     trust_remote_code: bool = False,
 ):
     """(model in eval mode, processor) for `pretrained` (default: the bundled organism)."""
