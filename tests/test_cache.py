@@ -49,6 +49,7 @@ def _finish(started: tuple[subprocess.Popen, Path]) -> tuple[float, int, int, di
 
 
 @pytest.mark.usefixtures("organism_dir")
+@pytest.mark.slow
 def test_a_spec_never_reads_the_baselines_cached_answers(tmp_path):
     """A user's commands on one cache path (runs that share no cache file run concurrently)."""
     shared = tmp_path / "cache"
@@ -158,6 +159,7 @@ def _numbers(summary):
     return summary
 
 
+@pytest.mark.slow
 def test_an_interrupted_reproduce_resumes_from_its_cache(tmp_path, monkeypatch, organism_dir):
     from interventions.analysis import evaluation
     from interventions.analysis.reproduce import ReproduceConfig, reproduce

@@ -105,6 +105,7 @@ def test_report_lists_figures_and_commands_that_exist(small_report):
     assert not list(out.parent.glob(".*partial-*")), "the work folder must be renamed into place"
 
 
+@pytest.mark.slow
 def test_every_recorded_path_names_the_report_folder_not_the_staging_one(small_report):
     """Files are written in a hidden folder and moved into place: what they record names the final folder."""
     out, summary = small_report
