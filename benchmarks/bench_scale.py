@@ -13,7 +13,7 @@ backward counts as two forwards.
   prompt lengths their processors give a COCO image with an MC² prompt: Qwen2.5-VL 391 image
   tokens (640 x 480 at 28-pixel merged patches) + 159 text = 550; LLaVA-1.5 576 + 119 = 695.
   Counting them for real would take hours on two CPU cores; the plan's counts are validated on the
-  counted models (and in tests/test_plan.py).
+  counted models (and in tests/analysis/test_plan.py).
 - lm-eval's runs are planned everywhere (each run scores every task's prompts once).
 
 `--exact-sweep full` gives the exact sweeps over every head (main's behaviour before shortlists).

@@ -16,7 +16,7 @@ from interventions.cli import main
 from interventions.mechanism.spec import InterventionSpec
 
 pytestmark = pytest.mark.slow  # two lm-eval runs of the organism on 200 items per task
-TOP20_SPEC = Path(__file__).resolve().parents[1] / "leaderboard" / "specs" / "modarb-organism_block_top20.json"
+TOP20_SPEC = Path(__file__).resolve().parents[2] / "leaderboard" / "specs" / "modarb-organism_block_top20.json"
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 from interventions.analysis.gate_response import GATES
 from interventions.analysis.report import flow_findings, gate_findings, markdown, render
 
-FIXTURE = Path(__file__).parent / "fixtures" / "report"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "report"
 
 
 def _identified(curves):

@@ -15,7 +15,7 @@ import pytest
 from leaderboard.entries import read_entry
 
 BIN = Path(sys.executable).parent
-BASELINE = next((Path(__file__).resolve().parent / "fixtures" / "leaderboard" / "organism_baseline").rglob("results_*.json"))
+BASELINE = next((Path(__file__).resolve().parents[1] / "fixtures" / "leaderboard" / "organism_baseline").rglob("results_*.json"))
 RUNS = 1000  # enough that the Ctrl-C lands while entries are being written
 
 

@@ -15,7 +15,7 @@ from interventions.analysis.defaults import top_k
 from interventions.mechanism.spec import InterventionSpec
 from leaderboard.entries import ENTRIES_DIR, load_entries
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 IDENTIFY_BENCHMARK = ROOT / "benchmarks" / "results" / "cpu-2026-12-01" / "identify_versus_optimum_organism.json"
 SPECS = sorted((ROOT / "leaderboard" / "specs").glob("modarb-organism_block_top*.json"))
 SHAPES = {"mf_follow_image", "mf_follow_text", "mf_visual_control", "mf_language_control"}

@@ -27,7 +27,7 @@ import torch
 from modarb_tasks.outdir import MANIFEST
 
 BIN = Path(sys.executable).parent
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "leaderboard"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "leaderboard"
 PARALLEL = 6  # processes at a time: each imports torch (and most lm-eval) on a small shared machine
 ERROR_LINE = ("modarb: error: ", "modarb: interrupted", "modarb ")  # ours, Ctrl-C's, argparse's `modarb <command>: error: `
 

@@ -12,7 +12,7 @@ from interventions.model.model_args import check_cli_model_args
 from interventions.testing.random_init import build_tiny_model
 from interventions.testing.tiny_processors import save_tiny_family
 from modarb_tasks.errors import ModarbError
-from test_cached_generation import GENERATION_SETTINGS, STEPS, _record_generation, _requests, _uncached_logits
+from generation_recording import GENERATION_SETTINGS, STEPS, generate_requests, record_generation, uncached_logits
 
 
 @pytest.fixture(scope="module")
@@ -33,16 +33,16 @@ def test_inline_steering_under_cached_generate_matches_uncached_forwards(positio
     lm = ModarbVLM(pretrained=str(tiny_folder), device="cpu", batch_size=3, steer=str(vector), steer_layer=1,
                    steer_alpha=3.0, steer_positions=positions)
     assert lm.spec.steering.layers == (1,) and spec_name(lm.spec) == f"steer L1 x3 at {positions}"
-    requests = _requests(lm.model.config.get_text_config().vocab_size)
-    calls, states = _record_generation(lm, monkeypatch)
+    requests = generate_requests(lm.model.config.get_text_config().vocab_size)
+    calls, states = record_generation(lm, monkeypatch)
     lm.generate_until(requests)
     kwargs, out = calls[0]
     inputs = {key: value for key, value in kwargs.items() if key not in GENERATION_SETTINGS}
     generated = out.sequences[:, inputs["input_ids"].shape[1]:]
     assert generated.shape[1] == STEPS
-    reference = _uncached_logits(lm, inputs, states[0], generated)
+    reference = uncached_logits(lm, inputs, states[0], generated)
     torch.testing.assert_close(torch.stack(out.logits, 1), reference, atol=1e-4, rtol=0)
-    assert not torch.allclose(_uncached_logits(plain, inputs, states[0], generated), reference, atol=1e-4)
+    assert not torch.allclose(uncached_logits(plain, inputs, states[0], generated), reference, atol=1e-4)
 
 
 def test_bad_inline_steering_is_one_line_before_weights_load(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 
 from interventions.analysis.report import markdown, targets, top_vs_random
 
-FIXTURE = Path(__file__).parent / "fixtures" / "report"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "report"
 
 
 def _compared(delta, low, high, b, c, p):

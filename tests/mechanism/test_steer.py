@@ -152,7 +152,7 @@ def test_a_steering_spec_round_trips_as_v2_with_its_vector_beside_it(tmp_path):
 
 def test_v1_specs_read_unchanged_and_keep_their_identity():
     """The checked-in leaderboard specs are v1; their identities are the ones the entries recorded."""
-    root = Path(__file__).resolve().parents[1] / "leaderboard"
+    root = Path(__file__).resolve().parents[2] / "leaderboard"
     recorded = {json.loads(entry.read_text())["intervention"]["identity"] for entry in (root / "entries").glob("*.json")}
     for path in (root / "specs").glob("*.json"):
         spec = InterventionSpec.load(path)
