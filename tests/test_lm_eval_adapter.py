@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import re
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -10,7 +13,8 @@ import pytest
 from interventions.cli import main
 from interventions.model import lm_eval_adapter
 from interventions.model.harness import modarb_task_names
-from interventions.model.lm_eval_adapter import EXPECTED, EvalRun, LmEvalChanged, check_lm_eval, eval_run, patched
+from interventions.model.lm_eval_adapter import (EXPECTED, LM_EVAL_VERSION, EvalRun, LmEvalChanged, check_lm_eval,
+                                                 eval_run, evaluation_run, patched)
 from modarb_tasks import TASKS_PATH
 
 # An arc_easy-shaped item set on disk: lm-eval's own arc_easy (its prompt, choices and metrics) scores it offline.
@@ -44,8 +48,6 @@ def _results(output_path: Path) -> dict:
 
 def _originals() -> dict:
     """What each replaced lm-eval attribute is right now, as stored on its owner."""
-    import inspect
-
     return {target: inspect.getattr_static(*lm_eval_adapter._owner(target)) for target in EXPECTED}
 
 
@@ -113,6 +115,21 @@ def test_a_replacement_is_undone_when_the_run_fails():
     assert _originals() == installed
 
 
+def test_an_in_process_run_has_the_scoped_cache_and_no_task_bars_only_inside():
+    from lm_eval.api import model, task
+
+    from interventions.model.cache import ScopedCachingLM
+
+    installed = _originals()
+    with evaluation_run(quiet=True):
+        assert model.CachingLM is ScopedCachingLM
+        assert task.tqdm(range(3)).disable
+    assert _originals() == installed and not task.tqdm(range(3), disable=False).disable
+    with evaluation_run():
+        assert model.CachingLM is ScopedCachingLM and task.tqdm is installed[lm_eval_adapter.TASK_BAR]
+    assert _originals() == installed
+
+
 def test_the_installed_lm_eval_is_the_one_the_adapter_expects():
     check_lm_eval()  # no error
 
@@ -134,32 +151,42 @@ def test_a_changed_upstream_signature_stops_with_one_line_naming_the_version(mon
         pass
     message = str(raised.value)
     assert "\n" not in message
-    assert message.startswith(f"lm-eval {lm_eval_version()} changed TaskManager.__init__: it takes (self, verbosity=None, "
-                              "include_paths=None, include_defaults=True, metadata=None), while lm-eval 0.4.13")
-    assert message.endswith("install lm-eval==0.4.13")
+    assert message.startswith(f"lm-eval {metadata.version('lm-eval')} changed TaskManager.__init__: it takes (self, "
+                              "verbosity=None, include_paths=None, include_defaults=True, metadata=None), while "
+                              f"lm-eval {LM_EVAL_VERSION}")
+    assert message.endswith(f"install lm-eval=={LM_EVAL_VERSION}")
     assert TaskManager.__init__ is changed_init  # nothing was replaced
     monkeypatch.undo()
     assert _originals() == installed
+
+
+@pytest.mark.parametrize("target", sorted(EXPECTED))
+def test_every_replaced_callable_is_checked(target, monkeypatch):
+    """Any callable the adapter replaces, changed upstream, is named before anything is replaced."""
+    def changed(*args, added=None):
+        raise AssertionError("never called")
+
+    monkeypatch.setattr(*lm_eval_adapter._owner(target), changed)
+    name = target.partition(":")[2]
+    with pytest.raises(LmEvalChanged, match=rf"changed {re.escape(name)}: it takes \(\*args, added=None\), while"):
+        check_lm_eval()
 
 
 def test_a_removed_upstream_callable_is_named(monkeypatch):
     from lm_eval.api import task
 
     monkeypatch.delattr(task, "tqdm")
-    with pytest.raises(LmEvalChanged, match=r"changed tqdm: it no longer exists, while lm-eval 0\.4\.13"):
+    gone = rf"changed tqdm: it no longer exists, while lm-eval {re.escape(LM_EVAL_VERSION)}"
+    with pytest.raises(LmEvalChanged, match=gone):
         check_lm_eval()
 
 
 def test_the_cli_prints_a_changed_lm_eval_as_one_error_line(monkeypatch, capsys):
+    """`modarb eval` stops before loading anything, with exit 2 and one line, no traceback."""
     from lm_eval import evaluator
 
     monkeypatch.setattr(evaluator, "evaluate", lambda lm, task_dict: None)
     assert main(["eval", "--tasks", "mf_language_control", "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("modarb: error: lm-eval ") and "changed evaluate: it takes (lm, task_dict)" in err[0]
-
-
-def lm_eval_version() -> str:
-    from importlib import metadata
-
-    return metadata.version("lm-eval")
+    assert len(err) == 1 and err[0].startswith("modarb: error: lm-eval ")
+    assert "changed evaluate: it takes (lm, task_dict)" in err[0]

@@ -142,19 +142,19 @@ class Evaluator:
         tasks = [task for task in tasks if samples is None or samples.get(task)]
         self.lm.spec = spec
         limit = None if samples is not None else self.limit
-        with evaluation_run(quiet=True):  # the caller's one progress bar, not lm-eval's per task
-            results = lm_eval.simple_evaluate(
-                model=self.lm,
-                model_args=model_args,
-                tasks=list(tasks),
-                limit=limit,
-                samples={task: samples[task] for task in tasks} if samples is not None else None,
-                batch_size=self.batch_size,
-                log_samples=True,
-                task_manager=self.task_manager,
-                use_cache=self.use_cache,
-                verbosity="WARNING",
-            )
+        # lm-eval with the scoped request cache, and the caller's one progress bar instead of lm-eval's per task
+        results = evaluation_run(quiet=True)(lm_eval.simple_evaluate)(
+            model=self.lm,
+            model_args=model_args,
+            tasks=list(tasks),
+            limit=limit,
+            samples={task: samples[task] for task in tasks} if samples is not None else None,
+            batch_size=self.batch_size,
+            log_samples=True,
+            task_manager=self.task_manager,
+            use_cache=self.use_cache,
+            verbosity="WARNING",
+        )
         logged = results.pop("samples")
         outcomes = {task: {sample["doc_id"]: int(sample[catalog().tasks[task].headline]) for sample in found}
                     for task, found in logged.items()}

@@ -72,7 +72,7 @@ def check_run_config(cfg, namespace) -> None:
             raise ModarbError(f"--output_path {path} is a file; give a folder (lm-eval writes "
                               "<folder>/<model>/results_<date>.json) or a new name ending in .json")
         check_writable(path.parent if path.suffix == ".json" else path, "--output_path")
-    check_device(getattr(namespace, "device", None))  # as given: lm-eval's default, cuda:0, falls back to the CPU itself
+    check_device(getattr(namespace, "device", None))  # as given: lm-eval's default (cuda:0) falls back to the CPU
     if cfg.limit is not None and not cfg.limit > 0:
         raise ModarbError(f"--limit {cfg.limit:g} must be > 0: a number of docs per task, or a fraction of them in (0, 1)")
     if cfg.model == DEFAULT_MODEL:

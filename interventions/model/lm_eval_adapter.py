@@ -80,8 +80,8 @@ def check_lm_eval(targets: dict[str, str] = EXPECTED) -> None:
             found = "no longer exists"
         if found != f"takes {expected}":
             raise LmEvalChanged(f"lm-eval {metadata.version('lm-eval')} changed {name}: it {found}, while lm-eval "
-                                f"{LM_EVAL_VERSION}, which modarb's lm-eval adapter was written against, takes {expected}; "
-                                f"install lm-eval=={LM_EVAL_VERSION}")
+                                f"{LM_EVAL_VERSION}, which modarb's lm-eval adapter was written against, takes "
+                                f"{expected}; install lm-eval=={LM_EVAL_VERSION}")
 
 
 @contextmanager
