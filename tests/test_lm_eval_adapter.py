@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import inspect
 import json
 import re
@@ -190,3 +191,51 @@ def test_the_cli_prints_a_changed_lm_eval_as_one_error_line(monkeypatch, capsys)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("modarb: error: lm-eval ")
     assert "changed evaluate: it takes (lm, task_dict)" in err[0]
+
+
+
+def _lm_eval_patches(source: str) -> list[int]:
+    """Lines of `source` that assign to (or setattr on) an attribute of something imported from lm-eval."""
+    tree = ast.parse(source)
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {(alias.asname or alias.name).split(".")[0] for alias in node.names
+                         if alias.name.split(".")[0] == "lm_eval"}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "lm_eval":
+            imported |= {alias.asname or alias.name for alias in node.names}
+
+    def from_lm_eval(node) -> bool:
+        while isinstance(node, ast.Attribute):
+            node = node.value
+        return isinstance(node, ast.Name) and node.id in imported
+
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets = [node.target]
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "setattr":
+            targets = [ast.Attribute(value=node.args[0])] if node.args else []
+        else:
+            targets = []
+        lines += [node.lineno for target in targets if isinstance(target, ast.Attribute) and from_lm_eval(target)]
+    return lines
+
+
+def test_the_patch_finder_finds_patches_written_the_usual_ways():
+    assert _lm_eval_patches("import lm_eval.api.model\nlm_eval.api.model.CachingLM = object\n") == [2]
+    assert _lm_eval_patches("from lm_eval.api import task\n\ntask.tqdm = print\n") == [3]
+    assert _lm_eval_patches("from lm_eval import evaluator as e\nsetattr(e, 'evaluate', print)\n") == [2]
+    assert _lm_eval_patches("from lm_eval.tasks import TaskManager\nTaskManager.__init__ = print\n") == [2]
+    assert _lm_eval_patches("from lm_eval.loggers import EvaluationTracker\ntracker = EvaluationTracker()\n"
+                            "tracker.date_id = None\n") == []  # an instance's own attribute
+
+
+def test_no_module_but_the_adapter_patches_lm_eval():
+    root = Path(lm_eval_adapter.__file__).parents[2]
+    sources = [path for package in ("interventions", "leaderboard", "modarb_tasks", "benchmarks")
+               for path in sorted((root / package).rglob("*.py")) if path != Path(lm_eval_adapter.__file__)]
+    assert len(sources) > 50
+    assert {str(path): lines for path in sources if (lines := _lm_eval_patches(path.read_text(encoding="utf-8")))} == {}
