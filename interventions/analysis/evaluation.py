@@ -115,10 +115,6 @@ class Evaluator:
         self.use_cache = str(Path(use_cache) / "requests") if use_cache is not None else None
         from lm_eval.tasks import TaskManager
 
-        from interventions.model import cache
-
-        cache.install()
-
         self.task_manager = TaskManager(include_path=TASKS_PATH, metadata=tasks.metadata or None)
 
     def run(
@@ -134,6 +130,8 @@ class Evaluator:
         import lm_eval
         from lm_eval.loggers import EvaluationTracker
 
+        from interventions.model.lm_eval_adapter import evaluation_run
+
         run_dir = self.out_dir / name
         spec_file = None
         model_args = [self.model_arg] if self.model_arg else []
@@ -144,7 +142,8 @@ class Evaluator:
         tasks = [task for task in tasks if samples is None or samples.get(task)]
         self.lm.spec = spec
         limit = None if samples is not None else self.limit
-        results = lm_eval.simple_evaluate(
+        # lm-eval with the scoped request cache, and the caller's one progress bar instead of lm-eval's per task
+        results = evaluation_run(quiet=True)(lm_eval.simple_evaluate)(
             model=self.lm,
             model_args=model_args,
             tasks=list(tasks),
@@ -201,17 +200,10 @@ class Evaluator:
 
 
 def quiet_lm_eval() -> None:
-    """lm-eval logs every task build, warns about --metadata on each and draws a bar per task and run; the
-    report is what the user reads. `simple_evaluate` resets lm-eval's log level on every run, so the
-    repeated warnings are also filtered."""
-    import functools
-
-    from lm_eval.api import task
-    from tqdm import tqdm
-
+    """lm-eval logs every task build and warns about --metadata on each; the report is what the user reads.
+    `simple_evaluate` resets lm-eval's log level on every run, so the repeated warnings are also filtered."""
     from interventions.model.harness import quiet_known_warnings
 
     for name in ("lm_eval", "lm-eval"):
         logging.getLogger(name).setLevel(logging.ERROR)
     quiet_known_warnings()
-    task.tqdm = functools.partial(tqdm, disable=True)  # lm-eval's request-building bar, four per run

@@ -2,8 +2,8 @@
 
 lm-eval 0.4.13 keys a cached request by the request alone (text, generation arguments, image
 content): a run under one intervention spec would read the answers of a run under another,
-or of another model. `ScopedCachingLM` replaces lm-eval's `CachingLM` (the evaluator looks the
-class up on `lm_eval.api.model` at call time) and prefixes every key with a *scope*: the
+or of another model. `ScopedCachingLM` stands in for lm-eval's `CachingLM` during a run (put
+there by `interventions.model.lm_eval_adapter`) and prefixes every key with a *scope*: the
 model's fingerprint (its path, revision, dtype, the config and the weight files' sizes and
 times) and, for `hf-modarb`, the spec's identity. The same spec on the same model still
 resumes from the cache. Values are stored as JSON, never pickled (lm-eval's default).
@@ -17,7 +17,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import lm_eval.api.model
 from lm_eval.api.model import CachingLM
 from sqlitedict import SqliteDict
 
@@ -104,11 +103,6 @@ def cache_record(lm) -> dict[str, Any] | None:
         return None
     scope = cache_scope(lm)
     return {"path": path, "key_scope": sorted(scope), "scope_id": scope_id(scope), "scope": scope}
-
-
-def install() -> None:
-    """Make every lm-eval evaluation in this process use the scoped cache (idempotent)."""
-    lm_eval.api.model.CachingLM = ScopedCachingLM
 
 
 def _sha256(text: str) -> str:

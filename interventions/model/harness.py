@@ -1,17 +1,16 @@
 """lm-eval's own CLI, run unchanged with modarb's tasks on the include path and its models registered.
 
 lm-eval 0.4.13 discovers no plugins, so `modarb eval` does the two things a plugin needs
-before handing over: import our model class (it registers `hf-modarb`) and make every
-TaskManager lm-eval creates also index our task folder (any --include_path still works).
-It also guards the run (`guard_lm_eval`): bad arguments stop with one line before any model or
-task is loaded, a model that cannot run the chosen tasks stops before the first request, and a
-run whose results file was not written exits non-zero (lm-eval itself only warns).
+before handing over: register our model class (`hf-modarb`) and put our task folder on the
+include path of every TaskManager the run creates (any --include_path still works). It also
+guards the run: bad arguments stop with one line before any model or task is loaded, a model
+that cannot run the chosen tasks stops before the first request, and a run whose results file
+was not written exits non-zero (lm-eval itself only warns). How each of these reaches into
+lm-eval lives in `interventions.model.lm_eval_adapter`, for the length of one run.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
 import json
 import logging
 import sys
@@ -31,55 +30,13 @@ _NOISE = {
 
 
 def register_modarb() -> None:
-    """Register `hf-modarb` and put our task folder on every TaskManager's include path."""
+    """Register `hf-modarb` in lm-eval's model registry and quiet lm-eval's repeated warnings."""
     import lm_eval.models  # noqa: F401  (registers the stock models lazily, hf-multimodal among them)
     from lm_eval.api.registry import model_registry
-    from lm_eval.tasks import manager
-
-    from interventions.model import cache
 
     if DEFAULT_MODEL not in model_registry:  # imported (with torch) only when a run creates it
         model_registry.register(DEFAULT_MODEL, target="interventions.model.lm:ModarbVLM")
-    cache.install()  # --use_cache keys answers by model and spec too
-
-    original = manager.TaskManager.__init__
-    if getattr(original, "_modarb", False):
-        return
-    signature = inspect.signature(original)
-
-    @functools.wraps(original)
-    def __init__(self, *args, **kwargs):
-        bound = signature.bind(self, *args, **kwargs)
-        paths = bound.arguments.get("include_path") or []
-        paths = list(paths) if isinstance(paths, (list, tuple)) else [paths]
-        if TASKS_PATH not in map(str, paths):
-            paths.append(TASKS_PATH)
-        bound.arguments["include_path"] = paths
-        if _ONLY_MODARB_TASKS:
-            bound.arguments["include_defaults"] = False
-        original(*bound.args, **bound.kwargs)
-
-    __init__._modarb = True
-    manager.TaskManager.__init__ = __init__
     quiet_known_warnings()
-    _name_the_organism()
-
-
-def _name_the_organism() -> None:
-    """Results of a run without `pretrained=` (the bundled organism) go under its name, not a random one."""
-    from lm_eval.loggers.evaluation_tracker import GeneralConfigTracker
-
-    from interventions.organism import ORGANISM_NAME
-
-    original = GeneralConfigTracker._get_model_name
-    if getattr(original, "_modarb", False):
-        return
-
-    def model_name(model_args):
-        return original(model_args) or ORGANISM_NAME
-
-    model_name._modarb = True
-    GeneralConfigTracker._get_model_name = staticmethod(model_name)
 
 
 def with_default_model(argv: list[str]) -> list[str]:
@@ -103,9 +60,10 @@ def quiet_known_warnings() -> None:
             logger.addFilter(drop)
 
 
-def check_run_config(cfg, device: str | None) -> None:
-    """One-line errors for a run's arguments, before lm-eval loads a model or builds a task;
-    `device` is the --device given (lm-eval's own default, cuda:0, falls back to the CPU by itself)."""
+def check_run_config(cfg, namespace) -> None:
+    """One-line errors for a run's arguments (lm-eval's parsed config and its CLI namespace), before lm-eval
+    loads a model or builds a task."""
+    from interventions.model.lm_eval_adapter import requested_tasks
     from interventions.model.model_files import check_device
 
     if cfg.output_path:
@@ -114,13 +72,16 @@ def check_run_config(cfg, device: str | None) -> None:
             raise ModarbError(f"--output_path {path} is a file; give a folder (lm-eval writes "
                               "<folder>/<model>/results_<date>.json) or a new name ending in .json")
         check_writable(path.parent if path.suffix == ".json" else path, "--output_path")
-    check_device(device)
+    check_device(getattr(namespace, "device", None))  # as given: lm-eval's default (cuda:0) falls back to the CPU
     if cfg.limit is not None and not cfg.limit > 0:
         raise ModarbError(f"--limit {cfg.limit:g} must be > 0: a number of docs per task, or a fraction of them in (0, 1)")
     if cfg.model == DEFAULT_MODEL:
         from interventions.model.model_args import check_cli_model_args
 
         check_cli_model_args(cfg.model_args or {})
+    if not requested_tasks(cfg):
+        raise ModarbError("no --tasks given; name tasks or groups, e.g. --tasks modarb (list them with "
+                          "`modarb eval ls tasks`)")
 
 
 def check_tasks(lm, task_dict) -> None:
@@ -160,12 +121,6 @@ class ResultsNotSaved(ModarbError):
     """lm-eval ran but could not write its results file: the run failed, whatever lm-eval's exit says."""
 
 
-_UNSAVED: list[str] = []  # output paths whose results file lm-eval did not write in this process
-# True once a run asks only for modarb's tasks: its TaskManager then skips indexing lm-eval's
-# ~14k task YAMLs (half a minute of start-up) and reads only modarb's folder.
-_ONLY_MODARB_TASKS: list[bool] = []
-
-
 def modarb_task_names() -> set[str]:
     """Every task, group and tag name modarb's YAMLs define."""
     names = set()
@@ -175,72 +130,6 @@ def modarb_task_names() -> set[str]:
             if key in ("task", "group", "tag") and value.strip():
                 names.add(value.strip())
     return names
-
-
-def guard_lm_eval() -> None:
-    """Wrap three lm-eval 0.4.13 functions (once): its argument parsing (`EvaluatorConfig.from_cli`),
-    `evaluator.evaluate` (tasks are built, no request yet) and `save_results_aggregated`."""
-    from lm_eval import evaluator
-    from lm_eval.config.evaluate_config import EvaluatorConfig
-    from lm_eval.loggers.evaluation_tracker import EvaluationTracker
-
-    if getattr(evaluator.evaluate, "_modarb", False):
-        return
-    from_cli = EvaluatorConfig.from_cli.__func__
-
-    def checked_from_cli(cls, namespace):
-        try:
-            cfg = from_cli(cls, namespace)
-        except (ValueError, TypeError, FileNotFoundError) as error:  # lm-eval's own argument checks
-            raise ModarbError(f"{str(error).strip().splitlines()[0]}; see `modarb eval run --help`") from None
-        check_run_config(cfg, getattr(namespace, "device", None))
-        tasks = cfg.tasks.split(",") if isinstance(cfg.tasks, str) else list(cfg.tasks or [])
-        if not [task for task in tasks if str(task).strip()]:
-            raise ModarbError("no --tasks given; name tasks or groups, e.g. --tasks modarb (list them with "
-                              "`modarb eval ls tasks`)")
-        if tasks and set(tasks) <= modarb_task_names():
-            _ONLY_MODARB_TASKS.append(True)
-        return cfg
-
-    EvaluatorConfig.from_cli = classmethod(checked_from_cli)
-    evaluate = evaluator.evaluate
-
-    @functools.wraps(evaluate)
-    def checked_evaluate(lm, task_dict, *args, **kwargs):
-        check_tasks(lm, task_dict)
-        return evaluate(lm, task_dict, *args, **kwargs)
-
-    checked_evaluate._modarb = True
-    evaluator.evaluate = checked_evaluate
-    save = EvaluationTracker.save_results_aggregated
-
-    @functools.wraps(save)
-    def checked_save(self, *args, **kwargs):
-        self.date_id = None  # set by lm-eval just before it writes
-        save(self, *args, **kwargs)
-        if self.output_path and not (self.date_id and _is_whole_json(_results_file(self))):
-            if self.date_id and _results_file(self).is_file():  # a full disk leaves a truncated file: remove it
-                _results_file(self).unlink()
-            _UNSAVED.append(str(self.output_path))
-
-    EvaluationTracker.save_results_aggregated = checked_save
-
-
-def _is_whole_json(path: Path) -> bool:
-    """True when `path` is a file that parses as JSON (lm-eval writes it in place, not atomically)."""
-    try:
-        json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return True
-
-
-def _results_file(tracker) -> Path:
-    """Where lm-eval 0.4.13's `save_results_aggregated` writes the results file."""
-    path = Path(tracker.output_path)
-    if path.suffix == ".json":
-        return path.with_name(f"{path.stem}_{tracker.date_id}.json")
-    return path / str(tracker.general_config_tracker.model_name_sanitized) / f"results_{tracker.date_id}.json"
 
 
 JSON_FLAGS = ("--model_args", "--metadata", "--gen_kwargs")
@@ -267,18 +156,22 @@ def run_lm_eval(argv: list[str]) -> None:
     """`modarb eval ARGS` = `lm-eval ARGS` with modarb registered (all flags and subcommands)."""
     from lm_eval.__main__ import cli_evaluate
 
+    from interventions.model.lm_eval_adapter import EvalRun, eval_run
+    from interventions.organism import ORGANISM_NAME
+
     check_json_arguments(argv)
     register_modarb()
-    guard_lm_eval()
-    _UNSAVED.clear()
+    run = EvalRun(include_path=TASKS_PATH, own_tasks=modarb_task_names(), default_model_name=ORGANISM_NAME,
+                  check_config=check_run_config, check_tasks=check_tasks)
     sys.argv = ["modarb eval", *with_default_model(argv)]
     try:
-        cli_evaluate()
+        with eval_run(run):
+            cli_evaluate()
     except ValueError as error:
         if str(error).startswith("Tasks not found"):
             raise ModarbError(f"{error}; list the tasks with `modarb eval ls tasks`") from None
         raise
-    if _UNSAVED:
-        raise ResultsNotSaved(f"lm-eval could not write the results to --output_path {_UNSAVED[-1]} (the scores above "
-                              "are not saved; a full disk or a folder that cannot be written); give a writable folder "
-                              "with free space and run again")
+    if run.unsaved:
+        raise ResultsNotSaved(f"lm-eval could not write the results to --output_path {run.unsaved[-1]} (the scores "
+                              "above are not saved; a full disk or a folder that cannot be written); give a writable "
+                              "folder with free space and run again")

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from interventions.model import cache
 from interventions.mechanism.spec import HeadScale, InterventionSpec, KnockoutSpec, model_fingerprint
 from modarb_tasks import TASKS_PATH
 from untrained_organism import save_untrained_organism
@@ -97,10 +96,12 @@ def _score(lm, counter, spec, cache_path: Path, task_manager) -> tuple[float, in
     """(mf_ratio, forward calls) of one cached lm-eval run of `lm` under `spec`."""
     import lm_eval
 
-    cache.install()
+    from interventions.model.lm_eval_adapter import evaluation_run
+
     lm.spec, before = spec, counter.calls
-    results = lm_eval.simple_evaluate(model=lm, tasks=[TASK], limit=LIMIT, batch_size=16, use_cache=str(cache_path),
-                                      task_manager=task_manager, verbosity="ERROR")
+    with evaluation_run():
+        results = lm_eval.simple_evaluate(model=lm, tasks=[TASK], limit=LIMIT, batch_size=16,
+                                          use_cache=str(cache_path), task_manager=task_manager, verbosity="ERROR")
     return results["results"][TASK]["mf_ratio,none"], counter.calls - before
 
 
