@@ -246,7 +246,8 @@ def table(phases: list[Phase]) -> str:
 
 class WorkCounter:
     """Forwards and decoder layer-tokens actually run, counted by hooks on the decoder's attention
-    modules (one call per layer and forward), per named phase. Use as a context manager."""
+    modules (one call per layer and forward), per named phase. Use as a context manager. A forward
+    is counted at the last layer, which every forward reaches, resumed ones (`mechanism.resume`) too."""
 
     def __init__(self, model) -> None:
         from interventions.mechanism.locate import locate_heads
@@ -256,7 +257,8 @@ class WorkCounter:
         self._handles = []
 
     def __enter__(self) -> WorkCounter:
-        self._handles = [attention.register_forward_pre_hook(self._hook(i == 0), with_kwargs=True)
+        last = len(self.attentions) - 1
+        self._handles = [attention.register_forward_pre_hook(self._hook(i == last), with_kwargs=True)
                          for i, attention in enumerate(self.attentions)]
         return self
 
@@ -264,11 +266,11 @@ class WorkCounter:
         for handle in self._handles:
             handle.remove()
 
-    def _hook(self, first: bool):
+    def _hook(self, last: bool):
         def count(module, args, kwargs):
             hidden = kwargs.get("hidden_states", args[0] if args else None)
             self.layer_tokens += hidden.shape[0] * hidden.shape[1]
-            self.forwards += first
+            self.forwards += last
         return count
 
     @contextmanager
