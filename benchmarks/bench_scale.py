@@ -79,7 +79,7 @@ def counted_phases(model, processor, config: ReproduceConfig, exact_sweep: str) 
     from interventions.analysis.identify import frozen, identify, shapes_docs, split_docs, top_heads
     from interventions.analysis.lens import logit_lens
     from interventions.analysis.objective import Objective
-    from interventions.cli.flow import DEFAULT_LAYOUTS, follow_docs
+    from interventions.analysis.flow_run import DEFAULT_LAYOUTS, follow_docs
 
     bs, seconds = config.batch_size, {}
     flow_docs = follow_docs(config.analysis_items, "validation", DEFAULT_LAYOUTS)

@@ -166,7 +166,7 @@ def docs_workload(model_config, processor, batch_size: int, limit: int, identify
 def shapes_workload(model_config, processor, config) -> Workload:
     """The Workload of `modarb reproduce` on shapes data with `config` (a ReproduceConfig)."""
     from interventions.analysis.identify import shapes_docs
-    from interventions.cli.flow import DEFAULT_LAYOUTS, follow_docs
+    from interventions.analysis.flow_run import DEFAULT_LAYOUTS, follow_docs
 
     return docs_workload(model_config, processor, config.batch_size, config.limit, shapes_docs(config.analysis_items),
                          follow_docs(config.analysis_items, "validation", DEFAULT_LAYOUTS),
@@ -196,7 +196,7 @@ def reproduce_work(config) -> list[Phase]:
     """`modarb reproduce --plan`: the plan for `config` (a ReproduceConfig), from the config and processor only."""
     from interventions.analysis.data import analysis_docs, resolve_data
     from interventions.analysis.identify import CONTROL_KINDS, FOLLOW_KINDS
-    from interventions.cli.flow import DEFAULT_LAYOUTS
+    from interventions.analysis.flow_run import DEFAULT_LAYOUTS
 
     source = resolve_data(config.data, config.mc2_json, config.mc2_images,
                           uses=[("analysis", config.analysis_items), ("test", config.limit)])
