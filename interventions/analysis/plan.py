@@ -9,7 +9,9 @@ The counts follow the analyses' loops: identify (attribution, the exact sweeps o
 shortlist, the learned mask, the objective at each ranking's top set, gate-response curves), flow
 (each edge knocked out around each layer, per prompt layout and instruction side), amplification
 on validation, and lm-eval's runs (prompts scored once each; generated tokens beyond the first
-are not counted, so those runs are a lower bound).
+are not counted, so those runs are a lower bound). The exact sweeps and flow's knockouts resume
+each intervention's forward from its first intervened layer (`mechanism.resume`): a forward still,
+but of fewer layers; the plan assumes each batch's kept layer inputs fit the memory budget.
 """
 
 from __future__ import annotations
@@ -69,6 +71,21 @@ def _phase(name: str, passes: int, backwards: int, tokens: list[int], layers: in
     return Phase(name, passes * len(tokens), backwards * len(tokens), (passes + 2 * backwards) * sum(tokens) * layers)
 
 
+def _resumed_phase(name: str, starts: list[float], tokens: list[int], layers: int) -> Phase:
+    """Per batch of `tokens`, the clean forward and one forward per intervention resumed from its start
+    layer (`mechanism.resume`: it runs layers start..layers-1 only); assumes the kept inputs fit the budget."""
+    resumed = sum(layers - start for start in starts)
+    return Phase(name, (1 + len(starts)) * len(tokens), 0, round((layers + resumed) * sum(tokens)))
+
+
+def head_sweep_starts(layers: int, heads: int, swept: int) -> list[float]:
+    """The start layers of a sweep blocking `swept` heads one at a time: every head's layer when it
+    sweeps all of them; a shortlist's heads taken as spread evenly over the depth (mean layer (L-1)/2)."""
+    if swept == layers * heads:
+        return [float(layer) for layer in range(layers) for _ in range(heads)]
+    return [(layers - 1) / 2] * swept
+
+
 def identify_plan(layers: int, heads: int, follow: list[int], control: list[int], *, fraction: float = 0.05,
                   exact: bool = True, learned: bool = True, curve_heads: int = 3,
                   options: LearnedMaskOptions = LearnedMaskOptions(), exact_sweep: str = "shortlist") -> list[Phase]:
@@ -86,9 +103,10 @@ def identify_plan(layers: int, heads: int, follow: list[int], control: list[int]
         descents = starts * options.steps + math.ceil(refined / options.candidates)
         phases.append(_phase("learned mask", descents + starts + refined, descents, both, layers))
     if exact:
-        phases.append(_phase("ablation sweep", swept + 1, 0, follow, layers))
+        starts = head_sweep_starts(layers, heads, swept)
+        phases.append(_resumed_phase("ablation sweep", starts, follow, layers))
         if control:
-            phases.append(_phase("selective sweep", swept, 0, both, layers))
+            phases.append(_resumed_phase("selective sweep", starts, both, layers))
     rankings = 1 + (1 + bool(control)) * exact + (learned and bool(control))
     if control:
         phases.append(_phase("objective at each top set", rankings, 0, both, layers))
@@ -98,10 +116,16 @@ def identify_plan(layers: int, heads: int, follow: list[int], control: list[int]
     return phases
 
 
-def flow_plan(layers: int, parts: list[tuple[list[int], int]]) -> list[Phase]:
+def flow_plan(layers: int, parts: list[tuple[list[int], int]], window: int | None = None) -> list[Phase]:
     """flow's knockouts: per part (layout, side) with batches of the given tokens and its runnable
-    edge count, 1 + edges x layers forwards per batch."""
-    phases = [_phase("flow", 1 + edges * layers, 0, tokens, layers) for tokens, edges in parts]
+    edge count, 1 + edges x layers forwards per batch, each knockout resumed from its window's first
+    layer (`window`: the knockout window, default flow.default_window)."""
+    from interventions.analysis.flow import default_window
+    from interventions.mechanism.knockout import layer_window
+
+    k = default_window(layers) if window is None else window
+    starts = [float(layer_window(centre, k, layers)[0]) for centre in range(layers)]
+    phases = [_resumed_phase("flow", starts * edges, tokens, layers) for tokens, edges in parts]
     return [Phase("flow knockouts", sum(p.forwards for p in phases), 0, sum(p.layer_tokens for p in phases))]
 
 
@@ -216,7 +240,7 @@ def reproduce_plan(layers: int, heads: int, work: Workload, config, exact_sweep:
     from interventions.analysis.defaults import METHODS
 
     runs = reproduce_runs(len(config.fractions), config.draws, len(METHODS), len(config.alphas))
-    return [*flow_plan(layers, work.flow_parts),
+    return [*flow_plan(layers, work.flow_parts, config.window),
             _phase("logit lens", 1, 0, work.lens, layers),
             *identify_plan(layers, heads, work.identify_follow, work.identify_control, fraction=config.top,
                            options=LearnedMaskOptions(steps=config.learned_steps), exact_sweep=exact_sweep),
@@ -292,13 +316,14 @@ def identify_work(model: str | None, docs: list[dict], batch_size: int, trust_re
                          measured_tokens(model_config, processor, control, batch_size) if control else [], **options)
 
 
-def flow_work(model: str | None, docs: list[dict], batch_size: int, trust_remote_code: bool = False) -> list[Phase]:
-    """`modarb flow --plan`: the knockouts and the logit lens on `docs`."""
+def flow_work(model: str | None, docs: list[dict], batch_size: int, trust_remote_code: bool = False,
+              window: int | None = None) -> list[Phase]:
+    """`modarb flow --plan`: the knockouts (in windows of `window` layers) and the logit lens on `docs`."""
     from interventions.analysis.flow import split_docs
 
     model_config, processor = read_model(model, trust_remote_code)
     layers, _ = shape(model_config)
     parts = [(measured_tokens(model_config, processor, part, batch_size), FLOW_EDGES.get(layout, max(FLOW_EDGES.values())))
              for (layout, _side), part in split_docs(docs).items()]
-    return [*flow_plan(layers, parts), _phase("logit lens", 1, 0, measured_tokens(model_config, processor, docs, batch_size),
+    return [*flow_plan(layers, parts, window), _phase("logit lens", 1, 0, measured_tokens(model_config, processor, docs, batch_size),
                                               layers)]
