@@ -15,6 +15,8 @@ backward counts as two forwards.
   Counting them for real would take hours on two CPU cores; the plan's counts are validated on the
   counted models (and in tests/test_plan.py).
 - lm-eval's runs are planned everywhere (each run scores every task's prompts once).
+- the exact sweeps and flow's knockouts run resumed forwards (`interventions.mechanism.resume`:
+  only the layers from the intervened one on), counted and planned as such.
 
 `--exact-sweep full` gives the exact sweeps over every head (main's behaviour before shortlists).
 
