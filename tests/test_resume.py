@@ -14,7 +14,7 @@ from interventions.mechanism import resume
 from interventions.mechanism.heads import scale_heads
 from interventions.mechanism.knockout import knockout
 from interventions.mechanism.resume import full_last_logits, resumable
-from interventions.testing.random_init import HEADS, LAYERS, random_batch
+from interventions.testing.random_init import HEADS, LAYERS, build_from_config, random_batch, tiny_config
 from interventions.analysis.defaults import LearnedMaskOptions
 
 EVERY_LAYER = list(range(LAYERS))
@@ -72,6 +72,25 @@ def test_resumed_forwards_equal_full_forwards_on_the_organism(organism):
         for intervention in (scale_heads(model, {(start, 1): 0.0}), knockout(model, [(instruction, image)], [start])):
             with intervention:
                 assert (clean.last_logits(start) - full_last_logits(model, batch.inputs)).abs().max() <= 1e-6
+
+
+@pytest.mark.parametrize("family, change", [
+    ("gemma3", {"layer_types": ["sliding_attention", "full_attention", "sliding_attention"], "sliding_window": 4}),
+    ("paligemma", {"final_logit_softcapping": 2.0}),
+], ids=["per-layer-masks", "soft-capped-logits"])
+def test_layer_specific_arguments_and_a_soft_capped_head_are_replayed(family, change):
+    """Sliding and full layers get different masks (each kept call replays its own); PaliGemma soft-caps its logits."""
+    config = tiny_config(family)
+    for key, value in change.items():
+        setattr(config.get_text_config(), key, value)
+    torch.manual_seed(0)
+    model = build_from_config(config, attn_implementation="sdpa")
+    inputs = random_batch(model, 2)
+    clean = resumable(model, inputs, EVERY_LAYER)
+    assert sorted(clean.kept) == EVERY_LAYER
+    for start, intervention in _interventions(model, inputs):
+        with intervention():
+            assert (clean.last_logits(start) - full_last_logits(model, inputs)).abs().max() <= 1e-6
 
 
 def test_a_resumed_forward_runs_only_the_layers_from_its_start(tiny):
