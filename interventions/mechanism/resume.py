@@ -129,7 +129,7 @@ def decoder_layers(model: nn.Module) -> tuple[tuple[nn.Module, ...], nn.Module |
     names = {id(module): name for name, module in model.named_modules()}
     paths = [names[id(attention)].rsplit(".", 1)[0] for attention in locate_heads(model).attentions]
     layers = tuple(model.get_submodule(path) for path in paths)
-    decoder = model.get_submodule(paths[0].rsplit(".", 2)[0]) if paths[0].count(".") >= 2 else None
+    decoder = model.get_submodule(".".join(paths[0].split(".")[:-2]))  # the module holding the layer list
     return layers, getattr(decoder, "norm", None)
 
 
