@@ -120,6 +120,12 @@ def test_the_memory_budget_keeps_what_fits_and_falls_back(tiny):
     assert resume.RESUME_BUDGET_BYTES >= 28 * 16 * 550 * 3584 * 2  # Qwen2.5-VL-7B: 28 layers, 16 x 550 tokens, bf16
 
 
+def test_on_a_gpu_the_budget_is_a_share_of_its_free_memory(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (60 * 2**30, 80 * 2**30))
+    assert resume.memory_budget(torch.device("cuda", 0)) == 15 * 2**30
+    assert resume.memory_budget(torch.device("cpu")) == resume.RESUME_BUDGET_BYTES
+
+
 def test_a_decoder_that_changes_the_hidden_states_between_layers_is_not_replayed(tiny):
     inputs = random_batch(tiny, 2)
     layers = resume.decoder_layers(tiny)[0]

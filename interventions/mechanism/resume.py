@@ -17,8 +17,10 @@ give the model's own logits. If anything does not match, or the model has no `no
 intervention runs as a full forward. The results are then bit-identical to full forwards.
 
 Memory: one kept layer input is batch x tokens x hidden x bytes; Qwen2.5-VL-7B, every one of its 28
-layers, a batch of 16 prompts of 550 tokens in bf16: 28 x 16 x 550 x 3584 x 2 B = 1.77 GB (LLaVA-1.5-7B:
-32 x 16 x 695 x 4096 x 2 B = 2.9 GB). Inputs beyond `budget` bytes are not kept: a start whose input
+layers, a batch of 16 prompts of 550 tokens in bf16: 28 x 16 x 550 x 3584 x 2 B = 1.77 GB (7.1 GB at
+reproduce's batch of 64; LLaVA-1.5-7B: 32 x 16 x 695 x 4096 x 2 B = 2.9 GB, 11.7 GB at 64). The budget
+(`memory_budget`) is a quarter of the accelerator's free memory (about 15 GB on an 80 GB H100 holding a
+7B model in bf16), or RESUME_BUDGET_BYTES on the CPU. Inputs beyond it are not kept: a start whose input
 was not kept resumes from the nearest kept layer below it, or runs a full forward.
 """
 
@@ -34,7 +36,8 @@ from torch import nn
 
 from interventions.mechanism.locate import locate_heads
 
-RESUME_BUDGET_BYTES = 4 * 2**30  # kept layer inputs per batch: the 7B layouts need 1.8-2.9 GB (see above)
+RESUME_BUDGET_BYTES = 4 * 2**30  # kept layer inputs per batch on the CPU (see above for the 7B sizes)
+DEVICE_SHARE = 0.25  # on an accelerator: this share of its free memory
 
 
 @dataclass
@@ -83,8 +86,8 @@ def full_last_logits(model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> to
 def resumable(model: nn.Module, inputs: Mapping[str, torch.Tensor], starts: Iterable[int],
               budget: int | None = None) -> Resumable:
     """Run the clean forward on `inputs`, keeping the inputs of the decoder layers in `starts` (as many
-    as `budget` bytes hold, default RESUME_BUDGET_BYTES, spread over them); its logits are `.logits`."""
-    budget = RESUME_BUDGET_BYTES if budget is None else budget
+    as `budget` bytes hold, default `memory_budget`, spread over them); its logits are `.logits`."""
+    budget = memory_budget(model.device) if budget is None else budget
     layers, norm = decoder_layers(model)
     wanted = sorted(set(starts))
     calls: list[tuple[tuple, dict] | None] = [None] * len(layers)
@@ -121,6 +124,14 @@ def resumable(model: nn.Module, inputs: Mapping[str, torch.Tensor], starts: Iter
             resumed.kept = kept
             return resumed
     return resumed  # the head is not norm -> LM head (-> soft-cap): nothing kept, full forwards
+
+
+def memory_budget(device: torch.device) -> int:
+    """Bytes the kept layer inputs of one batch may take: DEVICE_SHARE of a CUDA device's free memory,
+    else RESUME_BUDGET_BYTES."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0] * DEVICE_SHARE)
+    return RESUME_BUDGET_BYTES
 
 
 def decoder_layers(model: nn.Module) -> tuple[tuple[nn.Module, ...], nn.Module | None]:
