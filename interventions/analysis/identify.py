@@ -50,8 +50,8 @@ from interventions.analysis.selective import MAX_SETS, exhaustive_sets, selectiv
 from modarb_tasks.errors import ModarbError
 from modarb_tasks.outdir import OutputFolder
 from interventions.mechanism.heads import scale_heads
-from interventions.mechanism.locate import locate_heads
 from interventions.mechanism.resume import resumable
+from interventions.mechanism.locate import locate_heads
 from interventions.mechanism.spec import HeadScale, InterventionSpec, model_fingerprint
 from modarb_tasks.docs import to_doc
 from modarb_tasks.shapes import make_items
