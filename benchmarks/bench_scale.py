@@ -4,7 +4,8 @@ Work is hardware-independent: forwards and decoder layer-tokens (layer calls x t
 with hooks on the decoder's attention modules (`plan.WorkCounter`), so the numbers are stable on a
 loaded machine. H100 minutes = layer-tokens x 1.16 us (`plan.H100_SECONDS_PER_LAYER_TOKEN`: LLaVA-1.5-7B,
 bf16, an exact sweep of 1,025 passes of 4 x 695 tokens x 32 layers in 106 s on one H100); a
-backward counts as two forwards.
+backward counts as two forwards. The exact sweeps and flow's knockouts run resumed forwards
+(`interventions.mechanism.resume`: only the layers from the intervened one on), counted and planned as such.
 
 - counted: the organism and a wider random-init organism (8 layers x 12 heads, above the
   shortlist threshold) run flow, the logit lens, identify and the amplification fit for real on
@@ -79,7 +80,7 @@ def counted_phases(model, processor, config: ReproduceConfig, exact_sweep: str) 
     from interventions.analysis.identify import frozen, identify, shapes_docs, split_docs, top_heads
     from interventions.analysis.lens import logit_lens
     from interventions.analysis.objective import Objective
-    from interventions.cli.flow import DEFAULT_LAYOUTS, follow_docs
+    from interventions.analysis.flow_run import DEFAULT_LAYOUTS, follow_docs
 
     bs, seconds = config.batch_size, {}
     flow_docs = follow_docs(config.analysis_items, "validation", DEFAULT_LAYOUTS)

@@ -27,6 +27,7 @@ from interventions.analysis.batches import DocBatch, following_scores, iter_batc
 from modarb_tasks.errors import ModarbError
 from interventions.mechanism.knockout import knockout, layer_window
 from interventions.mechanism.locate import locate_heads
+from interventions.mechanism.resume import resumable
 
 # edge name -> (key group: where information comes from, query group: where it would go)
 EDGES: dict[str, tuple[str, str]] = {
@@ -181,21 +182,28 @@ def why_inapplicable(batches: Iterable[DocBatch], edge: str, layout: str) -> str
 @torch.no_grad()
 def following_probability(model, batch: DocBatch) -> torch.Tensor:
     """P_F per row of `batch`, from one forward that keeps only the last position's logits."""
-    return following_scores(last_logits(model, batch), batch)[1].double().cpu()
+    return _probability(last_logits(model, batch), batch)
 
 
+def _probability(logits: torch.Tensor, batch: DocBatch) -> torch.Tensor:
+    return following_scores(logits, batch)[1].double().cpu()
+
+
+@torch.no_grad()
 def sweep_batch(
     model, batch: DocBatch, edges: Sequence[str], windows: Sequence[Sequence[int]], on_forward=lambda: None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """(baseline P_F [B], edge -> change in P_F [B, windows]) for one batch: 1 + edges x windows forwards."""
-    baseline = following_probability(model, batch)
+    """(baseline P_F [B], edge -> change in P_F [B, windows]) for one batch: 1 + edges x windows forwards,
+    each knockout's resumed from its window's first layer (`resume.resumable`)."""
+    clean = resumable(model, batch.inputs, {min(layers) for layers in windows})
+    baseline = _probability(clean.logits, batch)
     on_forward()
     effects = {}
     for edge in edges:
         per_window = []
         for layers in windows:
             with knockout(model, [edge_masks(batch, edge)], layers):
-                per_window.append(following_probability(model, batch) - baseline)
+                per_window.append(_probability(clean.last_logits(min(layers)), batch) - baseline)
             on_forward()
         effects[edge] = torch.stack(per_window, 1)
     return baseline, effects

@@ -10,7 +10,8 @@ lowers the difference); rankings sort highest first.
   blocking moves the gate 1 -> 0, so the estimated drop of the mean is that gradient divided by
   the number of docs. One forward + one backward per batch scores every head.
 - ablation (exact): each head blocked in turn (`heads.scale_heads`, scale 0); the measured drop
-  of the mean. L*H + 1 forwards per batch: the ground truth attribution approximates.
+  of the mean. L*H + 1 forwards per batch, each block's forward resumed from its layer
+  (`mechanism.resume`): the ground truth attribution approximates.
 - selective (exact): each head blocked alone, scored by the selectivity objective
   (`objective.py`: relative drop of following minus the controls' drops), so a general reading
   head that every task needs does not rank as an arbitration head (`selective.py`).
@@ -38,7 +39,7 @@ from scipy.stats import spearmanr
 from torch import nn
 from tqdm.auto import tqdm
 
-from interventions.analysis.batches import DocBatch, iter_batches, logit_difference
+from interventions.analysis.batches import DocBatch, following_scores, iter_batches, logit_difference
 from interventions.analysis.gate_response import GATES, describe, gate_response
 from interventions.mechanism.heads import Head, gate_heads
 from interventions.analysis.defaults import METHODS, LearnedMaskOptions, check_fraction, top_k
@@ -49,6 +50,7 @@ from interventions.analysis.selective import MAX_SETS, exhaustive_sets, selectiv
 from modarb_tasks.errors import ModarbError
 from modarb_tasks.outdir import OutputFolder
 from interventions.mechanism.heads import scale_heads
+from interventions.mechanism.resume import resumable
 from interventions.mechanism.locate import locate_heads
 from interventions.mechanism.spec import InterventionSpec, model_fingerprint
 from modarb_tasks.docs import to_doc
@@ -255,10 +257,11 @@ def ablation_scores(model: nn.Module, batches: Sequence[DocBatch], progress: boo
     rows = 0
     with tqdm(total=len(batches) * len(heads), desc="ablation", unit="head", disable=not progress) as bar:
         for batch in batches:
-            base = logit_difference(model, batch)
+            clean = resumable(model, batch.inputs, {l for l, _ in heads})  # each block resumes at its layer
+            base = following_scores(clean.logits, batch)[0]
             for l, h in heads:
                 with scale_heads(model, {(l, h): 0.0}):
-                    drops[l, h] += float((base - logit_difference(model, batch)).double().sum())
+                    drops[l, h] += float((base - following_scores(clean.last_logits(l), batch)[0]).double().sum())
                 bar.update()
             rows += len(batch)
     details = {} if len(heads) == drops.numel() else {"exact_heads": [list(head) for head in heads]}

@@ -22,10 +22,12 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from interventions.analysis.batches import DocBatch, candidate_log_mass, following_scores, last_logits
 from interventions.mechanism.heads import Head, gate_heads
 from interventions.mechanism.locate import locate_heads
+from interventions.mechanism.resume import resumable
 
 CONTROL_KINDS = ("visual_control", "language_control")
 CONTROL_WEIGHT = 1.0  # one point of control mass lost costs as much as one point of relative following drop
@@ -38,8 +40,12 @@ def follow_probabilities(model: nn.Module, batch: DocBatch) -> torch.Tensor:
 
 def control_masses(model: nn.Module, batch: DocBatch) -> torch.Tensor:
     """Per row of a control batch, the probability mass on the correct answer's first tokens."""
-    log_probs = torch.log_softmax(last_logits(model, batch).float(), dim=-1)
-    return candidate_log_mass(log_probs, batch.follow_ids).exp()
+    return control_masses_of(last_logits(model, batch), batch)
+
+
+def control_masses_of(logits: torch.Tensor, batch: DocBatch) -> torch.Tensor:
+    """`control_masses` from the batch's last-position logits [B, V]."""
+    return candidate_log_mass(torch.log_softmax(logits.float(), dim=-1), batch.follow_ids).exp()
 
 
 def _kind_masks(batch: DocBatch) -> dict[str, torch.Tensor]:
@@ -109,6 +115,24 @@ class Objective:
     def at(self, heads: Iterable[Head]) -> dict[str, float]:
         """The objective with `heads` blocked."""
         return self.evaluate(self.gates_blocking(heads))
+
+    @torch.no_grad()
+    def sweep(self, head_sets: Sequence[Sequence[Head]], progress: bool = False, desc: str = "sets") -> list[dict]:
+        """`at` for each head set, the same numbers, batch by batch: each batch's clean forward is run
+        once (`resume.resumable`) and each set's forward resumes from its lowest layer."""
+        follow: list[list[torch.Tensor]] = [[] for _ in head_sets]
+        control: list[list[torch.Tensor]] = [[] for _ in head_sets]
+        starts = [min((layer for layer, _ in heads), default=0) for heads in head_sets]
+        work = [(b, follow, lambda logits, b: following_scores(logits, b)[1]) for b in self.follow_batches] + \
+            [(b, control, control_masses_of) for b in self.control_batches]
+        with tqdm(total=len(work) * len(head_sets), desc=desc, unit="set", disable=not progress) as bar:
+            for batch, values, score in work:
+                clean = resumable(self.model, batch.inputs, set(starts))
+                for heads, start, out in zip(head_sets, starts, values):
+                    with gate_heads(self.model, self.gates_blocking(heads)):
+                        out.append(score(clean.last_logits(start), batch))
+                    bar.update()
+        return [self.score(self._terms(f, c)) for f, c in zip(follow, control)]
 
     def gradient(self, gates: torch.Tensor) -> tuple[float, torch.Tensor]:
         """(surrogate value, its gradient w.r.t. `gates`), accumulated batch by batch.

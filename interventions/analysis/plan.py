@@ -9,7 +9,9 @@ The counts follow the analyses' loops: identify (attribution, the exact sweeps o
 shortlist, the learned mask, the objective at each ranking's top set, gate-response curves), flow
 (each edge knocked out around each layer, per prompt layout and instruction side), amplification
 on validation, and lm-eval's runs (prompts scored once each; generated tokens beyond the first
-are not counted, so those runs are a lower bound).
+are not counted, so those runs are a lower bound). The exact sweeps and flow's knockouts resume
+each intervention's forward from its first intervened layer (`mechanism.resume`): a forward still,
+but of fewer layers; the plan assumes each batch's kept layer inputs fit the memory budget.
 """
 
 from __future__ import annotations
@@ -65,6 +67,21 @@ def _phase(name: str, passes: int, backwards: int, tokens: list[int], layers: in
     return Phase(name, passes * len(tokens), backwards * len(tokens), (passes + 2 * backwards) * sum(tokens) * layers)
 
 
+def _resumed_phase(name: str, starts: list[float], tokens: list[int], layers: int) -> Phase:
+    """Per batch of `tokens`, the clean forward and one forward per intervention resumed from its start
+    layer (`mechanism.resume`: it runs layers start..layers-1 only); assumes the kept inputs fit the budget."""
+    resumed = sum(layers - start for start in starts)
+    return Phase(name, (1 + len(starts)) * len(tokens), 0, round((layers + resumed) * sum(tokens)))
+
+
+def head_sweep_starts(layers: int, heads: int, swept: int) -> list[float]:
+    """The start layers of a sweep blocking `swept` heads one at a time: every head's layer when it
+    sweeps all of them; a shortlist's heads taken as spread evenly over the depth (mean layer (L-1)/2)."""
+    if swept == layers * heads:
+        return [float(layer) for layer in range(layers) for _ in range(heads)]
+    return [(layers - 1) / 2] * swept
+
+
 def identify_plan(layers: int, heads: int, follow: list[int], control: list[int], *, fraction: float = 0.05,
                   exact: bool = True, learned: bool = True, curve_heads: int = 3,
                   options: LearnedMaskOptions = LearnedMaskOptions(), exact_sweep: str = "shortlist") -> list[Phase]:
@@ -82,9 +99,10 @@ def identify_plan(layers: int, heads: int, follow: list[int], control: list[int]
         descents = starts * options.steps + math.ceil(refined / options.candidates)
         phases.append(_phase("learned mask", descents + starts + refined, descents, both, layers))
     if exact:
-        phases.append(_phase("ablation sweep", swept + 1, 0, follow, layers))
+        starts = head_sweep_starts(layers, heads, swept)
+        phases.append(_resumed_phase("ablation sweep", starts, follow, layers))
         if control:
-            phases.append(_phase("selective sweep", swept, 0, both, layers))
+            phases.append(_resumed_phase("selective sweep", starts, both, layers))
     rankings = 1 + (1 + bool(control)) * exact + (learned and bool(control))
     if control:
         phases.append(_phase("objective at each top set", rankings, 0, both, layers))
@@ -94,10 +112,16 @@ def identify_plan(layers: int, heads: int, follow: list[int], control: list[int]
     return phases
 
 
-def flow_plan(layers: int, parts: list[tuple[list[int], int]]) -> list[Phase]:
+def flow_plan(layers: int, parts: list[tuple[list[int], int]], window: int | None = None) -> list[Phase]:
     """flow's knockouts: per part (layout, side) with batches of the given tokens and its runnable
-    edge count, 1 + edges x layers forwards per batch."""
-    phases = [_phase("flow", 1 + edges * layers, 0, tokens, layers) for tokens, edges in parts]
+    edge count, 1 + edges x layers forwards per batch, each knockout resumed from its window's first
+    layer (`window`: the knockout window, default flow.default_window)."""
+    from interventions.analysis.flow import default_window
+    from interventions.mechanism.knockout import layer_window
+
+    k = default_window(layers) if window is None else window
+    starts = [float(layer_window(centre, k, layers)[0]) for centre in range(layers)]
+    phases = [_resumed_phase("flow", starts * edges, tokens, layers) for tokens, edges in parts]
     return [Phase("flow knockouts", sum(p.forwards for p in phases), 0, sum(p.layer_tokens for p in phases))]
 
 
@@ -171,7 +195,7 @@ def docs_workload(model_config, processor, batch_size: int, limit: int, identify
 def shapes_workload(model_config, processor, config) -> Workload:
     """The Workload of `modarb reproduce` on shapes data with `config` (a ReproduceConfig)."""
     from interventions.analysis.identify import shapes_docs
-    from interventions.cli.flow import DEFAULT_LAYOUTS, follow_docs
+    from interventions.analysis.flow_run import DEFAULT_LAYOUTS, follow_docs
 
     return docs_workload(model_config, processor, config.batch_size, config.limit, shapes_docs(config.analysis_items),
                          follow_docs(config.analysis_items, "validation", DEFAULT_LAYOUTS),
@@ -201,7 +225,7 @@ def reproduce_work(config) -> list[Phase]:
     """`modarb reproduce --plan`: the plan for `config` (a ReproduceConfig), from the config and processor only."""
     from interventions.analysis.data import analysis_docs, resolve_data
     from interventions.analysis.identify import CONTROL_KINDS, FOLLOW_KINDS
-    from interventions.cli.flow import DEFAULT_LAYOUTS
+    from interventions.analysis.flow_run import DEFAULT_LAYOUTS
 
     source = resolve_data(config.data, config.mc2_json, config.mc2_images,
                           uses=[("analysis", config.analysis_items), ("test", config.limit)])
@@ -225,7 +249,7 @@ def reproduce_plan(layers: int, heads: int, work: Workload, config, exact_sweep:
     directions = len(steer.directions) * config.steers
     runs = reproduce_runs(len(config.fractions), config.draws, len(METHODS), len(config.alphas)) + directions
     steering = steer_plan(layers, work.amplify_follow, work.amplify_control, directions, len(steer.alphas))
-    return [*flow_plan(layers, work.flow_parts),
+    return [*flow_plan(layers, work.flow_parts, config.window),
             _phase("logit lens", 1, 0, work.lens, layers),
             *identify_plan(layers, heads, work.identify_follow, work.identify_control, fraction=config.top,
                            options=LearnedMaskOptions(steps=config.learned_steps), exact_sweep=exact_sweep),
@@ -257,7 +281,8 @@ def table(phases: list[Phase]) -> str:
 
 class WorkCounter:
     """Forwards and decoder layer-tokens actually run, counted by hooks on the decoder's attention
-    modules (one call per layer and forward), per named phase. Use as a context manager."""
+    modules (one call per layer and forward), per named phase. Use as a context manager. A forward
+    is counted at the last layer, which every forward reaches, resumed ones (`mechanism.resume`) too."""
 
     def __init__(self, model) -> None:
         from interventions.mechanism.locate import locate_heads
@@ -267,7 +292,8 @@ class WorkCounter:
         self._handles = []
 
     def __enter__(self) -> WorkCounter:
-        self._handles = [attention.register_forward_pre_hook(self._hook(i == 0), with_kwargs=True)
+        last = len(self.attentions) - 1
+        self._handles = [attention.register_forward_pre_hook(self._hook(i == last), with_kwargs=True)
                          for i, attention in enumerate(self.attentions)]
         return self
 
@@ -275,11 +301,11 @@ class WorkCounter:
         for handle in self._handles:
             handle.remove()
 
-    def _hook(self, first: bool):
+    def _hook(self, last: bool):
         def count(module, args, kwargs):
             hidden = kwargs.get("hidden_states", args[0] if args else None)
             self.layer_tokens += hidden.shape[0] * hidden.shape[1]
-            self.forwards += first
+            self.forwards += last
         return count
 
     @contextmanager
@@ -301,13 +327,14 @@ def identify_work(model: str | None, docs: list[dict], batch_size: int, trust_re
                          measured_tokens(model_config, processor, control, batch_size) if control else [], **options)
 
 
-def flow_work(model: str | None, docs: list[dict], batch_size: int, trust_remote_code: bool = False) -> list[Phase]:
-    """`modarb flow --plan`: the knockouts and the logit lens on `docs`."""
+def flow_work(model: str | None, docs: list[dict], batch_size: int, trust_remote_code: bool = False,
+              window: int | None = None) -> list[Phase]:
+    """`modarb flow --plan`: the knockouts (in windows of `window` layers) and the logit lens on `docs`."""
     from interventions.analysis.flow import split_docs
 
     model_config, processor = read_model(model, trust_remote_code)
     layers, _ = shape(model_config)
     parts = [(measured_tokens(model_config, processor, part, batch_size), FLOW_EDGES.get(layout, max(FLOW_EDGES.values())))
              for (layout, _side), part in split_docs(docs).items()]
-    return [*flow_plan(layers, parts), _phase("logit lens", 1, 0, measured_tokens(model_config, processor, docs, batch_size),
+    return [*flow_plan(layers, parts, window), _phase("logit lens", 1, 0, measured_tokens(model_config, processor, docs, batch_size),
                                               layers)]

@@ -75,7 +75,7 @@ def _run(args: argparse.Namespace) -> int:
         from interventions.model.model_files import check_device
 
         check_device(args.device)
-        print(table(flow_work(args.model, docs, args.batch_size, args.trust_remote_code)))
+        print(table(flow_work(args.model, docs, args.batch_size, args.trust_remote_code, args.window)))
         return 0
     from interventions.model.loading import load_model
 

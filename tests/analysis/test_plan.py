@@ -9,8 +9,18 @@ import pytest
 import torch
 
 from interventions.analysis.defaults import LearnedMaskOptions
-from interventions.analysis.identify import identify, shapes_docs, split_docs
-from interventions.analysis.plan import WorkCounter, identify_plan, measured_tokens, totals
+from interventions.analysis.batches import iter_batches
+from interventions.analysis.identify import (
+    Objective,
+    ablation_scores,
+    attribution_scores,
+    identify,
+    selective_scores,
+    shapes_docs,
+    shortlist,
+    split_docs,
+)
+from interventions.analysis.plan import WorkCounter, flow_work, identify_plan, measured_tokens, totals
 from untrained_organism import save_untrained_organism
 
 OPTIONS = LearnedMaskOptions(steps=3)
@@ -56,6 +66,54 @@ def test_plan_counts_match_counted_forwards(request, which, exact_sweep):
     assert abs(planned.forwards - counter.forwards) <= 0.05 * counter.forwards, (planned.forwards, counter.forwards)
     # forward layer-tokens (the plan's layer_tokens add 2x per backward)
     assert planned.layer_tokens >= counter.layer_tokens
+
+
+@pytest.mark.parametrize("which, exact_sweep", [("organism", "shortlist"), ("wide", "shortlist"), ("wide", "full")])
+def test_planned_sweeps_count_the_resumed_forwards(request, which, exact_sweep):
+    """The exact sweeps resume each block from its layer: the plan's layer-tokens are the counted ones
+    (exactly for a sweep of every head; a shortlist's heads are planned as spread over the depth)."""
+    model, processor = request.getfixturevalue(which)
+    docs = shapes_docs(3)
+    follow, control = split_docs(docs)
+    follow_batches, control_batches = (list(iter_batches(model, processor, d, 4)) for d in (follow, control))
+    objective = Objective(model, follow_batches, control_batches)
+    text = model.config.get_text_config()
+    ranking = attribution_scores(model, follow_batches, progress=False)
+    swept = shortlist([ranking, ranking], 0.05, exact_sweep)
+    with WorkCounter(model) as counter:
+        with counter.phase("ablation sweep"):
+            ablation_scores(model, follow_batches, progress=False, heads=swept)
+        with counter.phase("selective sweep"):
+            selective_scores(objective, progress=False, heads=swept)
+    planned = {p.name: p for p in identify_plan(text.num_hidden_layers, text.num_attention_heads,
+                                                 measured_tokens(model.config, processor, follow, 4),
+                                                 measured_tokens(model.config, processor, control, 4),
+                                                 options=OPTIONS, exact_sweep=exact_sweep)}
+    blocks = text.num_hidden_layers * text.num_attention_heads if swept is None else len(swept)
+    follow_tokens, control_tokens = (sum(measured_tokens(model.config, processor, d, 4)) for d in (follow, control))
+    full = text.num_hidden_layers * (blocks + 1) * (2 * follow_tokens + control_tokens)  # every forward, every layer
+    for counted in counter.phases:
+        plan = planned[counted.name]
+        assert plan.forwards == counted.forwards
+        if swept is None:
+            assert plan.layer_tokens == counted.layer_tokens
+        else:
+            assert abs(plan.layer_tokens - counted.layer_tokens) <= 0.25 * counted.layer_tokens
+    assert sum(c.layer_tokens for c in counter.phases) < full  # resumed: less than full forwards
+
+
+def test_planned_flow_counts_the_resumed_knockouts():
+    from interventions.analysis.flow import flow_sweep
+    from interventions.analysis.flow_run import DEFAULT_LAYOUTS, follow_docs
+    from interventions.model.loading import load_model
+
+    model, processor = load_model(None)
+    docs = follow_docs(2, "validation", DEFAULT_LAYOUTS)
+    with WorkCounter(model) as counter:
+        flow_sweep(model, processor, docs, window=3, batch_size=4)
+    planned = flow_work(None, docs, 4, window=3)[0]
+    assert planned.name == "flow knockouts"
+    assert (planned.forwards, planned.layer_tokens) == (counter.forwards, counter.layer_tokens)
 
 
 def test_shortlist_scores_the_listed_heads_as_the_full_sweep_does(wide):
