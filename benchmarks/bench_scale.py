@@ -29,6 +29,7 @@ import json
 import os
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -125,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--exact-sweep", choices=("shortlist", "full"), default="shortlist")
     parser.add_argument("--skip-counted", action="store_true", help="plans only (no model runs)")
     parser.add_argument("--out", type=Path, default=None, help="results JSON")
+    parser.add_argument("--steer", action="store_true", help="plan the 7B layouts with reproduce's steering step "
+                        "(off by default for a model of the user's, as `modarb reproduce --model` has it)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     config = ReproduceConfig()
@@ -152,8 +155,9 @@ def main(argv: list[str] | None = None) -> int:
             results["models"][name] = {"layers": layers, "heads": heads, "counted": rows, "cpu_seconds": round(wall, 1),
                                        "plan": [p.to_json() for p in planned],
                                        "plan_total": totals(planned).to_json()}
+    user_model = replace(config, steer=args.steer)  # `reproduce --model X`: steering only when asked for
     for name, (layers, heads, tokens) in LAYOUTS_7B.items():
-        planned = reproduce_plan(layers, heads, planned_workload(config, tokens), config, args.exact_sweep)
+        planned = reproduce_plan(layers, heads, planned_workload(config, tokens), user_model, args.exact_sweep)
         print(f"\n== {name} ({layers} x {heads}, {tokens} tokens a prompt), planned")
         print(table(planned))
         results["models"][name] = {"layers": layers, "heads": heads, "tokens": tokens,
