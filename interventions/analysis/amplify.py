@@ -28,8 +28,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from interventions.analysis.objective import CONTROL_KINDS, Objective, control_masses, follow_probabilities
+from interventions.analysis.batches import DocBatch, following_scores, last_logits
+from interventions.analysis.objective import (
+    CONTROL_KINDS,
+    Objective,
+    control_masses,
+    control_masses_of,
+    follow_probabilities,
+)
 from interventions.mechanism.heads import Head, gate_heads
+from interventions.mechanism.resume import resumable
 
 
 @dataclass(frozen=True)
@@ -53,62 +61,84 @@ def rates(objective: Objective, gates: torch.Tensor, broken_weight: float = Ampl
     def intervention():
         return gate_heads(objective.model, gates)
 
-    return with_control_drops(objective, intervention, follow_rates(objective, intervention, broken_weight))
+    [follow] = follow_rates(objective, [intervention], broken_weight=broken_weight)
+    return control_drops(objective, [intervention], [follow])[0]
 
 
 Intervention = Callable[[], AbstractContextManager]  # makes the hooks (head gates, residual steering) afresh
+CONTROL_ROUND = 8  # settings whose controls best_of scores together, batch by batch
 
 
 @torch.no_grad()
-def follow_rates(objective: Objective, intervention: Intervention,
-                 broken_weight: float = AmplifyOptions.broken_weight) -> dict:
-    """The follow docs' part of `rates`; its `bound` (restored share - broken_weight x broken share) is the
-    value before the control drops, which can only lower it."""
-    with intervention():
-        now = torch.cat([follow_probabilities(objective.model, b) >= 0.5 for b in objective.follow_batches])
-    was = torch.cat(_followed(objective))
-    failed, followed = int((~was).sum()), int(was.sum())
-    out = {
-        "failed": failed,
-        "followed": followed,
-        "restored": int((now & ~was).sum()),
-        "broken": int((~now & was).sum()),
-    }
-    out["restoration_rate"] = out["restored"] / failed if failed else float("nan")
-    out["broken_rate"] = out["broken"] / followed if followed else 0.0
-    out["bound"] = (out["restoration_rate"] if failed else 0.0) - broken_weight * out["broken_rate"]
+def _logits_each(objective: Objective, batches: Sequence[DocBatch], interventions: Sequence[Intervention],
+                 starts: Sequence[int] | None) -> list[list[torch.Tensor]]:
+    """[intervention][batch]: the last position's logits under each intervention. With `starts` (the first
+    decoder layer each one acts at) each batch's clean forward runs once and every intervention resumes
+    there (`resume.resumable`, the same numbers); without, full forwards."""
+    out: list[list[torch.Tensor]] = [[] for _ in interventions]
+    for batch in batches:
+        clean = resumable(objective.model, batch.inputs, set(starts)) if starts is not None else None
+        for index, make in enumerate(interventions):
+            with make():
+                out[index].append(last_logits(objective.model, batch) if clean is None
+                                  else clean.last_logits(starts[index]))
     return out
 
 
-@torch.no_grad()
-def with_control_drops(objective: Objective, intervention: Intervention, follow: dict) -> dict:
-    """`follow` (from follow_rates) with each control's mass drop under `intervention()` and the value."""
-    with intervention():
-        control = [control_masses(objective.model, b) for b in objective.control_batches]
-    means = objective.control_means(control)
-    drops = {f"{kind}_drop": objective.open[kind] - means[kind] for kind in CONTROL_KINDS if objective.n_control[kind]}
-    out = follow | drops
-    out["value"] = follow["bound"] - sum(max(0.0, d) for d in drops.values())
+def follow_rates(objective: Objective, interventions: Sequence[Intervention], starts: Sequence[int] | None = None,
+                 broken_weight: float = AmplifyOptions.broken_weight) -> list[dict]:
+    """The follow docs' part of `rates` under each intervention; its `bound` (restored share - broken_weight x
+    broken share) is the value before the control drops, which can only lower it."""
+    was = torch.cat(_followed(objective))
+    failed, followed = int((~was).sum()), int(was.sum())
+    out = []
+    for logits in _logits_each(objective, objective.follow_batches, interventions, starts):
+        now = torch.cat([following_scores(batch_logits, batch)[1] >= 0.5
+                         for batch_logits, batch in zip(logits, objective.follow_batches)])
+        row = {"failed": failed, "followed": followed, "restored": int((now & ~was).sum()),
+               "broken": int((~now & was).sum())}
+        row["restoration_rate"] = row["restored"] / failed if failed else float("nan")
+        row["broken_rate"] = row["broken"] / followed if followed else 0.0
+        row["bound"] = (row["restoration_rate"] if failed else 0.0) - broken_weight * row["broken_rate"]
+        out.append(row)
+    return out
+
+
+def control_drops(objective: Objective, interventions: Sequence[Intervention], follows: Sequence[dict],
+                  starts: Sequence[int] | None = None) -> list[dict]:
+    """Each of `follows` (from follow_rates) with each control's mass drop under its intervention, and the value."""
+    out = []
+    for logits, follow in zip(_logits_each(objective, objective.control_batches, interventions, starts), follows):
+        means = objective.control_means([control_masses_of(batch_logits, batch)
+                                         for batch_logits, batch in zip(logits, objective.control_batches)])
+        drops = {f"{kind}_drop": objective.open[kind] - means[kind]
+                 for kind in CONTROL_KINDS if objective.n_control[kind]}
+        out.append(follow | drops | {"value": follow["bound"] - sum(max(0.0, d) for d in drops.values())})
     return out
 
 
 def best_of(objective: Objective, settings: Sequence[dict], interventions: Sequence[Intervention],
-            broken_weight: float = AmplifyOptions.broken_weight) -> list[dict]:
+            starts: Sequence[int] | None = None, broken_weight: float = AmplifyOptions.broken_weight) -> list[dict]:
     """Each setting's validation rates, the control drops computed only where they can still matter.
 
-    Every setting's follow docs are scored; then the controls, in order of the bound (the value before
-    the drops, which only lower it), until the next bound falls below the best value found: a setting
-    left there cannot win. The winner is the exhaustive search's (ties too: `chosen` breaks them by the
-    settings' order); a pruned setting records its `bound` and no value.
+    Every setting's follow docs are scored; then the controls, CONTROL_ROUND settings at a time in order of
+    the bound (the value before the drops, which only lower it), until the next bound falls below the best
+    value found: a setting left there cannot win. The winner is the exhaustive search's (ties too: `chosen`
+    breaks them by the settings' order); a pruned setting records its `bound` and no value. `starts`: the
+    first decoder layer each setting acts at, so its forwards resume there.
     """
-    follows = [follow_rates(objective, make, broken_weight) for make in interventions]
+    follows = follow_rates(objective, interventions, starts, broken_weight)
     tried = [dict(setting) | follow for setting, follow in zip(settings, follows)]
+    order = sorted(range(len(tried)), key=lambda i: -tried[i]["bound"])
     best = -math.inf
-    for index in sorted(range(len(tried)), key=lambda i: -tried[i]["bound"]):
-        if tried[index]["bound"] < best:
-            break
-        tried[index] = dict(settings[index]) | with_control_drops(objective, interventions[index], follows[index])
-        best = max(best, tried[index]["value"])
+    while order and tried[order[0]]["bound"] >= best:
+        batch = [i for i in order[:CONTROL_ROUND] if tried[i]["bound"] >= best]
+        order = order[len(batch):]
+        scored = control_drops(objective, [interventions[i] for i in batch], [follows[i] for i in batch],
+                               None if starts is None else [starts[i] for i in batch])
+        for index, rates_of in zip(batch, scored):
+            tried[index] = dict(settings[index]) | rates_of
+            best = max(best, rates_of["value"])
     return tried
 
 

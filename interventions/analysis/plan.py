@@ -132,12 +132,19 @@ def amplify_plan(layers: int, follow: list[int], control: list[int], alphas: int
 
 
 def steer_plan(layers: int, follow: list[int], control: list[int], directions: int, alphas: int) -> list[Phase]:
-    """Steering on validation: one residual pass over the follow batches, then every direction x layer x alpha
-    scored over the follow and control batches (the amplification's objective, already open). An upper bound:
-    the search skips the controls of settings that can no longer win (`amplify.best_of`)."""
-    fit = _phase("fit", 1, 0, follow, layers)
-    search = _phase("search", directions * layers * alphas, 0, follow + control, layers)
-    return [Phase("steering (validation)", fit.forwards + search.forwards, 0, fit.layer_tokens + search.layer_tokens)]
+    """Steering on validation: one residual pass over the follow batches, then each direction's layer x alpha
+    settings over the follow and control batches (the amplification's objective, already open), each resumed
+    from its layer. An upper bound on the controls: the search skips those of settings that can no longer win
+    (`amplify.best_of`), scoring CONTROL_ROUND settings per clean forward."""
+    from interventions.analysis.amplify import CONTROL_ROUND
+
+    starts = [layer for layer in range(layers) for _ in range(alphas)]
+    rounds = [starts[i:i + CONTROL_ROUND] for i in range(0, len(starts), CONTROL_ROUND)]
+    parts = [_phase("fit", 1, 0, follow, layers)]
+    for _ in range(directions):
+        parts.append(_resumed_phase("follow", starts, follow, layers))
+        parts += [_resumed_phase("controls", part, control, layers) for part in rounds]
+    return [Phase("steering (validation)", sum(p.forwards for p in parts), 0, sum(p.layer_tokens for p in parts))]
 
 
 def lm_eval_plan(layers: int, runs: int, prompts: list[int]) -> list[Phase]:

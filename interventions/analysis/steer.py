@@ -19,7 +19,7 @@ answers (matching neither side: lost fluency).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -87,8 +87,7 @@ def fit_directions(objective: Objective, positions: str, directions: Sequence[st
     return fitted
 
 
-def choose_setting(objective: Objective, vectors: torch.Tensor, options: SteerOptions,
-                   progress: Callable[[str], None] = lambda _: None) -> dict:
+def choose_setting(objective: Objective, vectors: torch.Tensor, options: SteerOptions) -> dict:
     """Every (layer, alpha)'s validation rates for one direction's per-layer `vectors` (control drops where
     they can still matter: `amplify.best_of`), and the best; ties go to the smaller |alpha|."""
     layers = options.layers if options.layers is not None else range(vectors.shape[0])
@@ -96,12 +95,12 @@ def choose_setting(objective: Objective, vectors: torch.Tensor, options: SteerOp
 
     def intervention(setting: dict):
         def hooks():
-            progress(f"layer {setting['layer']} x{setting['alpha']:g}")
             return steer(objective.model, vectors[setting["layer"]], [setting["layer"]], setting["alpha"],
                          options.positions)
         return hooks
 
-    tried = best_of(objective, settings, [intervention(setting) for setting in settings], options.broken_weight)
+    tried = best_of(objective, settings, [intervention(setting) for setting in settings],
+                    [setting["layer"] for setting in settings], options.broken_weight)  # resumed at its layer
     best = chosen(tried, tie=lambda point: -abs(point["alpha"]))
     return {"layer": best["layer"], "alpha": best["alpha"], "validation": best, "tried": tried}
 
@@ -196,12 +195,11 @@ class ChosenSteering:
 
 
 @torch.no_grad()
-def choose_steering(objective: Objective, options: SteerOptions,
-                    progress: Callable[[str], None] = lambda _: None) -> ChosenSteering:
+def choose_steering(objective: Objective, options: SteerOptions) -> ChosenSteering:
     """Fit the directions on the validation `objective` and choose each one's layer and alpha there."""
     vectors = fit_directions(objective, options.positions, options.directions)
     docs = sum(len(batch.docs) for batch in (*objective.follow_batches, *objective.control_batches))
-    return ChosenSteering(options, vectors, {name: choose_setting(objective, per_layer, options, progress)
+    return ChosenSteering(options, vectors, {name: choose_setting(objective, per_layer, options)
                                              for name, per_layer in vectors.items()}, docs)
 
 

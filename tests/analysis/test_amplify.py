@@ -14,20 +14,22 @@ def _fake_search(monkeypatch, bounds: list[float], drops: list[float]) -> list[i
     returns the indices whose controls were scored."""
     scored = []
 
-    def follow_rates(objective, make, broken_weight=2.0):
-        return {"bound": bounds[make()], "failed": 1, "followed": 1}
+    def follow_rates(objective, interventions, starts=None, broken_weight=2.0):
+        return [{"bound": bounds[make()], "failed": 1, "followed": 1} for make in interventions]
 
-    def with_control_drops(objective, make, follow):
-        scored.append(make())
-        return follow | {"value": follow["bound"] - drops[make()]}
+    def control_drops(objective, interventions, follows, starts=None):
+        scored.extend(make() for make in interventions)
+        return [follow | {"value": follow["bound"] - drops[make()]} for make, follow in zip(interventions, follows)]
 
     monkeypatch.setattr(amplify, "follow_rates", follow_rates)
-    monkeypatch.setattr(amplify, "with_control_drops", with_control_drops)
+    monkeypatch.setattr(amplify, "control_drops", control_drops)
     return scored
 
 
+@pytest.mark.parametrize("round_size", [1, 3, 8])
 @pytest.mark.parametrize("seed", range(20))
-def test_the_pruned_search_chooses_what_scoring_every_setting_chooses(monkeypatch, seed):
+def test_the_pruned_search_chooses_what_scoring_every_setting_chooses(monkeypatch, seed, round_size):
+    monkeypatch.setattr(amplify, "CONTROL_ROUND", round_size)
     rng = random.Random(seed)
     n = 12
     bounds = [round(rng.uniform(-1, 1), 1) for _ in range(n)]  # rounded: ties happen
@@ -45,10 +47,19 @@ def test_the_pruned_search_chooses_what_scoring_every_setting_chooses(monkeypatc
 
 
 def test_the_search_stops_at_the_first_bound_below_the_best_value(monkeypatch):
+    monkeypatch.setattr(amplify, "CONTROL_ROUND", 1)
     scored = _fake_search(monkeypatch, bounds=[0.9, 0.5, 0.8, 0.1], drops=[0.0, 0.0, 0.5, 0.0])
     tried = amplify.best_of(None, [{"i": i} for i in range(4)], [lambda i=i: i for i in range(4)])
     assert scored == [0]  # 0.9 with no drop beats every other bound
     assert [point.get("value") for point in tried] == [0.9, None, None, None]
+
+
+def test_a_round_scores_only_the_settings_whose_bound_still_reaches_the_best(monkeypatch):
+    monkeypatch.setattr(amplify, "CONTROL_ROUND", 2)
+    scored = _fake_search(monkeypatch, bounds=[0.9, 0.5, 0.8, 0.7], drops=[0.5, 0.0, 0.0, 0.0])
+    tried = amplify.best_of(None, [{"i": i} for i in range(4)], [lambda i=i: i for i in range(4)])
+    assert scored == [0, 2]  # round 1: 0.9 -> 0.4 and 0.8 -> 0.8; 0.7 and 0.5 are below 0.8
+    assert amplify.chosen(tried, tie=lambda point: 0)["i"] == 2
 
 
 def test_ties_go_to_the_tie_break_then_to_the_earlier_setting():

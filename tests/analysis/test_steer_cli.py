@@ -96,12 +96,12 @@ def test_modarb_steer_refuses_bad_flags_in_one_line(argv, message, tmp_path, cap
     assert err == [f"modarb: error: {message}"] and not (tmp_path / "s").exists()
 
 
-def test_validation_rates_at_alpha_zero_change_nothing_and_the_best_setting_is_chosen(organism_dir):
+def test_validation_rates_at_alpha_zero_change_nothing_and_the_best_setting_is_chosen(organism_dir, monkeypatch):
     from interventions.analysis.batches import iter_batches
     from interventions.analysis.data import DataSource, prepare_docs
     from interventions.analysis.identify import CONTROL_KINDS, FOLLOW_KINDS, split_docs
     from interventions.analysis.objective import Objective
-    from interventions.analysis.amplify import follow_rates, with_control_drops
+    from interventions.analysis.amplify import control_drops, follow_rates
     from interventions.analysis.steer import SteerOptions, choose_setting, fit_directions
     from interventions.mechanism.steer import steer
     from interventions.model.loading import load_model
@@ -117,6 +117,7 @@ def test_validation_rates_at_alpha_zero_change_nothing_and_the_best_setting_is_c
     torch.testing.assert_close(vectors["modality_pc1"].norm(dim=-1), vectors["modality"].norm(dim=-1))
     assert bool(((vectors["modality_pc1"] * vectors["modality"]).sum(-1) >= 0).all())
     options = SteerOptions(alphas=(0.0, 1.0, -1.0, 4.0), layers=(1, 3))
+    monkeypatch.setattr("interventions.analysis.amplify.CONTROL_ROUND", 1)  # one setting's controls at a time
     chosen = choose_setting(objective, vectors["modality"], options)
     unchanged = [point for point in chosen["tried"] if point["alpha"] == 0.0]
     assert len(unchanged) == 2 and len(chosen["tried"]) == 8
@@ -127,7 +128,7 @@ def test_validation_rates_at_alpha_zero_change_nothing_and_the_best_setting_is_c
     for point in chosen["tried"]:
         def hooks(point=point):
             return steer(model, vectors["modality"][point["layer"]], [point["layer"]], point["alpha"], "last")
-        full.append(with_control_drops(objective, hooks, follow_rates(objective, hooks)) | point)
+        full.append(control_drops(objective, [hooks], follow_rates(objective, [hooks]))[0] | point)
         if "value" in point:
             assert full[-1]["value"] == point["value"] <= point["bound"]
         else:
