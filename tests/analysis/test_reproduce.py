@@ -218,7 +218,7 @@ def test_steering_is_chosen_on_validation_and_scored_beside_amplification(small_
     steer = summary["steer"]
     assert steer["settings"], "the organism's validation items split both ways: every default direction is fitted"
     for setting in steer["settings"]:
-        assert setting["validation"]["value"] == max(point["value"] for point in setting["tried"])
+        assert setting["validation"]["value"] == max(point.get("value", point["bound"]) for point in setting["tried"])
         assert (setting["validation"]["failed"] + setting["validation"]["followed"]) == 2 * AMPLIFY_ITEMS
         test = setting["test"]
         assert test["failed"] + test["followed"] == 2 * summary["limit"]

@@ -151,7 +151,7 @@ def test_modarb_steer_writes_specs_that_load_and_test_numbers_that_add_up(organi
     summary = json.loads((out / "steer.json").read_text())
     [setting] = summary["settings"]
     assert (setting["layer"], setting["alpha"]) in {(1, -0.5), (1, 0.5), (3, -0.5), (3, 0.5)}
-    assert setting["validation"]["value"] == max(point["value"] for point in setting["tried"])
+    assert setting["validation"]["value"] == max(point.get("value", point["bound"]) for point in setting["tried"])
     spec = InterventionSpec.load(out / setting["spec"])
     assert spec.identity() == setting["identity"] and spec.steering.layers == (setting["layer"],)
     test = setting["test"]
