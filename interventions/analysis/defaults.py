@@ -64,3 +64,7 @@ class ReproduceConfig:
     mc2_json: str | None = None  # default: $MODARB_MC2_JSON
     mc2_images: str | None = None  # default: $MODARB_MC2_IMAGES
     steps: list[str] = field(default_factory=list)
+    controls: tuple[str, ...] = ()  # lm-eval tasks or groups also scored under every reported intervention
+    include_path: Path | None = None  # the folder of the user's own task YAMLs (for --controls)
+    controls_limit: int | None = None  # docs per control task; None: all of them
+    controls_on_curve: bool = False  # score the controls on the blocking curve's runs too

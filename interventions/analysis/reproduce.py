@@ -17,7 +17,7 @@ from contextlib import ExitStack
 
 from tqdm import tqdm
 
-from interventions.analysis import report
+from interventions.analysis import controls, report
 from interventions.analysis.evaluation import Evaluator, paired_vs, quiet_lm_eval
 from interventions.analysis.amplify import choose_alpha, learn_amplification
 from interventions.analysis.batches import iter_batches
@@ -51,6 +51,8 @@ def reproduce(config: ReproduceConfig) -> dict:
 
     source = resolve_data(config.data, config.mc2_json, config.mc2_images,
                           uses=[("analysis", config.analysis_items), ("test", config.limit)])
+    control_set = (controls.resolve(config.controls, config.include_path, config.controls_limit, source.tasks().metadata)
+                   if config.controls else None)  # bad task names and uncached data: before any model loads
     flow_docs, flow_dropped = prepare_docs(source, config.model, config.analysis_items, FOLLOW_KINDS, DEFAULT_LAYOUTS,
                                            trust_remote_code=config.trust_remote_code)
     started = time.perf_counter()
@@ -63,14 +65,15 @@ def reproduce(config: ReproduceConfig) -> dict:
         model_arg = ",".join([f"pretrained={config.model}"] * bool(config.model)
                              + ["trust_remote_code=True"] * config.trust_remote_code)
         evaluator = Evaluator(lm, model_arg, out.work / "runs", config.limit, config.batch_size, out.final / "runs",
-                              tasks=source.tasks(), use_cache=config.use_cache)
+                              tasks=source.tasks(), use_cache=config.use_cache,
+                              task_manager=control_set.task_manager if control_set else None)
         identify_docs, identify_dropped = analysis_docs(source, lm.model.config, lm.tokenizer, config.analysis_items,
                                                         (*FOLLOW_KINDS, *CONTROL_KINDS))
         records = {name: data_record(source, dropped, len(docs)) if source.is_mc2 or dropped else None
                    for name, docs, dropped in (("flow", flow_docs, flow_dropped),
                                                ("identify", identify_docs, identify_dropped))}
         other_rankings = len(METHODS) - 1  # their top sets are blocked beside the chosen ranking's
-        steps = tqdm(total=6 + other_rankings + len(config.fractions) * (1 + config.draws) + len(config.alphas),
+        steps = tqdm(total=6 + bool(control_set) + other_rankings + len(config.fractions) * (1 + config.draws) + len(config.alphas),
                      desc="reproduce", unit="step")
 
         def progress(what: str) -> None:
@@ -107,6 +110,14 @@ def reproduce(config: ReproduceConfig) -> dict:
         amplify = amplification_sweep(evaluator, fingerprint, top_heads, config.alphas, baseline, progress=progress)
         summary = _summary(config, fingerprint, baseline, curve, (amplified, learned, amplify, alpha), top_heads,
                            by_ranking, identified, flow, seconds=time.perf_counter() - started)
+        if control_set is not None:
+            progress("controls")
+            scorer = Evaluator(lm, model_arg, out.work / "runs" / "controls", control_set.limit, config.batch_size,
+                               out.final / "runs" / "controls", tasks=source.tasks(), use_cache=config.use_cache,
+                               include_path=control_set.include_path, task_manager=control_set.task_manager)
+            runs = controls.reported_runs(baseline, (config.method, at_fraction(curve, config.top).top), by_ranking,
+                                          amplified, amplify, curve if config.controls_on_curve else ())
+            summary["preserved_ability"] = controls.score_controls(scorer, control_set, runs)
         summary["work"] = work_summary(counter)
         summary["data"] = data_summary(source, {"flow": flow_dropped, "identify": identify_dropped}, baseline,
                                        at_fraction(curve, config.top).top)
