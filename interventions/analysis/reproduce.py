@@ -51,12 +51,12 @@ def reproduce(config: ReproduceConfig) -> dict:
 
     source = resolve_data(config.data, config.mc2_json, config.mc2_images,
                           uses=[("analysis", config.analysis_items), ("test", config.limit)])
+    quiet_lm_eval()
     control_set = (controls.resolve(config.controls, config.include_path, config.controls_limit, source.tasks().metadata)
                    if config.controls else None)  # bad task names and uncached data: before any model loads
     flow_docs, flow_dropped = prepare_docs(source, config.model, config.analysis_items, FOLLOW_KINDS, DEFAULT_LAYOUTS,
                                            trust_remote_code=config.trust_remote_code)
     started = time.perf_counter()
-    quiet_lm_eval()
     with staged(config.out) as out, ExitStack() as hooks:
         lm = ModarbVLM(pretrained=config.model, batch_size=config.batch_size, device=config.device, dtype=config.dtype,
                        trust_remote_code=config.trust_remote_code)
