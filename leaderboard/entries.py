@@ -70,6 +70,11 @@ ENTRY_JSON_SCHEMA: dict[str, Any] = {
                            "metrics": {"type": "object", "additionalProperties": _METRIC}}}},
         "source": {"type": "object", "required": ["file", "sha256"],
                    "properties": {"file": {"type": "string"}, "sha256": {"type": "string"}}},
+        "controls": {"type": "object", "additionalProperties": {
+            "type": "object", "required": ["n", "metric", "higher_is_better", "value", "stderr"],
+            "properties": {"n": {"type": "integer", "minimum": 0}, "metric": {"type": "string"},
+                           "higher_is_better": {"type": "boolean"}, "value": {"type": "number"},
+                           "stderr": _NUMBER_OR_NULL}}},
     },
 }
 
@@ -180,6 +185,7 @@ def entry_from_results(data: dict[str, Any], path: Path, source_sha256: str, *,
                 raise ModarbError(f"{path}: task {task} scored {counts['effective']} items but its samples file "
                                   f"holds {len(items['outcomes'])}; keep the samples file of this run beside it")
             tasks[task]["items"] = items
+    controls = control_records(data, path)
     config = data["config"]
     model_args = parse_model_args(config.get("model_args"))
     identity = config.get("modarb_spec_identity")
@@ -199,7 +205,33 @@ def entry_from_results(data: dict[str, Any], path: Path, source_sha256: str, *,
         "cache": cache_used(config),
         "tasks": tasks,
         "source": {"file": path.name, "sha256": source_sha256},
-    }
+    } | ({"controls": controls} if controls else {})
+
+
+def control_records(data: dict[str, Any], path: Path) -> dict[str, dict]:
+    """The other lm-eval tasks the run scored beside modarb's (extra controls: MMMU, ARC, the user's own),
+    each by its primary metric as lm-eval defines it: the first of its metric_list (a group: the first
+    of its scores) and that metric's higher_is_better. A group's own tasks are not listed apart."""
+    modarb = set(catalog().tasks) | set(catalog().groups)
+    members = {task for group, tasks in (data.get("group_subtasks") or {}).items() for task in tasks}
+    records = {}
+    for name in sorted(set(data["results"]) - modarb - members):
+        better = (data.get("higher_is_better") or {}).get(name) or {}
+        listed = ((data.get("configs") or {}).get(name) or {}).get("metric_list") or [{}]
+        metric = listed[0].get("metric") if isinstance(listed[0].get("metric"), str) else next(iter(better), None)
+        row = data["results"][name]
+        filter_name = next((key.partition(",")[2] for key in row if key.partition(",")[0] == metric), "none")
+        value = _number(row.get(f"{metric},{filter_name}"))
+        if value is None or not isinstance(better.get(metric), bool):
+            continue  # no numeric primary metric with a direction: nothing to compare
+        n = sum(data["n-samples"].get(task, {}).get("effective", 0)
+                for task in (data.get("group_subtasks") or {}).get(name) or [name])
+        records[name] = {"metric": metric, "filter": filter_name, "higher_is_better": better[metric], "n": n,
+                         "value": value, "stderr": _number(row.get(f"{metric}_stderr,{filter_name}"))}
+        items = logged_outcomes(path, name, filter_name, metric)
+        if items is not None and len(items["outcomes"]) == n:
+            records[name]["items"] = items
+    return records
 
 
 def outcome_record(by_doc: dict[int, int]) -> dict[str, str]:
@@ -210,12 +242,15 @@ def outcome_record(by_doc: dict[int, int]) -> dict[str, str]:
             "outcomes": "".join(str(by_doc[doc]) for doc in doc_ids)}
 
 
-def logged_outcomes(results_path: Path, task: str, filter_name: str) -> dict[str, str] | None:
-    """The task's per-item headline outcomes from lm-eval's --log_samples file beside the results
-    (samples_<task>_<date>.jsonl, the results file's date), or None when it was not logged."""
+def logged_outcomes(results_path: Path, task: str, filter_name: str, metric: str | None = None) -> dict[str, str] | None:
+    """The task's per-item outcomes of `metric` (default: its headline) from lm-eval's --log_samples file
+    beside the results (samples_<task>_<date>.jsonl, the results file's date), or None when it was not logged
+    (an extra control's: or when its items are not 0/1)."""
     samples = results_path.with_name(f"samples_{task}_{results_path.stem.removeprefix('results_')}.jsonl")
     if not samples.is_file():
         return None
+    if metric is not None:
+        return _binary_outcomes(samples, filter_name, metric)
     metric = catalog().tasks[task].headline
     by_doc: dict[int, int] = {}
     try:
@@ -231,6 +266,22 @@ def logged_outcomes(results_path: Path, task: str, filter_name: str) -> dict[str
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise ModarbError(f"{samples}: malformed samples file (not JSON lines); "
                           "re-run lm_eval with --log_samples") from None
+    return outcome_record(by_doc) if by_doc else None
+
+
+def _binary_outcomes(samples: Path, filter_name: str, metric: str) -> dict[str, str] | None:
+    """An extra control's per-item outcomes when every logged item is 0 or 1 (else None: no pairing)."""
+    by_doc: dict[int, int] = {}
+    try:
+        for line in samples.read_text(encoding="utf-8").splitlines():
+            sample = json.loads(line)
+            if sample.get("filter", filter_name) != filter_name:
+                continue
+            if not isinstance(sample.get("doc_id"), int) or sample.get(metric) not in (0, 1):
+                return None
+            by_doc[sample["doc_id"]] = int(sample[metric])
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
     return outcome_record(by_doc) if by_doc else None
 
 
@@ -255,7 +306,8 @@ def read_results_entry(path: Path, *, kind: str = "result", model_name: str | No
 
 def run_key(entry: dict[str, Any]) -> str:
     """Identity of a run apart from its file: same model, intervention, date and metrics."""
-    core = {k: entry[k] for k in ("model", "date", "tasks")} | {"spec": entry["intervention"]["identity"]}
+    core = {k: entry[k] for k in ("model", "date", "tasks", "controls") if k in entry} | {
+        "spec": entry["intervention"]["identity"]}
     return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()
 
 
@@ -376,14 +428,14 @@ def add_results(paths: Sequence[Path], entries_dir: Path = ENTRIES_DIR, *, kind:
     return list(plan_add(paths, entries_dir, kind=kind, replace=replace, model_name=model_name).write())
 
 
-def load_scores(path: Path) -> dict[str, dict[str, Any]]:
-    """Task -> task record from a stored entry or an lm-eval results file/folder (for `check`)."""
+def load_scores(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """(task -> task record, extra control -> its record) from a stored entry or an lm-eval results
+    file/folder (for `check`)."""
     files = find_results_files(path)
     if len(files) != 1:
         raise ModarbError(f"{path}: holds {len(files)} results files; pass one of them")
-    if _is_entry(files[0]):
-        return read_entry(files[0])["tasks"]
-    return read_results_entry(files[0])["tasks"]
+    entry = read_entry(files[0]) if _is_entry(files[0]) else read_results_entry(files[0])
+    return entry["tasks"], entry.get("controls", {})
 
 
 def _is_entry(path: Path) -> bool:
