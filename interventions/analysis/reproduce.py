@@ -73,7 +73,7 @@ def reproduce(config: ReproduceConfig) -> dict:
                    for name, docs, dropped in (("flow", flow_docs, flow_dropped),
                                                ("identify", identify_docs, identify_dropped))}
         other_rankings = len(METHODS) - 1  # their top sets are blocked beside the chosen ranking's
-        steps = tqdm(total=6 + bool(control_set) + other_rankings + len(config.fractions) * (1 + config.draws) + len(config.alphas),
+        steps = tqdm(total=6 + other_rankings + len(config.fractions) * (1 + config.draws) + len(config.alphas),
                      desc="reproduce", unit="step")
 
         def progress(what: str) -> None:
@@ -110,17 +110,17 @@ def reproduce(config: ReproduceConfig) -> dict:
         amplify = amplification_sweep(evaluator, fingerprint, top_heads, config.alphas, baseline, progress=progress)
         summary = _summary(config, fingerprint, baseline, curve, (amplified, learned, amplify, alpha), top_heads,
                            by_ranking, identified, flow, seconds=time.perf_counter() - started)
+        summary["work"] = work_summary(counter)
+        summary["data"] = data_summary(source, {"flow": flow_dropped, "identify": identify_dropped}, baseline,
+                                       at_fraction(curve, config.top).top)
         if control_set is not None:
-            progress("controls")
+            steps.set_postfix_str("controls")  # part of the report step: no step of its own
             scorer = Evaluator(lm, model_arg, out.work / "runs" / "controls", control_set.limit, config.batch_size,
                                out.final / "runs" / "controls", tasks=source.tasks(), use_cache=config.use_cache,
                                include_path=control_set.include_path, task_manager=control_set.task_manager)
             runs = controls.reported_runs(baseline, (config.method, at_fraction(curve, config.top).top), by_ranking,
                                           amplified, amplify, curve if config.controls_on_curve else ())
             summary["preserved_ability"] = controls.score_controls(scorer, control_set, runs)
-        summary["work"] = work_summary(counter)
-        summary["data"] = data_summary(source, {"flow": flow_dropped, "identify": identify_dropped}, baseline,
-                                       at_fraction(curve, config.top).top)
         progress("report")
         report.write(out.work, summary)
         steps.close()
