@@ -121,6 +121,7 @@ def reproduce(config: ReproduceConfig) -> dict:
             runs = controls.reported_runs(baseline, (config.method, at_fraction(curve, config.top).top), by_ranking,
                                           amplified, amplify, curve if config.controls_on_curve else ())
             summary["preserved_ability"] = controls.score_controls(scorer, control_set, runs)
+            summary["work"] = work_summary(counter)  # counted again: the controls' runs are lm-eval work too
         progress("report")
         report.write(out.work, summary)
         steps.close()
