@@ -20,7 +20,7 @@ from interventions import cli
 from interventions.analysis.controls import Score, compare
 from interventions.analysis.reproduce import ReproduceConfig, reproduce
 
-TASKS = Path(__file__).parent / "fixtures" / "control_tasks"
+TASKS = Path(__file__).resolve().parent.parent / "fixtures" / "control_tasks"
 CONTROLS = ("ctl_context_choice", "ctl_image_answer", "ctl_image_error")
 CONTROLS_LIMIT = 6
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}

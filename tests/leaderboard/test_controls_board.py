@@ -20,7 +20,7 @@ from interventions import cli
 from leaderboard.board import board_rows, build_board
 from leaderboard.entries import add_results, read_results_entry
 
-TASKS = Path(__file__).parent / "fixtures" / "control_tasks"
+TASKS = Path(__file__).resolve().parent.parent / "fixtures" / "control_tasks"
 LIMIT = 4
 
 
