@@ -243,15 +243,16 @@ def outcome_record(by_doc: dict[int, int]) -> dict[str, str]:
 
 
 def logged_outcomes(results_path: Path, task: str, filter_name: str, metric: str | None = None) -> dict[str, str] | None:
-    """The task's per-item outcomes of `metric` (default: its headline) from lm-eval's --log_samples file
-    beside the results (samples_<task>_<date>.jsonl, the results file's date), or None when it was not logged
-    (an extra control's: or when its items are not 0/1)."""
+    """The task's per-item outcomes from lm-eval's --log_samples file beside the results
+    (samples_<task>_<date>.jsonl, the results file's date), or None when it was not logged.
+
+    `metric`: an extra control's primary metric, whose items pair only when each is 0 or 1 (else None);
+    default: the modarb task's headline, which is 0/1 per item (anything else is a damaged file)."""
     samples = results_path.with_name(f"samples_{task}_{results_path.stem.removeprefix('results_')}.jsonl")
     if not samples.is_file():
         return None
-    if metric is not None:
-        return _binary_outcomes(samples, filter_name, metric)
-    metric = catalog().tasks[task].headline
+    control = metric is not None
+    metric = metric or catalog().tasks[task].headline
     by_doc: dict[int, int] = {}
     try:
         for number, line in enumerate(samples.read_text(encoding="utf-8").splitlines(), 1):
@@ -260,28 +261,14 @@ def logged_outcomes(results_path: Path, task: str, filter_name: str, metric: str
                 continue
             doc_id, outcome = sample.get("doc_id"), sample.get(metric)
             if not isinstance(doc_id, int) or outcome not in (0, 1):
+                if control and isinstance(doc_id, int):
+                    return None  # a score per item (a BLEU, a perplexity): compared by its stderr instead
                 raise ModarbError(f"{samples}: line {number} has no integer doc_id and 0/1 {metric!r}; "
                                   "re-run lm_eval with --log_samples")
             by_doc[doc_id] = int(outcome)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise ModarbError(f"{samples}: malformed samples file (not JSON lines); "
                           "re-run lm_eval with --log_samples") from None
-    return outcome_record(by_doc) if by_doc else None
-
-
-def _binary_outcomes(samples: Path, filter_name: str, metric: str) -> dict[str, str] | None:
-    """An extra control's per-item outcomes when every logged item is 0 or 1 (else None: no pairing)."""
-    by_doc: dict[int, int] = {}
-    try:
-        for line in samples.read_text(encoding="utf-8").splitlines():
-            sample = json.loads(line)
-            if sample.get("filter", filter_name) != filter_name:
-                continue
-            if not isinstance(sample.get("doc_id"), int) or sample.get(metric) not in (0, 1):
-                return None
-            by_doc[sample["doc_id"]] = int(sample[metric])
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return None
     return outcome_record(by_doc) if by_doc else None
 
 

@@ -80,6 +80,11 @@ def resolve(names: Sequence[str], include_path: Path | None, limit: int | None,
             raise ModarbError(f"--controls: unknown task {name!r} ({hint}); list them with `modarb eval ls tasks`, "
                               "or add your own YAMLs with --include_path DIR")
     controls = [control for name in names for control in _controls_of(manager, name)]
+    leaves = [leaf for control in controls for leaf in control.leaves]
+    twice = sorted({leaf for leaf in leaves if leaves.count(leaf) > 1})
+    if twice:  # lm-eval refuses a task requested twice, but only once the model is loaded
+        raise ModarbError(f"--controls: task {twice[0]!r} is named twice (alone and in a group, or in two groups); "
+                          "name it once")
     return ControlSet(tuple(controls), tuple(names), include_path, limit, manager)
 
 

@@ -174,3 +174,19 @@ def test_control_flags_are_checked_first(argv, message, tmp_path, capsys):
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and message in error[0]
     assert not (tmp_path / "r").exists()
+
+
+def test_a_group_without_an_aggregate_is_each_of_its_tasks_and_no_task_is_named_twice(monkeypatch):
+    from interventions.analysis.controls import resolve
+    from modarb_tasks.errors import ModarbError
+
+    for name, value in OFFLINE.items():
+        monkeypatch.setenv(name, value)
+    found = resolve(("ctl_context_choice", "ctl_images"), TASKS, 2)
+    assert found.names == ("ctl_context_choice", "ctl_images")
+    assert [(c.name, c.metric, c.higher_is_better, c.leaves) for c in found.controls] == [
+        ("ctl_context_choice", "acc", True, ("ctl_context_choice",)),
+        ("ctl_image_answer", "exact_match", True, ("ctl_image_answer",)),
+        ("ctl_image_error", "error", False, ("ctl_image_error",))]
+    with pytest.raises(ModarbError, match="task 'ctl_image_error' is named twice"):
+        resolve(("ctl_images", "ctl_image_error"), TASKS, 2)
