@@ -58,6 +58,7 @@ class Row:
     delta_mf_ratio: float | None = None
     delta_paired: Paired | None = None  # the follow items of this run against its baseline's, when both kept them
     is_reference: bool = False  # the baseline the other rows' Δ is taken against
+    controls: tuple[tuple[str, Metric], ...] = ()  # (control column key, its score): the entry's extra lm-eval tasks
 
     @property
     def items(self) -> tuple[int | None, ...]:
@@ -80,8 +81,32 @@ def _rows_of(slug: str, entry: dict[str, Any]) -> list[Row]:
         follow_items = (None if None in kept else
                         tuple((items["doc_ids_sha256"], items["outcomes"]) for items in kept))
         rows.append(Row(slug, entry["kind"], entry["model"], entry["intervention"]["name"],
-                        entry["intervention"]["identity"], suite, entry["date"], scores, follow_items))
+                        entry["intervention"]["identity"], suite, entry["date"], scores, follow_items,
+                        controls=_controls_of(entry)))
     return rows
+
+
+CONTROL_PREFIX = "control:"
+
+
+def _control_key(task: str, record: dict[str, Any]) -> str:
+    """One column per task, metric and item count: numbers on different items never share a column."""
+    return f"{CONTROL_PREFIX}{task}:{record['metric']}:{'up' if record['higher_is_better'] else 'down'}:{record['n']}"
+
+
+def _controls_of(entry: dict[str, Any]) -> tuple[tuple[str, Metric], ...]:
+    return tuple((_control_key(task, record), Metric(record["value"], record["stderr"], record["n"]))
+                 for task, record in sorted(entry.get("controls", {}).items()))
+
+
+def board_columns(rows: list[Row]) -> tuple[Column, ...]:
+    """The fixed columns, then one per extra lm-eval control the rows have (task, metric and ↑/↓, n)."""
+    keys = sorted({key for row in rows for key, _ in row.controls})
+    extra = []
+    for key in keys:
+        task, metric, direction, n = key.removeprefix(CONTROL_PREFIX).rsplit(":", 3)
+        extra.append(Column(key, f"{task} ({metric} {'↑' if direction == 'up' else '↓'}, n={n})", True))
+    return (*COLUMN_SPECS, *extra)
 
 
 def _sort_key(row: Row) -> tuple:
@@ -162,6 +187,8 @@ def cell_text(row: Row, column: str) -> str:
         return format_items(row.items)
     if column == "delta_mf_ratio":
         return format_delta(row)
+    if column.startswith(CONTROL_PREFIX):
+        return format_metric(dict(row.controls).get(column))
     return format_metric(row.scores[column])
 
 
@@ -170,7 +197,8 @@ def _sort_value(row: Row, column: str) -> str:
         return getattr(row, column)
     if column == "items":
         return repr(sum(n for n in row.items if n is not None))
-    value = row.delta_mf_ratio if column == "delta_mf_ratio" else getattr(row.scores[column], "value", None)
+    scores = dict(row.controls) if column.startswith(CONTROL_PREFIX) else row.scores
+    value = row.delta_mf_ratio if column == "delta_mf_ratio" else getattr(scores.get(column), "value", None)
     return "" if value is None else repr(value)
 
 
@@ -188,12 +216,14 @@ def _templates():
         loader=jinja2.FileSystemLoader(TEMPLATES_DIR), autoescape=jinja2.select_autoescape(["html.j2"]),
         undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     environment.filters["md"] = _markdown_escape
-    environment.globals.update(columns=COLUMN_SPECS, cell_text=cell_text, sort_value=_sort_value)
+    environment.globals.update(cell_text=cell_text, sort_value=_sort_value)
     return environment
 
 
-def _by_kind(rows: list[Row]) -> dict[str, list[Row]]:
-    return {"results": [r for r in rows if r.kind == "result"], "smoke": [r for r in rows if r.kind == "smoke"]}
+def _by_kind(rows: list[Row]) -> dict[str, Any]:
+    """The result and smoke rows, and the columns (extra controls included) the board shows for them."""
+    return {"results": [r for r in rows if r.kind == "result"], "smoke": [r for r in rows if r.kind == "smoke"],
+            "columns": board_columns(rows)}
 
 
 def render_markdown(rows: list[Row]) -> str:

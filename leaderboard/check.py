@@ -1,6 +1,8 @@
 """Regression check: do new results fall below a baseline on modality following or the controls?
 
-Headline metric per task: mf_ratio for the follow tasks, acc for the controls. A task regresses
+Headline metric per task: mf_ratio for the follow tasks, acc for the controls; any other lm-eval task
+the baseline scored (an extra control: MMMU, ARC, the user's own) by its own primary metric, in that
+metric's direction (an error rate regresses when it rises). A task regresses
 when its drop is larger than the tolerance beyond what chance explains:
 
 - paired, when both sides kept per-item outcomes (lm-eval's --log_samples) on the same docs: the
@@ -38,23 +40,37 @@ class Comparison:
     new: Metric
     tolerance: float
     z: float
-    paired: Paired | None  # None: the unpaired rule
+    paired: Paired | None  # None: the unpaired rule; items counted in the metric's good direction
+    higher_is_better: bool = True  # an extra control's metric may be an error rate
+
+    @property
+    def sign(self) -> int:
+        """+1 where higher is better, −1 where lower is: the rules below work on sign · value."""
+        return 1 if self.higher_is_better else -1
 
     @property
     def floor(self) -> float:
-        """The unpaired rule's lowest new value that is not a regression."""
-        return regression_floor(self.baseline, self.new, self.tolerance, self.z)
+        """The unpaired rule's worst new value that is not a regression (a ceiling where lower is better)."""
+        return self.sign * regression_floor(_oriented(self.baseline, self.sign), _oriented(self.new, self.sign),
+                                            self.tolerance, self.z)
+
+    @property
+    def gain_interval(self) -> tuple[float, float] | None:
+        """The paired interval of the change in the metric's good direction."""
+        return None if self.paired is None else self.paired.interval(self.z)
 
     @property
     def interval(self) -> tuple[float, float] | None:
-        return None if self.paired is None else self.paired.interval(self.z)
+        """The paired interval of new − baseline."""
+        gain = self.gain_interval
+        return None if gain is None else (gain if self.sign > 0 else (-gain[1], -gain[0]))
 
     @property
     def regressed(self) -> bool:
         # written so that a NaN anywhere reads as a regression, never as passed
         if self.paired is not None:
-            return not self.interval[1] >= -self.tolerance
-        return not self.new.value >= self.floor
+            return not self.gain_interval[1] >= -self.tolerance
+        return not self.sign * self.new.value >= self.sign * self.floor
 
     @property
     def min_drop(self) -> float:
@@ -62,8 +78,19 @@ class Comparison:
         if self.paired is not None:
             spread = self.paired.spread
         else:
-            spread = math.sqrt(sum(m.value * (1 - m.value) for m in (self.baseline, self.new)))
+            spread = math.sqrt(sum(_variance(m) for m in (self.baseline, self.new)))
         return min_detectable_drop(self.new.n, spread, self.tolerance, self.z)
+
+
+def _oriented(metric: Metric, sign: int) -> Metric:
+    return Metric(sign * metric.value, metric.stderr, metric.n)
+
+
+def _variance(metric: Metric) -> float:
+    """Per-item variance: a share's p(1 − p); another metric's from its stderr (0 when unknown)."""
+    if 0.0 <= metric.value <= 1.0:
+        return metric.value * (1 - metric.value)
+    return (metric.stderr or 0.0) ** 2 * metric.n
 
 
 def regression_floor(baseline: Metric, new: Metric, tolerance: float, z: float) -> float:
@@ -83,15 +110,16 @@ def _task_order(task: str) -> tuple[str, int]:
     return found.suite, SLOTS.index(found.slot)
 
 
-def _paired(task: str, baseline: dict[str, Any], new: dict[str, Any]) -> Paired | None:
-    """The two runs' per-item outcomes paired, or None when one side kept none."""
+def _paired(task: str, baseline: dict[str, Any], new: dict[str, Any], higher_is_better: bool = True) -> Paired | None:
+    """The two runs' per-item outcomes paired (1: the good outcome), or None when one side kept none."""
     before, after = baseline.get("items"), new.get("items")
     if before is None or after is None:
         return None
     if before["doc_ids_sha256"] != after["doc_ids_sha256"]:
         raise ModarbError(f"task {task}: the baseline and the new results scored different docs; "
                           "compare runs on the same items (the same --limit, --samples and --metadata)")
-    return pair([int(x) for x in before["outcomes"]], [int(x) for x in after["outcomes"]])
+    good = (lambda x: int(x)) if higher_is_better else (lambda x: 1 - int(x))
+    return pair([good(x) for x in before["outcomes"]], [good(x) for x in after["outcomes"]])
 
 
 def compare(baseline_path: Path, results_path: Path, tolerance: float = DEFAULT_TOLERANCE,
@@ -99,8 +127,8 @@ def compare(baseline_path: Path, results_path: Path, tolerance: float = DEFAULT_
     """Compare every modarb task of the baseline with the same task in the new results."""
     for name, value in (("tolerance", tolerance), ("z", z)):
         check_setting(name, value)
-    baseline, new = load_scores(baseline_path), load_scores(results_path)
-    missing = sorted(set(baseline) - set(new))
+    (baseline, base_controls), (new, new_controls) = load_scores(baseline_path), load_scores(results_path)
+    missing = sorted(set(baseline) - set(new)) + sorted(set(base_controls) - set(new_controls))
     if missing:
         raise ModarbError(f"{results_path}: lacks tasks the baseline has ({', '.join(missing)}); "
                           "evaluate the new model on the same --tasks")
@@ -115,7 +143,24 @@ def compare(baseline_path: Path, results_path: Path, tolerance: float = DEFAULT_
                               "compare runs on the same items (the same --limit and --metadata)")
         comparisons.append(Comparison(task, metric, base_metric, new_metric, tolerance, z,
                                       _paired(task, baseline[task], new[task])))
-    return comparisons
+    return comparisons + [_compare_control(task, base_controls[task], new_controls[task], tolerance, z)
+                          for task in sorted(base_controls)]
+
+
+def _compare_control(task: str, baseline: dict[str, Any], new: dict[str, Any], tolerance: float,
+                     z: float) -> Comparison:
+    """An extra lm-eval control of the baseline against the same task in the new results, by the
+    baseline's primary metric and its direction."""
+    if (new["metric"], new["higher_is_better"]) != (baseline["metric"], baseline["higher_is_better"]):
+        raise ModarbError(f"task {task}: the baseline is scored by {baseline['metric']!r}, the new results by "
+                          f"{new['metric']!r}; compare runs of the same task version")
+    if baseline["n"] != new["n"]:
+        raise ModarbError(f"task {task}: the baseline scored {baseline['n']} items, the new results {new['n']}; "
+                          "compare runs on the same items (the same --limit)")
+    base_metric, new_metric = (Metric(r["value"], r["stderr"], r["n"]) for r in (baseline, new))
+    return Comparison(task, baseline["metric"] + ("" if baseline["higher_is_better"] else " (lower is better)"),
+                      base_metric, new_metric, tolerance, z,
+                      _paired(task, baseline, new, baseline["higher_is_better"]), baseline["higher_is_better"])
 
 
 def _metric_text(metric: Metric) -> str:
@@ -129,7 +174,7 @@ def _row(c: Comparison) -> tuple[str, ...]:
         low, high = c.interval
         tested = ("paired", f"[{low:+.3f}, {high:+.3f}]", str(c.paired.b), str(c.paired.c), f"{c.paired.p_value:.3g}")
     else:
-        tested = ("unpaired", f"floor {c.floor:.3f}", "–", "–", "–")
+        tested = ("unpaired", f"{'floor' if c.higher_is_better else 'ceiling'} {c.floor:.3f}", "–", "–", "–")
     return (*common, *tested, f"{c.min_drop:.3f}", "REGRESSION" if c.regressed else "ok")
 
 

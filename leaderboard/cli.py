@@ -58,7 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check = subparsers.add_parser(
         "check", help="fail (exit 1) when new results regress against a baseline",
         description="Compare new lm-eval results with a baseline task by task (follow image / text: "
-        "mf_ratio; visual / language control: acc). Paired when both kept per-item outcomes (--log_samples) "
+        "mf_ratio; visual / language control: acc; any other lm-eval task the baseline has: its own primary metric, "
+        "in its direction). Paired when both kept per-item outcomes (--log_samples) "
         "on the same docs: a task regresses when the paired interval of new - baseline lies below -tolerance; "
         "otherwise when new < baseline - tolerance - z*sqrt(se_baseline^2 + se_new^2). Both must score the same items per task (same --limit). "
         "Exit 0: no regression; 1: regression; 2: bad input (runs on different items included).")

@@ -70,6 +70,11 @@ ENTRY_JSON_SCHEMA: dict[str, Any] = {
                            "metrics": {"type": "object", "additionalProperties": _METRIC}}}},
         "source": {"type": "object", "required": ["file", "sha256"],
                    "properties": {"file": {"type": "string"}, "sha256": {"type": "string"}}},
+        "controls": {"type": "object", "additionalProperties": {
+            "type": "object", "required": ["n", "metric", "higher_is_better", "value", "stderr"],
+            "properties": {"n": {"type": "integer", "minimum": 0}, "metric": {"type": "string"},
+                           "higher_is_better": {"type": "boolean"}, "value": {"type": "number"},
+                           "stderr": _NUMBER_OR_NULL}}},
     },
 }
 
@@ -180,6 +185,7 @@ def entry_from_results(data: dict[str, Any], path: Path, source_sha256: str, *,
                 raise ModarbError(f"{path}: task {task} scored {counts['effective']} items but its samples file "
                                   f"holds {len(items['outcomes'])}; keep the samples file of this run beside it")
             tasks[task]["items"] = items
+    controls = control_records(data, path)
     config = data["config"]
     model_args = parse_model_args(config.get("model_args"))
     identity = config.get("modarb_spec_identity")
@@ -199,7 +205,33 @@ def entry_from_results(data: dict[str, Any], path: Path, source_sha256: str, *,
         "cache": cache_used(config),
         "tasks": tasks,
         "source": {"file": path.name, "sha256": source_sha256},
-    }
+    } | ({"controls": controls} if controls else {})
+
+
+def control_records(data: dict[str, Any], path: Path) -> dict[str, dict]:
+    """The other lm-eval tasks the run scored beside modarb's (extra controls: MMMU, ARC, the user's own),
+    each by its primary metric as lm-eval defines it: the first of its metric_list (a group: the first
+    of its scores) and that metric's higher_is_better. A group's own tasks are not listed apart."""
+    modarb = set(catalog().tasks) | set(catalog().groups)
+    members = {task for group, tasks in (data.get("group_subtasks") or {}).items() for task in tasks}
+    records = {}
+    for name in sorted(set(data["results"]) - modarb - members):
+        better = (data.get("higher_is_better") or {}).get(name) or {}
+        listed = ((data.get("configs") or {}).get(name) or {}).get("metric_list") or [{}]
+        metric = listed[0].get("metric") if isinstance(listed[0].get("metric"), str) else next(iter(better), None)
+        row = data["results"][name]
+        filter_name = next((key.partition(",")[2] for key in row if key.partition(",")[0] == metric), "none")
+        value = _number(row.get(f"{metric},{filter_name}"))
+        if value is None or not isinstance(better.get(metric), bool):
+            continue  # no numeric primary metric with a direction: nothing to compare
+        n = sum(data["n-samples"].get(task, {}).get("effective", 0)
+                for task in (data.get("group_subtasks") or {}).get(name) or [name])
+        records[name] = {"metric": metric, "filter": filter_name, "higher_is_better": better[metric], "n": n,
+                         "value": value, "stderr": _number(row.get(f"{metric}_stderr,{filter_name}"))}
+        items = logged_outcomes(path, name, filter_name, metric)
+        if items is not None and len(items["outcomes"]) == n:
+            records[name]["items"] = items
+    return records
 
 
 def outcome_record(by_doc: dict[int, int]) -> dict[str, str]:
@@ -210,13 +242,17 @@ def outcome_record(by_doc: dict[int, int]) -> dict[str, str]:
             "outcomes": "".join(str(by_doc[doc]) for doc in doc_ids)}
 
 
-def logged_outcomes(results_path: Path, task: str, filter_name: str) -> dict[str, str] | None:
-    """The task's per-item headline outcomes from lm-eval's --log_samples file beside the results
-    (samples_<task>_<date>.jsonl, the results file's date), or None when it was not logged."""
+def logged_outcomes(results_path: Path, task: str, filter_name: str, metric: str | None = None) -> dict[str, str] | None:
+    """The task's per-item outcomes from lm-eval's --log_samples file beside the results
+    (samples_<task>_<date>.jsonl, the results file's date), or None when it was not logged.
+
+    `metric`: an extra control's primary metric, whose items pair only when each is 0 or 1 (else None);
+    default: the modarb task's headline, which is 0/1 per item (anything else is a damaged file)."""
     samples = results_path.with_name(f"samples_{task}_{results_path.stem.removeprefix('results_')}.jsonl")
     if not samples.is_file():
         return None
-    metric = catalog().tasks[task].headline
+    control = metric is not None
+    metric = metric or catalog().tasks[task].headline
     by_doc: dict[int, int] = {}
     try:
         for number, line in enumerate(samples.read_text(encoding="utf-8").splitlines(), 1):
@@ -225,6 +261,8 @@ def logged_outcomes(results_path: Path, task: str, filter_name: str) -> dict[str
                 continue
             doc_id, outcome = sample.get("doc_id"), sample.get(metric)
             if not isinstance(doc_id, int) or outcome not in (0, 1):
+                if control and isinstance(doc_id, int):
+                    return None  # a score per item (a BLEU, a perplexity): compared by its stderr instead
                 raise ModarbError(f"{samples}: line {number} has no integer doc_id and 0/1 {metric!r}; "
                                   "re-run lm_eval with --log_samples")
             by_doc[doc_id] = int(outcome)
@@ -255,7 +293,8 @@ def read_results_entry(path: Path, *, kind: str = "result", model_name: str | No
 
 def run_key(entry: dict[str, Any]) -> str:
     """Identity of a run apart from its file: same model, intervention, date and metrics."""
-    core = {k: entry[k] for k in ("model", "date", "tasks")} | {"spec": entry["intervention"]["identity"]}
+    core = {k: entry[k] for k in ("model", "date", "tasks", "controls") if k in entry} | {
+        "spec": entry["intervention"]["identity"]}
     return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()
 
 
@@ -376,14 +415,14 @@ def add_results(paths: Sequence[Path], entries_dir: Path = ENTRIES_DIR, *, kind:
     return list(plan_add(paths, entries_dir, kind=kind, replace=replace, model_name=model_name).write())
 
 
-def load_scores(path: Path) -> dict[str, dict[str, Any]]:
-    """Task -> task record from a stored entry or an lm-eval results file/folder (for `check`)."""
+def load_scores(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """(task -> task record, extra control -> its record) from a stored entry or an lm-eval results
+    file/folder (for `check`)."""
     files = find_results_files(path)
     if len(files) != 1:
         raise ModarbError(f"{path}: holds {len(files)} results files; pass one of them")
-    if _is_entry(files[0]):
-        return read_entry(files[0])["tasks"]
-    return read_results_entry(files[0])["tasks"]
+    entry = read_entry(files[0]) if _is_entry(files[0]) else read_results_entry(files[0])
+    return entry["tasks"], entry.get("controls", {})
 
 
 def _is_entry(path: Path) -> bool:

@@ -64,6 +64,10 @@ class ReproduceConfig:
     device: str | None = None
     dtype: str = "float32"
     use_cache: Path | None = None  # lm-eval's request cache folder: a rerun answers finished runs from it
+    controls: tuple[str, ...] = ()  # lm-eval tasks or groups also scored under every reported intervention
+    include_path: Path | None = None  # the folder of the user's own task YAMLs (for --controls)
+    controls_limit: int | None = None  # docs per control task; None: all of them
+    controls_on_curve: bool = False  # score the controls on the blocking curve's runs too
     trust_remote_code: bool = False  # run the model folder's own code (some families need it)
     data: str = "shapes"  # shapes, mc2 or mc2_paper:<model> (interventions.analysis.data)
     mc2_json: str | None = None  # default: $MODARB_MC2_JSON

@@ -102,6 +102,8 @@ class Evaluator:
         display_dir: Path | None = None,
         tasks: TaskSet = SHAPES_TASKS,
         use_cache: Path | None = None,
+        include_path: Path | None = None,
+        task_manager=None,
     ):
         self.lm = lm
         lm.quiet = True  # dozens of runs: the caller's one progress bar, not lm-eval's per run
@@ -113,9 +115,11 @@ class Evaluator:
         self.tasks = tasks  # which tasks score follow image/text and the controls (shapes or MC²)
         # lm-eval's request cache, scoped by model and spec (interventions/model/cache.py): a rerun resumes
         self.use_cache = str(Path(use_cache) / "requests") if use_cache is not None else None
+        self.include_path = include_path  # the user's own task YAMLs (lm-eval control tasks), if any
         from lm_eval.tasks import TaskManager
 
-        self.task_manager = TaskManager(include_path=TASKS_PATH, metadata=tasks.metadata or None)
+        # one that already indexes the include path too can be shared: indexing lm-eval's tasks takes seconds
+        self.task_manager = task_manager or TaskManager(include_path=TASKS_PATH, metadata=tasks.metadata or None)
 
     def run(
         self,
@@ -157,12 +161,12 @@ class Evaluator:
         )
         logged = results.pop("samples")
         outcomes = {task: {sample["doc_id"]: int(sample[catalog().tasks[task].headline]) for sample in found}
-                    for task, found in logged.items()}
+                    for task, found in logged.items() if task in catalog().tasks}
         tracker = EvaluationTracker(output_path=str(run_dir))
         tracker.general_config_tracker.model_name_sanitized = "results"
         tracker.save_results_aggregated(results=results, samples=None)
-        for task in tasks:
-            write_text(run_dir / "results" / f"samples_{task}_{tracker.date_id}.jsonl", compact_samples(logged[task]))
+        for task, found in logged.items():  # a group's samples come under each of its tasks
+            write_text(run_dir / "results" / f"samples_{task}_{tracker.date_id}.jsonl", compact_samples(found))
         results_file = max((run_dir / "results").glob("results_*.json"))
         return Run(
             name=name,
@@ -187,6 +191,8 @@ class Evaluator:
     def _command(self, model_args: str, tasks, limit, samples) -> str:
         parts = ["modarb", "eval", "--model", "hf-modarb"] + (["--model_args", model_args] if model_args else [])
         parts += ["--tasks", ",".join(tasks)]
+        if self.include_path is not None:
+            parts += ["--include_path", str(self.include_path)]
         if self.tasks.metadata:
             parts += ["--metadata", json.dumps(self.tasks.metadata, separators=(",", ":"))]
         parts += ["--batch_size", str(self.batch_size)]

@@ -173,6 +173,7 @@ def context(summary: dict, flow: dict, folder: Path) -> dict:
         "data": summary["data"],
         "by_type": mf_ratio_rows(summary["data"]["mf_ratio_by_type"]),
         "paired_rows": paired_rows(summary),
+        "preserved": preserved_rows(summary.get("preserved_ability")),
         "learned_gates": [{"name": _head_name(head), "gate": gate} for head, gate in zip(amplify["heads"], amplify["gates"])],
         "objective": objective_rows(summary),
         "gates": gate_findings(summary["identify"]),
@@ -190,6 +191,27 @@ def paired_rows(summary: dict) -> list[dict]:
     runs += [(f"random {draw['heads']}", draw) for draw in summary["block_random"]["draws"]]
     return [{"name": name, "cells": {key: _paired_cell(run["vs_baseline"].get(key)) for key in SCORE_LABELS}}
             for name, run in runs if "vs_baseline" in run]
+
+
+def preserved_rows(block: dict | None) -> list[dict] | None:
+    """The "Preserved ability" table: per run, each lm-eval control's value (± stderr) and, beside the
+    baseline, Δ with its interval and the verdict in the metric's direction (None: no --controls)."""
+    if block is None:
+        return None
+    rows = []
+    for run in block["runs"]:
+        cells = []
+        for task in block["tasks"]:
+            score = run["scores"][task["task"]]
+            text = f"{score['value']:.3f}" + ("" if score["stderr"] is None else f" ± {score['stderr']:.3f}")
+            compared = score.get("vs_baseline")
+            if compared is not None:
+                interval = ("" if compared["low"] is None else
+                            f" [{compared['low']:+.3f}, {compared['high']:+.3f}]")
+                text += f" (Δ {compared['delta']:+.3f}{interval}, {compared['change']})"
+            cells.append(text)
+        rows.append({"run": run["run"], "cells": cells})
+    return rows
 
 
 def _paired_cell(compared: dict | None) -> str:

@@ -19,7 +19,7 @@ from contextlib import ExitStack
 
 from tqdm import tqdm
 
-from interventions.analysis import report
+from interventions.analysis import controls, report
 from interventions.analysis.evaluation import Evaluator, paired_vs, quiet_lm_eval
 from interventions.analysis.amplify import choose_alpha, learn_amplification
 from interventions.analysis.experiments import (
@@ -59,10 +59,12 @@ def reproduce(config: ReproduceConfig) -> dict:
 
     source = resolve_data(config.data, config.mc2_json, config.mc2_images,
                           uses=[("analysis", config.analysis_items), ("test", config.limit)])
+    quiet_lm_eval()
+    control_set = (controls.resolve(config.controls, config.include_path, config.controls_limit, source.tasks().metadata)
+                   if config.controls else None)  # bad task names and uncached data: before any model loads
     flow_docs, flow_dropped = prepare_docs(source, config.model, config.analysis_items, FOLLOW_KINDS, DEFAULT_LAYOUTS,
                                            trust_remote_code=config.trust_remote_code)
     started = time.perf_counter()
-    quiet_lm_eval()
     with staged(config.out) as out, ExitStack() as hooks:
         lm = ModarbVLM(pretrained=config.model, batch_size=config.batch_size, device=config.device, dtype=config.dtype,
                        trust_remote_code=config.trust_remote_code)
@@ -71,7 +73,8 @@ def reproduce(config: ReproduceConfig) -> dict:
         model_arg = ",".join([f"pretrained={config.model}"] * bool(config.model)
                              + ["trust_remote_code=True"] * config.trust_remote_code)
         evaluator = Evaluator(lm, model_arg, out.work / "runs", config.limit, config.batch_size, out.final / "runs",
-                              tasks=source.tasks(), use_cache=config.use_cache)
+                              tasks=source.tasks(), use_cache=config.use_cache,
+                              task_manager=control_set.task_manager if control_set else None)
         identify_docs, identify_dropped = analysis_docs(source, lm.model.config, lm.tokenizer, config.analysis_items,
                                                         (*FOLLOW_KINDS, *CONTROL_KINDS))
         records = {name: data_record(source, dropped, len(docs)) if source.is_mc2 or dropped else None
@@ -133,6 +136,15 @@ def reproduce(config: ReproduceConfig) -> dict:
         summary["work"] = work_summary(counter)
         summary["data"] = data_summary(source, {"flow": flow_dropped, "identify": identify_dropped}, baseline,
                                        at_fraction(curve, config.top).top)
+        if control_set is not None:
+            steps.set_postfix_str("controls")  # part of the report step: no step of its own
+            scorer = Evaluator(lm, model_arg, out.work / "runs" / "controls", control_set.limit, config.batch_size,
+                               out.final / "runs" / "controls", tasks=source.tasks(), use_cache=config.use_cache,
+                               include_path=control_set.include_path, task_manager=control_set.task_manager)
+            runs = controls.reported_runs(baseline, (config.method, at_fraction(curve, config.top).top), by_ranking,
+                                          amplified, amplify, curve if config.controls_on_curve else ())
+            summary["preserved_ability"] = controls.score_controls(scorer, control_set, runs)
+            summary["work"] = work_summary(counter)  # counted again: the controls' runs are lm-eval work too
         progress("report")
         report.write(out.work, summary)
         steps.close()

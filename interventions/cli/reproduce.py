@@ -55,6 +55,16 @@ def register(subparsers) -> None:
     parser.add_argument("--plan", action="store_true",
                         help="print the work plan (forwards, decoder layer-tokens, estimated H100 minutes per phase) "
                         "from the model's config and processor, load no weights, and exit")
+    parser.add_argument("--controls", default="", metavar="TASKS",
+                        help="lm-eval tasks or groups (comma-separated, e.g. mmmu_val,arc_easy) also scored under the "
+                        "baseline and every reported intervention, each by its own primary metric: the report's "
+                        "'Preserved ability' table. Their data must be in the local HF cache")
+    parser.add_argument("--include_path", type=Path, default=None, metavar="DIR",
+                        help="folder of your own task YAMLs, for --controls (as lm-eval's --include_path)")
+    parser.add_argument("--controls-limit", type=int, default=None, metavar="N",
+                        help="docs per control task (default: all)")
+    parser.add_argument("--controls-on", dest="controls_on_curve", choices=("curve",), default=None,
+                        help="'curve': score the controls on every run of the blocking curve too")
     add_data_arguments(parser)
     add_model_arguments(parser, device=None)
     parser.set_defaults(func=_run)
@@ -80,6 +90,21 @@ def _check_fractions(flag: str, fractions: tuple[float, ...]) -> None:
                           "heads in (0, 1), comma-separated (e.g. 0.05 for 5%)")
 
 
+def _check_controls(args: argparse.Namespace) -> None:
+    """--controls text -> task names; its companion flags only with it."""
+    from interventions.analysis.controls import parse_names
+
+    given = [flag for flag, value in (("--include_path", args.include_path), ("--controls-limit", args.controls_limit),
+                                      ("--controls-on", args.controls_on_curve)) if value is not None]
+    if given and not args.controls:
+        raise ModarbError(f"{given[0]} applies to --controls tasks; add --controls TASKS (e.g. --controls arc_easy)")
+    if args.controls_limit is not None and args.controls_limit < 1:
+        raise ModarbError(f"--controls-limit must be at least 1, not {args.controls_limit}")
+    args.controls = parse_names(args.controls) if args.controls else ()
+    args.include_path = args.include_path.resolve() if args.include_path is not None else None
+    args.controls_on_curve = args.controls_on_curve == "curve"
+
+
 def _run(args: argparse.Namespace) -> int:
     from interventions.analysis.defaults import ReproduceConfig
     from interventions.model.model_files import check_device
@@ -89,6 +114,7 @@ def _run(args: argparse.Namespace) -> int:
             raise ModarbError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")
     if args.window is not None and args.window < 1:
         raise ModarbError(f"--window must be at least 1 layer, not {args.window}")
+    _check_controls(args)
     _check_fractions("--top", (args.top,))
     _check_fractions("--fractions", args.fractions)
     if not args.alphas or not all(math.isfinite(alpha) and alpha > 0 for alpha in args.alphas):
