@@ -213,15 +213,17 @@ def preserved_ability(control_set: ControlSet, runs: Sequence[tuple[str, Any]]) 
 # ---------------------------------------------------------------- scoring reproduce's runs
 
 
-def reported_runs(baseline, chosen: tuple[str, Any], by_ranking: dict, amplified, sweep, curve=()) -> list[tuple[str, Any]]:
+def reported_runs(baseline, chosen: tuple[str, Any], by_ranking: dict, amplified, sweep, steered=(),
+                  curve=()) -> list[tuple[str, Any]]:
     """(label, run) of every run reproduce reports, baseline first: each ranking's top set blocked
-    (`chosen`: the headline ranking's), the learned gates, each α of the sweep, and the blocking
-    curve's top and random sets when `curve` is given."""
+    (`chosen`: the headline ranking's), the learned gates, each α of the sweep, each steering setting
+    (`steered`: (label, run) pairs), and the blocking curve's top and random sets when `curve` is given."""
     method, top = chosen
     runs = [("baseline", baseline), (f"block top ({method})", top)]
     runs += [(f"block top ({name})", run) for name, run in by_ranking.items()]
     runs += [("amplify (learned gates)", amplified.run)]
     runs += [(f"amplify top x{point.alpha:g}", point.run) for point in sweep]
+    runs += list(steered)
     for point in curve:
         label = f"{100 * point.fraction:g}%"
         runs += [(f"curve: block top {label}", point.top)]

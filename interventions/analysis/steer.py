@@ -168,7 +168,7 @@ def run_steer(config: SteerRun, out, source, docs: list[dict], dropped: dict) ->
         "fingerprint": fingerprint.describe(),
         "limit": config.limit,
         "data": data_record(source, dropped, len(docs)),
-        **score_steering(evaluator, baseline, fingerprint, chosen),
+        **score_steering(evaluator, baseline, fingerprint, chosen)[0],
     }
     write_summary(out.work, summary)
     return summary
@@ -204,19 +204,21 @@ def choose_steering(objective: Objective, options: SteerOptions) -> ChosenSteeri
 
 
 def score_steering(evaluator, baseline, fingerprint: ModelFingerprint, chosen: ChosenSteering,
-                   against: dict | None = None) -> dict:
-    """Each chosen setting scored by `evaluator` on the test split against `baseline`: the summary's options,
-    baseline and settings (each setting's spec, and its vector, lie in its run folder runs/steer_<direction>/).
-    `against`: name -> another Run on the same items; each setting records `vs_<name>`, its paired comparison."""
+                   against: dict | None = None) -> tuple[dict, list]:
+    """Each chosen setting scored by `evaluator` on the test split against `baseline`: (the summary's options,
+    baseline and settings; (label, Run) of each setting's run). Each setting's spec, and its vector, lie in its
+    run folder runs/steer_<direction>/. `against`: name -> another Run on the same items; each setting records
+    `vs_<name>`, its paired comparison."""
     from interventions.analysis.evaluation import paired_vs
     from interventions.analysis.experiments import amplify_point
 
-    options, settings = chosen.options, []
+    options, settings, runs = chosen.options, [], []
     for name, setting in chosen.settings.items():
         spec = steering_spec(fingerprint, name, chosen.vectors[name][setting["layer"]], setting, options.positions,
                              {"validation_docs": chosen.validation_docs})
         run = evaluator.run(f"steer_{name}", spec)
         point = amplify_point(baseline, run, setting["alpha"])
+        runs.append((f"steer {name} L{setting['layer']} x{setting['alpha']:g}", run))
         settings.append({
             "direction": name, "layer": setting["layer"], "alpha": setting["alpha"], "positions": options.positions,
             "spec": f"runs/steer_{name}/spec.json", "identity": spec.identity(), "validation": setting["validation"],
@@ -232,7 +234,7 @@ def score_steering(evaluator, baseline, fingerprint: ModelFingerprint, chosen: C
                      "mf_ratio": baseline.scores.get("mf_ratio"), "other": other_share(baseline),
                      "command": baseline.command},
         "settings": settings,
-    }
+    }, runs
 
 
 def rates_on_test(point) -> dict:
