@@ -25,7 +25,6 @@ backward counts as two forwards. The exact sweeps and flow's knockouts run resum
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from contextlib import contextmanager

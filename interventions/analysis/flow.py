@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from interventions.analysis.batches import DocBatch, following_scores, iter_batches, last_logits
+from interventions.analysis.batches import DocBatch, following_scores, iter_batches
 from modarb_tasks.errors import ModarbError
 from interventions.mechanism.knockout import knockout, layer_window
 from interventions.mechanism.locate import locate_heads
@@ -179,13 +179,8 @@ def why_inapplicable(batches: Iterable[DocBatch], edge: str, layout: str) -> str
     return None
 
 
-@torch.no_grad()
-def following_probability(model, batch: DocBatch) -> torch.Tensor:
-    """P_F per row of `batch`, from one forward that keeps only the last position's logits."""
-    return _probability(last_logits(model, batch), batch)
-
-
 def _probability(logits: torch.Tensor, batch: DocBatch) -> torch.Tensor:
+    """P_F per row of `batch` from its last-position logits, in float64 on the CPU for the item statistics."""
     return following_scores(logits, batch)[1].double().cpu()
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lm_eval.api.instance import Instance
 
 from generation_recording import GENERATION_SETTINGS, STEPS, generate_requests, record_generation, uncached_logits
 from interventions.mechanism.spec import HeadScale, InterventionSpec, KnockoutSpec, model_fingerprint
