@@ -38,11 +38,11 @@ PROMPT_PARTS = (("bos", 1), ("image", 576), ("context", 64), ("instruction", 30)
 
 def bench_organism(args: argparse.Namespace) -> dict:
     from interventions.analysis.flow import flow_sweep
-    from interventions.analysis.flow_run import follow_docs
+    from interventions.analysis.data import FOLLOW_KINDS, shapes_docs
     from interventions.model.loading import load_model
 
     model, processor = load_model(args.model, device=args.device)
-    docs = follow_docs(args.n_items, "validation", ["standard"])
+    docs = shapes_docs(args.n_items, FOLLOW_KINDS, layouts=["standard"])
     flow_sweep(model, processor, docs[:2], edges=MAIN_EDGES[:1], batch_size=2)  # warm-up
     seconds, results = {}, {}
     for name, batch_size in (("batched", args.batch_size), ("per_item", 1)):
@@ -141,7 +141,7 @@ def bench_7b(args: argparse.Namespace) -> dict:
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     baseline, effects = sweep_batch(model, batch, MAIN_EDGES[:1], windows)
-    seconds = time.perf_counter() - start  # following_probability moves results to the CPU: synchronised
+    seconds = time.perf_counter() - start  # the sweep moves each P_F to the CPU: synchronised
     effect = effects[MAIN_EDGES[0]]
     return {
         "mode": "llava-1.5-7b random init",

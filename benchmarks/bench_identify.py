@@ -29,6 +29,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import torch  # noqa: E402
 
 from interventions.analysis.batches import DocBatch, iter_batches  # noqa: E402
+from interventions.analysis.data import shapes_docs  # noqa: E402
 from interventions.analysis.identify import (  # noqa: E402
     IdentifyResult,
     LearnedMaskOptions,
@@ -38,7 +39,6 @@ from interventions.analysis.identify import (  # noqa: E402
     learned_mask_scores,
     rank_correlation,
     selective_scores,
-    shapes_docs,
     split_docs,
     top_heads,
     top_overlap,

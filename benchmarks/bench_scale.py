@@ -77,13 +77,14 @@ def counted_phases(model, processor, config: ReproduceConfig, exact_sweep: str) 
     from interventions.analysis.amplify import choose_alpha, learn_amplification
     from interventions.analysis.batches import iter_batches
     from interventions.analysis.flow import flow_sweep
-    from interventions.analysis.identify import frozen, identify, shapes_docs, split_docs, top_heads
+    from interventions.analysis.data import FOLLOW_KINDS, shapes_docs
+    from interventions.analysis.identify import frozen, identify, split_docs, top_heads
     from interventions.analysis.lens import logit_lens
     from interventions.analysis.objective import Objective
-    from interventions.analysis.flow_run import DEFAULT_LAYOUTS, follow_docs
+    from interventions.analysis.flow_run import DEFAULT_LAYOUTS
 
     bs, seconds = config.batch_size, {}
-    flow_docs = follow_docs(config.analysis_items, "validation", DEFAULT_LAYOUTS)
+    flow_docs = shapes_docs(config.analysis_items, FOLLOW_KINDS, layouts=DEFAULT_LAYOUTS)
     with WorkCounter(model) as counter:
         @contextmanager
         def timed(name):

@@ -22,14 +22,16 @@ from pathlib import Path
 
 from modarb_tasks.errors import ModarbError
 from modarb_tasks import mc2
-from modarb_tasks.docs import ConflictItem, to_doc
+from modarb_tasks.docs import TASK_KINDS, ConflictItem, to_doc
 
 PAPER_MODELS = ("qwen2_5_vl_7b", "internvl3_8b", "llava_v1_5_7b")
 SHAPES = "shapes"
 MC2 = "mc2"
 PAPER_PREFIX = "mc2_paper:"
-SHAPES_SPLIT = "validation"
-SHAPES_SEED = 0
+SHAPES_SPLIT = "validation"  # the analyses read it; the test split is kept for scoring interventions with lm-eval
+SHAPES_SEED = 0  # the `shapes` generator seed of the benchmark's own splits
+FOLLOW_KINDS = TASK_KINDS[:2]  # follow_image, follow_text: the instruction names a side
+CONTROL_KINDS = TASK_KINDS[2:]  # visual_control, language_control: one side alone, no conflict
 DROP_NO_TOKEN = "no candidate has a first token under this tokenizer"
 DROP_SHARED = "the followed and the competing candidates share a first token"
 FELL_BACK = "kept, scored on the answer: no listed candidate of a side has a token"  # not a drop
@@ -171,6 +173,14 @@ def item_docs(items: Sequence[ConflictItem], kinds: Sequence[str], layouts: Sequ
                                                ("candidates_compete", not follows_image)) if listed[image_side]}
                 docs.append(doc)
     return docs
+
+
+def shapes_docs(n_items: int, kinds: Sequence[str] = TASK_KINDS, layouts: Sequence[str] = ("standard",),
+                split: str = SHAPES_SPLIT) -> list[dict]:
+    """Docs of the first `n_items` items of a `shapes` split for each layout and kind (no model needed)."""
+    if n_items < 1:
+        raise ModarbError(f"--n-items {n_items} must be at least 1")
+    return item_docs(DataSource().items(n_items, split), kinds, layouts)
 
 
 def usable_docs(docs: Sequence[dict], tokenizer, text_of) -> tuple[list[dict], dict[str, int]]:

@@ -8,13 +8,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from interventions.analysis.data import FOLLOW_KINDS, shapes_docs
 from modarb_tasks.errors import ModarbError
 from modarb_tasks.files import write_json
 from modarb_tasks.outdir import OutputFolder
 
 SCHEMA_VERSION = "modarb.flow/v1"
 DEFAULT_LAYOUTS = ("standard", "instruction_after", "system_prompt")
-FOLLOW_KINDS = ("follow_image", "follow_text")
 
 
 def check_counts(window: int | None, n_items: int, batch_size: int) -> None:
@@ -24,15 +24,6 @@ def check_counts(window: int | None, n_items: int, batch_size: int) -> None:
     for flag, value in (("--n-items", n_items), ("--batch-size", batch_size)):
         if value < 1:
             raise ModarbError(f"{flag} {value} must be at least 1")
-
-
-def follow_docs(n_items: int, split: str, layouts: Sequence[str]) -> list[dict]:
-    """follow_image and follow_text docs of the first `n_items` shapes items, in each layout."""
-    from modarb_tasks.docs import to_doc
-    from modarb_tasks.shapes import make_items
-
-    items = make_items(split, n_items)
-    return [to_doc(item, kind, layout) for layout in layouts for kind in FOLLOW_KINDS for item in items]
 
 
 def command_line(model: str | None, out: Path, window: int, n_items: int, batch_size: int, split: str,
@@ -69,7 +60,7 @@ def run_flow(
 
     check_counts(window, n_items, batch_size)
     start = time.perf_counter()
-    docs = follow_docs(n_items, split, layouts) if docs is None else list(docs)
+    docs = shapes_docs(n_items, FOLLOW_KINDS, layouts, split) if docs is None else list(docs)
     sweep = flow_sweep(model, processor, docs, window=window, batch_size=batch_size, progress=progress)
     lens = logit_lens(model, processor, docs, batch_size=batch_size, progress=progress)
     out = OutputFolder.of(out)

@@ -39,6 +39,7 @@ from scipy.stats import spearmanr
 from torch import nn
 from tqdm.auto import tqdm
 
+from interventions.analysis.data import CONTROL_KINDS, FOLLOW_KINDS, SHAPES_SEED, SHAPES_SPLIT, shapes_docs
 from interventions.analysis.batches import DocBatch, following_scores, iter_batches, logit_difference
 from interventions.analysis.gate_response import GATES, describe, gate_response
 from interventions.mechanism.heads import Head, gate_heads
@@ -53,14 +54,8 @@ from interventions.mechanism.heads import scale_heads
 from interventions.mechanism.resume import resumable
 from interventions.mechanism.locate import locate_heads
 from interventions.mechanism.spec import InterventionSpec, model_fingerprint
-from modarb_tasks.docs import to_doc
-from modarb_tasks.shapes import make_items
 
 SCHEMA_VERSION = "modarb.identify/v1"
-FOLLOW_KINDS = ("follow_image", "follow_text")
-CONTROL_KINDS = ("visual_control", "language_control")
-DATA_SEED = 0  # the `shapes` generator seed of the benchmark's own splits
-SPLIT = "validation"  # heads are found here; the test split is kept for scoring the interventions with lm-eval
 
 EXACT_SWEEPS = ("shortlist", "full")  # the exact sweeps score a shortlist on large models, or every head
 
@@ -173,15 +168,6 @@ def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float | None:
     if bool((a == a[0]).all()) or bool((b == b[0]).all()):
         return None
     return float(spearmanr(a.numpy(), b.numpy()).statistic)
-
-
-# --- data --------------------------------------------------------------------------------------
-def shapes_docs(n_items: int, split: str = SPLIT) -> list[dict]:
-    """Docs of every task kind for the first `n_items` items of a `shapes` split."""
-    if n_items < 1:
-        raise ModarbError(f"--n-items {n_items} must be at least 1")
-    items = make_items(split, n_items, seed=DATA_SEED)
-    return [to_doc(item, kind) for kind in (*FOLLOW_KINDS, *CONTROL_KINDS) for item in items]
 
 
 def every_head(layers: int, heads: int) -> list[Head]:
@@ -324,7 +310,7 @@ def objective_by_ranking(objective: Objective, rankings: dict[str, Ranking], fra
         "1 - P_F(blocked) / P_F(open), P_F the mean binary-normalised first-token following probability on the "
         "follow docs; control drop = open - blocked mean probability of the correct first answer token",
         "control_weight": objective.control_weight,
-        "split": SPLIT,
+        "split": SHAPES_SPLIT,
         "open": objective.open,
         "by_ranking": by_ranking,
         "best": best,
@@ -515,7 +501,7 @@ def run_identify(
                           f"(more than {MAX_SETS:,}); it is for small models: drop --exhaustive")
     start = time.perf_counter()
     result = identify(
-        model, processor, shapes_docs(n_items, SPLIT) if docs is None else docs, fraction=top, batch_size=batch_size, exact=exact,
+        model, processor, shapes_docs(n_items) if docs is None else docs, fraction=top, batch_size=batch_size, exact=exact,
         learned=learned, learned_options=LearnedMaskOptions(steps=learned_steps), response_heads=curve_heads,
         seed=seed, progress=progress, exhaustive=exhaustive, exact_sweep=exact_sweep,
     )
@@ -524,7 +510,7 @@ def run_identify(
     command = command_line(model, model_name, out.final, top=top, method=method, n_items=n_items, batch_size=batch_size,
                            seed=seed, exact=exact, learned=learned, learned_steps=learned_steps,
                            curve_heads=curve_heads, exhaustive=exhaustive, exact_sweep=exact_sweep)
-    provenance = {"method": method, "fraction": top, "split": SPLIT, "n_items": n_items, "data_seed": DATA_SEED,
+    provenance = {"method": method, "fraction": top, "split": SHAPES_SPLIT, "n_items": n_items, "data_seed": SHAPES_SEED,
                   "seed": seed, "command": command}
     if data is not None:  # MC²: the analysis half of the named file; the command names the data flags
         provenance |= {"split": data["analysis_half"], "data": data, "command": command + data.get("flags", "")}

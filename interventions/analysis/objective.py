@@ -25,11 +25,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from interventions.analysis.batches import DocBatch, candidate_log_mass, following_scores, last_logits
+from interventions.analysis.data import CONTROL_KINDS
 from interventions.mechanism.heads import Head, gate_heads
 from interventions.mechanism.locate import locate_heads
 from interventions.mechanism.resume import resumable
 
-CONTROL_KINDS = ("visual_control", "language_control")
 CONTROL_WEIGHT = 1.0  # one point of control mass lost costs as much as one point of relative following drop
 
 

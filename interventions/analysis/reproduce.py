@@ -52,9 +52,15 @@ def reproduce(config: ReproduceConfig) -> dict:
     """Run every experiment and write the report folder; returns summary.json's content."""
     if not 0 < config.top < 1 or config.top not in config.fractions:
         raise ModarbError(f"--top {config.top} must be one of the blocking fractions {list(config.fractions)}")
-    from interventions.analysis.data import analysis_docs, data_record, prepare_docs, resolve_data
-    from interventions.analysis.flow_run import DEFAULT_LAYOUTS, FOLLOW_KINDS
-    from interventions.analysis.identify import CONTROL_KINDS
+    from interventions.analysis.data import (
+        CONTROL_KINDS,
+        FOLLOW_KINDS,
+        analysis_docs,
+        data_record,
+        prepare_docs,
+        resolve_data,
+    )
+    from interventions.analysis.flow_run import DEFAULT_LAYOUTS
     from interventions.model.lm import ModarbVLM
 
     source = resolve_data(config.data, config.mc2_json, config.mc2_images,
@@ -194,8 +200,7 @@ def _validation_objective(lm, config: ReproduceConfig, source) -> Objective:
 
     More items than identify uses: the gates are fit to the failed items, and 48 items have only ~10.
     """
-    from interventions.analysis.data import analysis_docs
-    from interventions.analysis.identify import CONTROL_KINDS, FOLLOW_KINDS
+    from interventions.analysis.data import CONTROL_KINDS, FOLLOW_KINDS, analysis_docs
 
     docs, _ = analysis_docs(source, lm.model.config, lm.tokenizer, config.amplify_items, (*FOLLOW_KINDS, *CONTROL_KINDS))
     return validation_objective(lm, docs, config.batch_size)

@@ -20,7 +20,8 @@ from itertools import combinations
 import torch
 
 from interventions.analysis.defaults import MAX_SETS
-from interventions.analysis.objective import CONTROL_KINDS, Objective
+from interventions.analysis.data import CONTROL_KINDS
+from interventions.analysis.objective import Objective
 from interventions.mechanism.heads import Head
 from modarb_tasks.errors import ModarbError
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from interventions.analysis.data import add_data_arguments
+from interventions.analysis.data import FOLLOW_KINDS, add_data_arguments
 from interventions.cli.arguments import add_model_arguments
-from interventions.analysis.flow_run import DEFAULT_LAYOUTS, FOLLOW_KINDS, check_counts, run_flow
+from interventions.analysis.flow_run import DEFAULT_LAYOUTS, check_counts, run_flow
 from modarb_tasks.errors import ModarbError
 from modarb_tasks.outdir import check_out, staged
 from modarb_tasks.shapes.scenes import SPLITS

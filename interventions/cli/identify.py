@@ -80,8 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from interventions.analysis.identify import run_identify
     from interventions.model.loading import load_model
 
-    from interventions.analysis.data import data_record, docs_line, prepare_docs, resolve_data
-    from interventions.analysis.identify import CONTROL_KINDS, FOLLOW_KINDS
+    from interventions.analysis.data import CONTROL_KINDS, FOLLOW_KINDS, data_record, docs_line, prepare_docs, resolve_data
 
     check_args(args)
     if not args.plan:  # a plan writes nothing

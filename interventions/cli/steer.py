@@ -85,8 +85,7 @@ def run(args: argparse.Namespace) -> int:
     options = parse_options(args)
     check_out(args.out)
     check_device(args.device)
-    from interventions.analysis.data import docs_line, prepare_docs, resolve_data
-    from interventions.analysis.identify import CONTROL_KINDS, FOLLOW_KINDS
+    from interventions.analysis.data import CONTROL_KINDS, FOLLOW_KINDS, docs_line, prepare_docs, resolve_data
     from interventions.analysis.steer import SteerRun, run_steer
 
     source = resolve_data(args.data, args.mc2_json, args.mc2_images,

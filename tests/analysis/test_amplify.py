@@ -74,8 +74,8 @@ def test_restored_and_broken_are_counted_against_the_open_model(organism_dir):
     import torch
 
     from interventions.analysis.batches import iter_batches
-    from interventions.analysis.data import DataSource, prepare_docs
-    from interventions.analysis.identify import CONTROL_KINDS, FOLLOW_KINDS, split_docs
+    from interventions.analysis.data import CONTROL_KINDS, FOLLOW_KINDS, DataSource, prepare_docs
+    from interventions.analysis.identify import split_docs
     from interventions.analysis.objective import Objective
     from interventions.model.loading import load_model
 

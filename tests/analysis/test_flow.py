@@ -14,10 +14,10 @@ from interventions.analysis.flow import (
     default_window,
     edge_masks,
     flow_sweep,
-    following_probability,
 )
-from interventions.analysis.flow_run import follow_docs
+from interventions.analysis.data import FOLLOW_KINDS, shapes_docs
 from interventions.analysis.lens import logit_lens
+from interventions.analysis.objective import follow_probabilities
 from interventions.mechanism.knockout import knockout
 from untrained_organism import save_untrained_organism
 
@@ -39,7 +39,7 @@ def loaded(organism_folder):
 
 @pytest.fixture(scope="module")
 def docs():
-    return follow_docs(3, "validation", ["standard"])  # 3 items x (follow image, follow text)
+    return shapes_docs(3, FOLLOW_KINDS, layouts=["standard"])  # 3 items x (follow image, follow text)
 
 
 def test_default_window_is_the_odd_count_nearest_30_percent_of_depth():
@@ -49,14 +49,14 @@ def test_default_window_is_the_odd_count_nearest_30_percent_of_depth():
 def test_empty_knockout_leaves_p_f_bit_identical(loaded, docs):
     model, processor = loaded
     batch = encode_docs(model, processor, docs)
-    baseline = following_probability(model, batch)
+    baseline = follow_probabilities(model, batch)
     nobody = torch.zeros_like(batch.groups["image"])
     with knockout(model, [], range(LAYERS)):
-        assert torch.equal(following_probability(model, batch), baseline)
+        assert torch.equal(follow_probabilities(model, batch), baseline)
     with knockout(model, [(nobody, batch.groups["image"])], range(LAYERS)):
-        assert torch.equal(following_probability(model, batch), baseline)
+        assert torch.equal(follow_probabilities(model, batch), baseline)
     result = flow_sweep(model, processor, docs, edges=(), batch_size=4)  # other batches: other padding
-    assert torch.allclose(result.part("standard", "image").baseline, baseline[:3], atol=1e-6)
+    assert torch.allclose(result.part("standard", "image").baseline, baseline[:3].double(), atol=1e-6)
     assert result.part("standard", "text").effects == {}
 
 
@@ -71,7 +71,7 @@ def test_cutting_every_image_edge_makes_follow_image_p_f_independent_of_the_imag
     assert torch.equal(batch.inputs["input_ids"], swapped.inputs["input_ids"])
     assert not torch.equal(batch.inputs["pixel_values"], swapped.inputs["pixel_values"])
     # without the knockout the image matters
-    assert (following_probability(model, batch) - following_probability(model, swapped)).abs().max() > 1e-7
+    assert (follow_probabilities(model, batch) - follow_probabilities(model, swapped)).abs().max() > 1e-7
 
     def image_cut(b):
         text = b.inputs["attention_mask"].bool() & ~b.groups["image"]
@@ -79,9 +79,9 @@ def test_cutting_every_image_edge_makes_follow_image_p_f_independent_of_the_imag
 
     layers = range(LAYERS)
     with knockout(model, image_cut(batch), layers):
-        original = following_probability(model, batch)
+        original = follow_probabilities(model, batch)
     with knockout(model, image_cut(swapped), layers):
-        other = following_probability(model, swapped)
+        other = follow_probabilities(model, swapped)
     torch.testing.assert_close(original, other, rtol=0, atol=1e-6)
 
 
@@ -103,7 +103,7 @@ def test_batched_and_per_item_sweeps_agree(loaded, docs):
 
 def test_edges_that_cannot_act_are_skipped_with_a_reason(loaded):
     model, processor = loaded
-    docs = follow_docs(1, "validation", ["system_prompt", "instruction_after"])
+    docs = shapes_docs(1, FOLLOW_KINDS, layouts=["system_prompt", "instruction_after"])
     result = flow_sweep(model, processor, docs, edges=("vision->system", "instruction->constraint"), batch_size=2)
     system = result.part("system_prompt", "image")
     assert system.skipped == {"vision->system": "'image' comes after 'system' in the system_prompt layout: "

@@ -12,6 +12,7 @@ from interventions.analysis.batches import candidate_log_mass, iter_batches, las
 from interventions.mechanism.heads import gate_heads
 from interventions.analysis.gate_response import GATES, describe, gate_response
 from interventions.analysis.selective import exhaustive_sets, selective_sweep
+from interventions.analysis.data import shapes_docs
 from interventions.analysis.identify import (
     LearnedMaskOptions,
     Objective,
@@ -23,7 +24,6 @@ from interventions.analysis.identify import (
     learned_mask_scores,
     logit_difference,
     rank_correlation,
-    shapes_docs,
     split_docs,
     top_heads,
     top_overlap,

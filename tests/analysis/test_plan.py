@@ -10,13 +10,13 @@ import torch
 
 from interventions.analysis.defaults import LearnedMaskOptions
 from interventions.analysis.batches import iter_batches
+from interventions.analysis.data import shapes_docs
 from interventions.analysis.identify import (
     Objective,
     ablation_scores,
     attribution_scores,
     identify,
     selective_scores,
-    shapes_docs,
     shortlist,
     split_docs,
 )
@@ -104,11 +104,12 @@ def test_planned_sweeps_count_the_resumed_forwards(request, which, exact_sweep):
 
 def test_planned_flow_counts_the_resumed_knockouts():
     from interventions.analysis.flow import flow_sweep
-    from interventions.analysis.flow_run import DEFAULT_LAYOUTS, follow_docs
+    from interventions.analysis.data import FOLLOW_KINDS, shapes_docs
+    from interventions.analysis.flow_run import DEFAULT_LAYOUTS
     from interventions.model.loading import load_model
 
     model, processor = load_model(None)
-    docs = follow_docs(2, "validation", DEFAULT_LAYOUTS)
+    docs = shapes_docs(2, FOLLOW_KINDS, layouts=DEFAULT_LAYOUTS)
     with WorkCounter(model) as counter:
         flow_sweep(model, processor, docs, window=3, batch_size=4)
     planned = flow_work(None, docs, 4, window=3)[0]

@@ -98,8 +98,8 @@ def test_modarb_steer_refuses_bad_flags_in_one_line(argv, message, tmp_path, cap
 
 def test_validation_rates_at_alpha_zero_change_nothing_and_the_best_setting_is_chosen(organism_dir, monkeypatch):
     from interventions.analysis.batches import iter_batches
-    from interventions.analysis.data import DataSource, prepare_docs
-    from interventions.analysis.identify import CONTROL_KINDS, FOLLOW_KINDS, split_docs
+    from interventions.analysis.data import CONTROL_KINDS, FOLLOW_KINDS, DataSource, prepare_docs
+    from interventions.analysis.identify import split_docs
     from interventions.analysis.objective import Objective
     from interventions.analysis.amplify import control_drops, follow_rates
     from interventions.analysis.steer import SteerOptions, choose_setting, fit_directions

@@ -7,9 +7,10 @@ import torch
 
 from interventions.analysis.batches import iter_batches
 from interventions.analysis.flow import flow_sweep
-from interventions.analysis.identify import identify, shapes_docs, split_docs, top_heads
+from interventions.analysis.data import FOLLOW_KINDS, shapes_docs
+from interventions.analysis.identify import identify, split_docs, top_heads
 from interventions.analysis.plan import WorkCounter
-from interventions.analysis.flow_run import DEFAULT_LAYOUTS, follow_docs
+from interventions.analysis.flow_run import DEFAULT_LAYOUTS
 from interventions.mechanism import resume
 from interventions.mechanism.heads import scale_heads
 from interventions.mechanism.knockout import knockout
@@ -61,7 +62,7 @@ def organism():
 
 def test_resumed_forwards_equal_full_forwards_on_the_organism(organism):
     model, processor = organism
-    docs = follow_docs(3, "validation", ["standard"])
+    docs = shapes_docs(3, FOLLOW_KINDS, layouts=["standard"])
     batch = next(iter_batches(model, processor, docs, batch_size=4))
     assert not batch.inputs["attention_mask"].all()  # real prompts of different lengths: left-padded
     layers = model.config.get_text_config().num_hidden_layers
@@ -168,7 +169,7 @@ def test_identify_is_unchanged_and_cheaper_when_resumed(organism, monkeypatch):
 
 def test_flow_is_unchanged_when_resumed(organism, no_resume):
     model, processor = organism
-    docs = follow_docs(2, "validation", DEFAULT_LAYOUTS)
+    docs = shapes_docs(2, FOLLOW_KINDS, layouts=DEFAULT_LAYOUTS)
     full = flow_sweep(model, processor, docs, window=3, batch_size=4)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(resume, "RESUME_BUDGET_BYTES", 2**30)
