@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import torch
 from torch import nn
@@ -53,7 +54,20 @@ class HeadLayout:
 
 
 def locate_heads(model: nn.Module) -> HeadLayout:
-    """The HeadLayout of `model`'s language decoder; UnsupportedModelError if there is none."""
+    """The HeadLayout of `model`'s language decoder; UnsupportedModelError if there is none.
+
+    Found once per model object: every hook engine, sweep and resumed forward asks for it, often
+    per batch, and a model's modules do not change while it is being analysed.
+    """
+    if model not in _LAYOUTS:
+        _LAYOUTS[model] = _find_heads(model)
+    return _LAYOUTS[model]
+
+
+_LAYOUTS: WeakKeyDictionary[nn.Module, HeadLayout] = WeakKeyDictionary()  # dropped with the model
+
+
+def _find_heads(model: nn.Module) -> HeadLayout:
     model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
     layout = family_layout(model_type)
     decoder = _decoder(model, layout)
