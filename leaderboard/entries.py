@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
@@ -23,6 +22,7 @@ from modarb_tasks.catalog import (HEADLINE_METRIC, SLOTS, Metric, catalog,  # no
                                   suite_task, task_slot)
 from modarb_tasks.errors import ModarbError
 from modarb_tasks.files import write_atomic
+from modarb_tasks.results import number, task_score
 
 ENTRY_SCHEMA = "modarb-leaderboard-entry/1"
 KINDS = ("result", "smoke")
@@ -131,24 +131,17 @@ def parse_model_args(model_args: str | dict | None) -> dict[str, str]:
     return {key.strip(): value.strip() for key, _, value in pairs}
 
 
-def _number(value: Any) -> float | None:
-    """A finite float, or None for lm-eval's "N/A" stderr, NaN and non-numbers."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
 def _task_metrics(task: str, scores: dict[str, Any], path: Path) -> tuple[str, dict[str, dict]]:
     """The metrics of one task under one filter ("none" when present), each with its stderr."""
     by_filter: dict[str, dict[str, dict]] = {}
     for key, value in scores.items():
         name, sep, filter_name = key.partition(",")
-        if not sep or name.endswith("_stderr") or _number(value) is None:
+        if not sep or name.endswith("_stderr") or number(value) is None:
             continue
         if not 0.0 <= value <= 1.0:  # every modarb metric is a share of items
             raise ModarbError(f"{path}: task {task} metric {name!r} is {value}, outside 0..1; "
                               f"the file was edited or is not modarb's; {_HOW_TO_GET}")
-        stderr = _number(scores.get(f"{name}_stderr,{filter_name}"))
+        stderr = number(scores.get(f"{name}_stderr,{filter_name}"))
         by_filter.setdefault(filter_name, {})[name] = {"value": float(value), "stderr": stderr}
     if not by_filter:
         raise ModarbError(f"{path}: task {task} has no metric values; {_HOW_TO_GET}")
@@ -221,15 +214,13 @@ def control_records(data: dict[str, Any], path: Path) -> dict[str, dict]:
         metric = listed[0].get("metric") if isinstance(listed[0].get("metric"), str) else next(iter(better), None)
         row = data["results"][name]
         filter_name = next((key.partition(",")[2] for key in row if key.partition(",")[0] == metric), "none")
-        value = _number(row.get(f"{metric},{filter_name}"))
-        if value is None or not isinstance(better.get(metric), bool):
+        score = task_score(data, name, metric, filter_name) if isinstance(metric, str) else None
+        if score is None or not isinstance(better.get(metric), bool):
             continue  # no numeric primary metric with a direction: nothing to compare
-        n = sum(data["n-samples"].get(task, {}).get("effective", 0)
-                for task in (data.get("group_subtasks") or {}).get(name) or [name])
-        records[name] = {"metric": metric, "filter": filter_name, "higher_is_better": better[metric], "n": n,
-                         "value": value, "stderr": _number(row.get(f"{metric}_stderr,{filter_name}"))}
+        records[name] = {"metric": metric, "filter": filter_name, "higher_is_better": better[metric], "n": score.n,
+                         "value": score.value, "stderr": score.stderr}
         items = logged_outcomes(path, name, filter_name, metric)
-        if items is not None and len(items["outcomes"]) == n:
+        if items is not None and len(items["outcomes"]) == score.n:
             records[name]["items"] = items
     return records
 
@@ -255,7 +246,7 @@ def logged_outcomes(results_path: Path, task: str, filter_name: str, metric: str
     metric = metric or catalog().tasks[task].headline
     by_doc: dict[int, int] = {}
     try:
-        for number, line in enumerate(samples.read_text(encoding="utf-8").splitlines(), 1):
+        for line_number, line in enumerate(samples.read_text(encoding="utf-8").splitlines(), 1):
             sample = json.loads(line)
             if sample.get("filter", filter_name) != filter_name:
                 continue
@@ -263,7 +254,7 @@ def logged_outcomes(results_path: Path, task: str, filter_name: str, metric: str
             if not isinstance(doc_id, int) or outcome not in (0, 1):
                 if control and isinstance(doc_id, int):
                     return None  # a score per item (a BLEU, a perplexity): compared by its stderr instead
-                raise ModarbError(f"{samples}: line {number} has no integer doc_id and 0/1 {metric!r}; "
+                raise ModarbError(f"{samples}: line {line_number} has no integer doc_id and 0/1 {metric!r}; "
                                   "re-run lm_eval with --log_samples")
             by_doc[doc_id] = int(outcome)
     except (UnicodeDecodeError, json.JSONDecodeError):

@@ -24,6 +24,7 @@ from typing import Any
 from modarb_tasks import TASKS_PATH
 from modarb_tasks.errors import ModarbError
 from modarb_tasks.paired import DEFAULT_Z, pair
+from modarb_tasks.results import task_score
 
 NO_SCORE = ("bypass",)  # lm-eval's predict-only metric: it aggregates to a placeholder, not a score
 
@@ -150,13 +151,11 @@ class Score:
 def read_score(results_file: Path, control: Control) -> Score:
     """`control`'s score in the results file an Evaluator run wrote (and the samples files beside it)."""
     results = json.loads(results_file.read_text(encoding="utf-8"))
-    row = results["results"][control.name]
-    value = row.get(f"{control.metric},{control.filter}")
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+    score = task_score(results, control.name, control.metric, control.filter)
+    if score is None:
+        value = results["results"][control.name].get(f"{control.metric},{control.filter}")
         raise ModarbError(f"--controls: task {control.name!r} gave {control.metric} = {value!r}, not a number; "
                           "choose a task that scores its answers")
-    stderr = row.get(f"{control.metric}_stderr,{control.filter}")
-    stderr = float(stderr) if isinstance(stderr, (int, float)) and math.isfinite(stderr) else None
     stamp = results_file.stem.removeprefix("results_")
     items = {}
     for task in control.leaves:
@@ -165,8 +164,8 @@ def read_score(results_file: Path, control: Control) -> Score:
             sample = json.loads(line)
             if sample.get("filter") == control.filter and isinstance(sample.get(control.metric), (int, float)):
                 items[(task, sample["doc_id"])] = float(sample[control.metric])
-    n = sum(results["n-samples"][task]["effective"] for task in control.leaves)
-    return Score(float(value), stderr, n, items)
+    n = sum(results["n-samples"][task]["effective"] for task in control.leaves)  # nested groups: every leaf
+    return Score(score.value, score.stderr, n, items)
 
 
 def compare(baseline: Score, run: Score, higher_is_better: bool, z: float = DEFAULT_Z) -> dict:
@@ -213,17 +212,16 @@ def preserved_ability(control_set: ControlSet, runs: Sequence[tuple[str, Any]]) 
 # ---------------------------------------------------------------- scoring reproduce's runs
 
 
-def reported_runs(baseline, chosen: tuple[str, Any], by_ranking: dict, amplified, sweep, steered=(),
-                  curve=()) -> list[tuple[str, Any]]:
+def reported_runs(baseline, chosen: tuple[str, Any], by_ranking: dict, amplified, sweep, curve=()) -> list[tuple[str, Any]]:
     """(label, run) of every run reproduce reports, baseline first: each ranking's top set blocked
-    (`chosen`: the headline ranking's), the learned gates, each α of the sweep, each steering setting
-    (`steered`: (label, run) pairs), and the blocking curve's top and random sets when `curve` is given."""
+    (`chosen`: the headline ranking's), the learned gates, each α of the sweep, and the blocking
+    curve's top and random sets when `curve` is given. Not the steering settings: they act at the answer
+    positions, which hf-modarb cannot find in text-only loglikelihood tasks (most lm-eval benchmarks)."""
     method, top = chosen
     runs = [("baseline", baseline), (f"block top ({method})", top)]
     runs += [(f"block top ({name})", run) for name, run in by_ranking.items()]
     runs += [("amplify (learned gates)", amplified.run)]
     runs += [(f"amplify top x{point.alpha:g}", point.run) for point in sweep]
-    runs += list(steered)
     for point in curve:
         label = f"{100 * point.fraction:g}%"
         runs += [(f"curve: block top {label}", point.top)]

@@ -19,8 +19,9 @@ from interventions.analysis.data import SHAPES_TASKS, TaskSet
 from interventions.model.lm import ModarbVLM
 from interventions.mechanism.spec import InterventionSpec
 from modarb_tasks import TASKS_PATH
-from modarb_tasks.catalog import FOLLOW_SLOTS, HEADLINE_METRIC, MF_RATIO, SLOTS, Metric, catalog, pooled_mf_ratio
+from modarb_tasks.catalog import FOLLOW_SLOTS, HEADLINE_METRIC, MF_RATIO, SLOTS, catalog, pooled_mf_ratio
 from modarb_tasks.files import write_text
+from modarb_tasks.results import task_score
 from modarb_tasks.paired import pair
 
 
@@ -32,9 +33,11 @@ def headline(tasks: TaskSet) -> dict[str, tuple[str, str]]:
 def headline_scores(results: dict, tasks: TaskSet) -> dict[str, float]:
     """The run's headline numbers from lm-eval's results: each slot's metric that ran, and the MF ratio
     pooled over both follow tasks as the catalog defines it (item-weighted, as the leaderboard shows it)."""
-    found = {slot: Metric(float(results["results"][task][f"{metric},none"]), None,
-                          results["n-samples"][task]["effective"])
-             for slot, (task, metric) in headline(tasks).items() if task in results["results"]}
+    found = {slot: task_score(results, task, metric) for slot, (task, metric) in headline(tasks).items()
+             if task in results["results"]}
+    missing = [slot for slot, metric in found.items() if metric is None]
+    if missing:  # modarb's own task YAMLs always report it: a bug, not bad input
+        raise KeyError(f"lm-eval's results lack the headline metric of {', '.join(missing)}")
     scores = {slot: metric.value for slot, metric in found.items()}
     pooled = pooled_mf_ratio(*(found.get(slot) for slot in FOLLOW_SLOTS))
     if pooled is not None:

@@ -133,8 +133,8 @@ def reproduce(config: ReproduceConfig) -> dict:
         amplify = amplification_sweep(evaluator, fingerprint, top_heads, config.alphas, baseline, progress=progress)
         if config.steers:
             progress("steer (test)")
-            steered, steered_runs = score_steering(evaluator, baseline, fingerprint, steering,
-                                                   against={"amplify_learned": amplified.run})
+            steered = score_steering(evaluator, baseline, fingerprint, steering,
+                                     against={"amplify_learned": amplified.run})
         summary = _summary(config, fingerprint, baseline, curve, (amplified, learned, amplify, alpha), top_heads,
                            by_ranking, identified, flow, seconds=time.perf_counter() - started)
         if config.steers:
@@ -148,8 +148,7 @@ def reproduce(config: ReproduceConfig) -> dict:
                                out.final / "runs" / "controls", tasks=source.tasks(), use_cache=config.use_cache,
                                include_path=control_set.include_path, task_manager=control_set.task_manager)
             runs = controls.reported_runs(baseline, (config.method, at_fraction(curve, config.top).top), by_ranking,
-                                          amplified, amplify, steered_runs if config.steers else (),
-                                          curve if config.controls_on_curve else ())
+                                          amplified, amplify, curve if config.controls_on_curve else ())
             summary["preserved_ability"] = controls.score_controls(scorer, control_set, runs)
             summary["work"] = work_summary(counter)  # counted again: the controls' runs are lm-eval work too
         progress("report")

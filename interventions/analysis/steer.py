@@ -119,11 +119,12 @@ def other_share(run) -> float | None:
     """The share of follow answers naming neither side, pooled over the follow tasks' items."""
     import json
 
+    from modarb_tasks.results import task_score
+
     document = json.loads(run.results_file.read_text())
-    parts = [(document["results"][task]["other,none"], document["n-samples"][task]["effective"])
-             for task in run.follow_by_doc if "other,none" in document["results"].get(task, {})]
-    total = sum(n for _, n in parts)
-    return sum(share * n for share, n in parts) / total if total else None
+    parts = [score for score in (task_score(document, task, "other") for task in run.follow_by_doc) if score]
+    total = sum(score.n for score in parts)
+    return sum(score.value * score.n for score in parts) / total if total else None
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,7 @@ def run_steer(config: SteerRun, out, source, docs: list[dict], dropped: dict) ->
         "fingerprint": fingerprint.describe(),
         "limit": config.limit,
         "data": data_record(source, dropped, len(docs)),
-        **score_steering(evaluator, baseline, fingerprint, chosen)[0],
+        **score_steering(evaluator, baseline, fingerprint, chosen),
     }
     write_summary(out.work, summary)
     return summary
@@ -204,21 +205,19 @@ def choose_steering(objective: Objective, options: SteerOptions) -> ChosenSteeri
 
 
 def score_steering(evaluator, baseline, fingerprint: ModelFingerprint, chosen: ChosenSteering,
-                   against: dict | None = None) -> tuple[dict, list]:
-    """Each chosen setting scored by `evaluator` on the test split against `baseline`: (the summary's options,
-    baseline and settings; (label, Run) of each setting's run). Each setting's spec, and its vector, lie in its
-    run folder runs/steer_<direction>/. `against`: name -> another Run on the same items; each setting records
-    `vs_<name>`, its paired comparison."""
+                   against: dict | None = None) -> dict:
+    """Each chosen setting scored by `evaluator` on the test split against `baseline`: the summary's options,
+    baseline and settings. Each setting's spec, and its vector, lie in its run folder runs/steer_<direction>/.
+    `against`: name -> another Run on the same items; each setting records `vs_<name>`, its paired comparison."""
     from interventions.analysis.evaluation import paired_vs
     from interventions.analysis.experiments import amplify_point
 
-    options, settings, runs = chosen.options, [], []
+    options, settings = chosen.options, []
     for name, setting in chosen.settings.items():
         spec = steering_spec(fingerprint, name, chosen.vectors[name][setting["layer"]], setting, options.positions,
                              {"validation_docs": chosen.validation_docs})
         run = evaluator.run(f"steer_{name}", spec)
         point = amplify_point(baseline, run, setting["alpha"])
-        runs.append((f"steer {name} L{setting['layer']} x{setting['alpha']:g}", run))
         settings.append({
             "direction": name, "layer": setting["layer"], "alpha": setting["alpha"], "positions": options.positions,
             "spec": f"runs/steer_{name}/spec.json", "identity": spec.identity(), "validation": setting["validation"],
@@ -234,7 +233,7 @@ def score_steering(evaluator, baseline, fingerprint: ModelFingerprint, chosen: C
                      "mf_ratio": baseline.scores.get("mf_ratio"), "other": other_share(baseline),
                      "command": baseline.command},
         "settings": settings,
-    }, runs
+    }
 
 
 def rates_on_test(point) -> dict:

@@ -122,7 +122,7 @@ def is_multimodal_task(task) -> bool:
 
 def check_tasks_for_spec(spec, tasks) -> None:
     """ModarbError naming the first task the spec cannot run on (before any request is sent)."""
-    if spec is None or not spec.groups_needed():
+    if spec is None or not (spec.groups_needed() or spec.needs_answer_positions()):
         return
     needed = sorted(spec.groups_needed())
     for name, task in tasks:
@@ -132,7 +132,12 @@ def check_tasks_for_spec(spec, tasks) -> None:
             raise ModarbError(f"spec {spec.identity()} needs the image tokens ({', '.join(needed)}), but task {name} "
                               "has no image; run it on image tasks (e.g. --tasks modality_following) or use "
                               "positions=all or positions=last")
-        if getattr(task.config, "output_type", None) in ("loglikelihood", "multiple_choice"):
+        if getattr(task.config, "output_type", None) not in ("loglikelihood", "multiple_choice"):
+            continue
+        if needed:
             raise ModarbError(f"spec {spec.identity()} needs token groups {needed}, which hf-modarb builds for "
                               f"generation and image loglikelihood only, but task {name} is text-only loglikelihood; "
                               "use positions=all or drop the task")
+        raise ModarbError(f"spec {spec.identity()} acts at the answer positions (positions=last), which hf-modarb "
+                          f"finds for generation and image loglikelihood only, but task {name} is text-only "
+                          "loglikelihood; use positions=all or drop the task")

@@ -48,3 +48,17 @@ def test_malformed_json_arguments_are_one_line(argv, problem):
 def test_well_formed_and_key_value_arguments_pass():
     check_json_arguments(["--metadata", '{"shapes_n": 8}', "--model_args", "block=L3H1,alpha=2", "--gen_kwargs",
                           "max_gen_toks=4"])
+
+
+def test_a_spec_at_the_answer_positions_stops_before_a_text_only_loglikelihood_task(organism_dir):
+    """hf-modarb cannot find the answer positions in lm-eval's text-only loglikelihood loop: refused before any
+    request (not after the other tasks ran), naming the task; generation and image tasks still run."""
+    from pathlib import Path
+
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures" / "control_tasks"
+    manager = TaskManager(include_path=[TASKS_PATH, str(fixtures)], include_defaults=False)
+    lm = ModarbVLM(pretrained=str(organism_dir), device="cpu", batch_size=2, block="L3H1", positions="last")
+    check_tasks(lm, get_task_dict(["modality_following", "ctl_image_answer"], manager))  # no error
+    with pytest.raises(ModarbError, match="acts at the answer positions .* task ctl_context_choice is text-only "
+                                          "loglikelihood; use positions=all"):
+        check_tasks(lm, get_task_dict(["ctl_context_choice"], manager))
