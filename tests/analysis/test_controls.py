@@ -151,6 +151,7 @@ def test_bad_control_is_one_line_before_any_weights_load(controls, expected, bro
     assert not out.exists()
 
 
+@pytest.mark.slow  # indexes lm-eval's own tasks (seconds)
 def test_a_task_without_a_numeric_metric_is_refused(broken_model, tmp_path, capsys, monkeypatch):
     for name, value in OFFLINE.items():
         monkeypatch.setenv(name, value)
@@ -176,6 +177,7 @@ def test_control_flags_are_checked_first(argv, message, tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow  # indexes lm-eval's own tasks (seconds)
 def test_a_group_without_an_aggregate_is_each_of_its_tasks_and_no_task_is_named_twice(monkeypatch):
     from interventions.analysis.controls import resolve
     from modarb_tasks.errors import ModarbError
