@@ -47,7 +47,9 @@ def test_alpha_zero_is_bit_identical_to_the_plain_model(family):
     assert torch.equal(plain, steered)
 
 
-def _check_hand_computed(model, batch, positions=None, expected_mask=None):
+def _check_hand_computed(model, batch, positions=None, expected_mask=None) -> int:
+    """Assert, layer by layer, that steering layer l adds alpha * v to hidden_states[l + 1] (only where
+    `expected_mask` is set) and nothing below; returns how many layers were checked."""
     vector, alpha = _vector(model), 3.0
     plain = model(**batch, output_hidden_states=True).hidden_states
     for layer in range(len(plain) - 2):  # the last entry is after the final norm
@@ -60,25 +62,27 @@ def _check_hand_computed(model, batch, positions=None, expected_mask=None):
             shift = shift * expected_mask[..., None]
         torch.testing.assert_close(steered[layer + 1], plain[layer + 1] + shift, atol=1e-5, rtol=0)
         assert not torch.allclose(steered[layer + 2], plain[layer + 2])  # the next layers read the steered stream
+    return len(plain) - 2
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_steering_layer_l_adds_alpha_v_to_hidden_states_l_plus_1(family):
     model = build_tiny_model(family)[0]
-    _check_hand_computed(model, random_batch(model))
+    assert _check_hand_computed(model, random_batch(model)) == model.config.get_text_config().num_hidden_layers - 1
 
 
 def test_steering_on_a_mask_adds_only_there():
     model = build_tiny_model("llava")[0]
     batch = random_batch(model)
     mask = answer_positions(batch["attention_mask"])
-    _check_hand_computed(model, batch, positions=mask, expected_mask=mask.float())
+    assert mask.sum() < mask.numel()  # some positions stay unsteered, so "only there" is tested
+    assert _check_hand_computed(model, batch, positions=mask, expected_mask=mask.float()) > 0
 
 
 def test_steering_the_organism_adds_alpha_v_to_hidden_states(organism_dir):
     model = load_model(organism_dir, attn_implementation="eager")[0]
     batch = random_batch(model)
-    _check_hand_computed(model, batch)
+    assert _check_hand_computed(model, batch) == model.config.get_text_config().num_hidden_layers - 1
 
 
 @pytest.mark.parametrize("family", ("llava", "qwen2_vl"))

@@ -24,7 +24,7 @@ def test_the_mixed_group_runs_under_the_request_cache(organism_dir, task_dicts, 
     looks through the wrapper instead of refusing the group as it would for stock hf-multimodal."""
     cached = ScopedCachingLM(ModarbVLM(pretrained=str(organism_dir), device="cpu", batch_size=2),
                              str(tmp_path / "cache" / "c.db"))
-    check_tasks(cached, task_dicts["modarb"])  # no error
+    assert cached.lm.spec is None and check_tasks(cached, task_dicts["modarb"]) is None
 
 
 def test_the_spec_check_runs_under_the_request_cache(organism_dir, task_dicts, tmp_path):
@@ -46,8 +46,8 @@ def test_malformed_json_arguments_are_one_line(argv, problem):
 
 
 def test_well_formed_and_key_value_arguments_pass():
-    check_json_arguments(["--metadata", '{"shapes_n": 8}', "--model_args", "block=L3H1,alpha=2", "--gen_kwargs",
-                          "max_gen_toks=4"])
+    assert check_json_arguments(["--metadata", '{"shapes_n": 8}', "--model_args", "block=L3H1,alpha=2",
+                                 "--gen_kwargs", "max_gen_toks=4"]) is None
 
 
 def test_a_spec_at_the_answer_positions_stops_before_a_text_only_loglikelihood_task(organism_dir):

@@ -132,7 +132,9 @@ def test_an_in_process_run_has_the_scoped_cache_and_no_task_bars_only_inside():
 
 
 def test_the_installed_lm_eval_is_the_one_the_adapter_expects():
-    check_lm_eval()  # no error
+    """pyproject pins the release the adapter was written against, and every replaced callable matches it."""
+    assert metadata.version("lm-eval") == lm_eval_adapter.LM_EVAL_VERSION
+    assert check_lm_eval() is None and len(lm_eval_adapter.EXPECTED) == 7
 
 
 def test_a_changed_upstream_signature_stops_with_one_line_naming_the_version(monkeypatch):
