@@ -13,6 +13,8 @@ backward counts as two forwards. The exact sweeps and flow's knockouts run resum
 - planned: Qwen2.5-VL-7B's layout (28 layers x 28 heads) and LLaVA-1.5-7B's (32 x 32) at the
   prompt lengths their processors give a COCO image with an MC² prompt: Qwen2.5-VL 391 image
   tokens (640 x 480 at 28-pixel merged patches) + 159 text = 550; LLaVA-1.5 576 + 119 = 695.
+  Flow's knockouts into a text group are planned as recomputing all the text (an upper bound: the
+  text before the image is counted too), those into the last position as recomputing one token.
   Counting them for real would take hours on two CPU cores; the plan's counts are validated on the
   counted models (and in tests/analysis/test_plan.py).
 - lm-eval's runs are planned everywhere (each run scores every task's prompts once).
@@ -38,9 +40,9 @@ import torch  # noqa: E402
 
 from interventions.analysis.defaults import LearnedMaskOptions, ReproduceConfig  # noqa: E402
 from interventions.analysis.plan import (  # noqa: E402
-    FLOW_EDGES,
     H100_SECONDS_PER_LAYER_TOKEN,
     LM_EVAL_TASKS,
+    FlowBatch,
     Phase,
     WorkCounter,
     Workload,
@@ -51,22 +53,26 @@ from interventions.analysis.plan import (  # noqa: E402
     totals,
 )
 
-LAYOUTS_7B = {  # name -> (layers, heads, prompt tokens with a COCO image)
-    "qwen2.5-vl-7b": (28, 28, 550),
-    "llava-1.5-7b": (32, 32, 695),
+LAYOUTS_7B = {  # name -> (layers, heads, prompt tokens with a COCO image, of which text)
+    "qwen2.5-vl-7b": (28, 28, 550, 159),
+    "llava-1.5-7b": (32, 32, 695, 119),
 }
+# flow's runnable edges per prompt layout, as flow_sweep finds them on shapes and MC² docs:
+# (edges into a text group: instruction, context, constraint; edges into the last position)
+FLOW_EDGES = {"standard": (6, 3), "instruction_after": (5, 3), "system_prompt": (6, 3)}
 IDENTIFY_PHASES = ("attribution", "objective (open model)", "learned mask", "ablation sweep", "selective sweep",
                    "objective at each top set", "gate response")
 
 
-def planned_workload(config: ReproduceConfig, tokens: int) -> Workload:
-    """Every doc `tokens` long, as many docs as the defaults' shapes / MC² analyses take."""
+def planned_workload(config: ReproduceConfig, tokens: int, text: int) -> Workload:
+    """Every doc `tokens` long (`text` of them text), as many docs as the defaults' shapes / MC² analyses take."""
     rows = 2 * config.analysis_items  # two follow kinds (or two control kinds)
     bs = config.batch_size
-    parts = [(batch_tokens(config.analysis_items, tokens, bs), FLOW_EDGES[layout])
-             for layout in FLOW_EDGES for _side in ("image", "text")]
+    flow = [FlowBatch(batch, (batch // tokens * text,) * into_text + (batch // tokens,) * into_last)
+            for into_text, into_last in FLOW_EDGES.values() for _side in ("image", "text")
+            for batch in batch_tokens(config.analysis_items, tokens, bs)]
     return Workload(identify_follow=batch_tokens(rows, tokens, bs), identify_control=batch_tokens(rows, tokens, bs),
-                    flow_parts=parts, lens=batch_tokens(rows * len(FLOW_EDGES), tokens, bs),
+                    flow=flow, lens=batch_tokens(rows * len(FLOW_EDGES), tokens, bs),
                     amplify_follow=batch_tokens(2 * config.amplify_items, tokens, bs),
                     amplify_control=batch_tokens(2 * config.amplify_items, tokens, bs),
                     lm_eval=batch_tokens(LM_EVAL_TASKS * config.limit, tokens, bs))
@@ -156,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
                                        "plan": [p.to_json() for p in planned],
                                        "plan_total": totals(planned).to_json()}
     user_model = replace(config, steer=args.steer)  # `reproduce --model X`: steering only when asked for
-    for name, (layers, heads, tokens) in LAYOUTS_7B.items():
-        planned = reproduce_plan(layers, heads, planned_workload(config, tokens), user_model, args.exact_sweep)
+    for name, (layers, heads, tokens, text) in LAYOUTS_7B.items():
+        planned = reproduce_plan(layers, heads, planned_workload(config, tokens, text), user_model, args.exact_sweep)
         print(f"\n== {name} ({layers} x {heads}, {tokens} tokens a prompt), planned")
         print(table(planned))
         results["models"][name] = {"layers": layers, "heads": heads, "tokens": tokens,

@@ -155,17 +155,17 @@ def split_docs(docs: Sequence[dict]) -> dict[tuple[str, str], list[dict]]:
     return parts
 
 
-def edge_masks(batch: DocBatch, edge: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(query mask, key mask) [B, S] of `edge` in `batch`."""
+def edge_masks(groups: dict[str, torch.Tensor], edge: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(query mask, key mask) [B, S] of `edge` among a batch's token `groups`."""
     key, query = EDGES[edge]
-    return batch.groups[query], batch.groups[key]
+    return groups[query], groups[key]
 
 
-def why_inapplicable(batches: Iterable[DocBatch], edge: str, layout: str) -> str | None:
-    """Why `edge` cannot act in these batches (empty group, keys after queries), or None."""
+def why_inapplicable(batches: Iterable[dict[str, torch.Tensor]], edge: str, layout: str) -> str | None:
+    """Why `edge` cannot act in these batches' token groups (empty group, keys after queries), or None."""
     key_name, query_name = EDGES[edge]
-    for batch in batches:
-        query, key = edge_masks(batch, edge)
+    for groups in batches:
+        query, key = edge_masks(groups, edge)
         for name, mask in ((query_name, query), (key_name, key)):
             if not mask.any(1).all():
                 return f"token group {name!r} is empty in the {layout} layout"
@@ -179,6 +179,13 @@ def why_inapplicable(batches: Iterable[DocBatch], edge: str, layout: str) -> str
     return None
 
 
+def first_position(mask: torch.Tensor) -> int:
+    """The first column any row of a [B, S] bool mask holds (S when it is empty): a knockout of queries
+    in `mask` changes no position before it."""
+    columns = mask.any(0).nonzero()
+    return int(columns[0]) if len(columns) else mask.shape[1]
+
+
 def _probability(logits: torch.Tensor, batch: DocBatch) -> torch.Tensor:
     """P_F per row of `batch` from its last-position logits, in float64 on the CPU for the item statistics."""
     return following_scores(logits, batch)[1].double().cpu()
@@ -189,16 +196,18 @@ def sweep_batch(
     model, batch: DocBatch, edges: Sequence[str], windows: Sequence[Sequence[int]], on_forward=lambda: None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(baseline P_F [B], edge -> change in P_F [B, windows]) for one batch: 1 + edges x windows forwards,
-    each knockout's resumed from its window's first layer (`resume.resumable`)."""
-    clean = resumable(model, batch.inputs, {min(layers) for layers in windows})
+    each knockout's resumed from its window's first layer and its receiving group's first position
+    (`resume.resumable`: the positions before it are unchanged)."""
+    firsts = {edge: first_position(edge_masks(batch.groups, edge)[0]) for edge in edges}
+    clean = resumable(model, batch.inputs, {min(layers) for layers in windows}, positions=firsts.values())
     baseline = _probability(clean.logits, batch)
     on_forward()
     effects = {}
     for edge in edges:
         per_window = []
         for layers in windows:
-            with knockout(model, [edge_masks(batch, edge)], layers):
-                per_window.append(_probability(clean.last_logits(min(layers)), batch) - baseline)
+            with knockout(model, [edge_masks(batch.groups, edge)], layers):
+                per_window.append(_probability(clean.last_logits(min(layers), firsts[edge]), batch) - baseline)
             on_forward()
         effects[edge] = torch.stack(per_window, 1)
     return baseline, effects
@@ -232,7 +241,7 @@ def flow_sweep(
     plans = []
     for (layout, side), part_docs in split_docs(docs).items():
         batches = list(iter_batches(model, processor, part_docs, batch_size))
-        reasons = {edge: why_inapplicable(batches, edge, layout) for edge in edges}
+        reasons = {edge: why_inapplicable([batch.groups for batch in batches], edge, layout) for edge in edges}
         runnable = [edge for edge in edges if reasons[edge] is None]
         skipped = {edge: reason for edge, reason in reasons.items() if reason is not None}
         plans.append((layout, side, part_docs, batches, runnable, skipped))

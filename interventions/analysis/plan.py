@@ -11,7 +11,10 @@ shortlist, the learned mask, the objective at each ranking's top set, gate-respo
 on validation, and lm-eval's runs (prompts scored once each; generated tokens beyond the first
 are not counted, so those runs are a lower bound). The exact sweeps and flow's knockouts resume
 each intervention's forward from its first intervened layer (`mechanism.resume`): a forward still,
-but of fewer layers; the plan assumes each batch's kept layer inputs fit the memory budget.
+but of fewer layers; flow's knockouts also from their receiving group's first position (the
+positions before it are unchanged), plus one checking replay per batch. The plan assumes each
+batch's kept layer inputs, keys and values fit the memory budget, and a causal prompt (PaliGemma's
+prompt attends both ways: its knockouts replay every position, more than planned).
 """
 
 from __future__ import annotations
@@ -112,17 +115,31 @@ def identify_plan(layers: int, heads: int, follow: list[int], control: list[int]
     return phases
 
 
-def flow_plan(layers: int, parts: list[tuple[list[int], int]], window: int | None = None) -> list[Phase]:
-    """flow's knockouts: per part (layout, side) with batches of the given tokens and its runnable
-    edge count, 1 + edges x layers forwards per batch, each knockout resumed from its window's first
-    layer (`window`: the knockout window, default flow.default_window)."""
+@dataclass(frozen=True)
+class FlowBatch:
+    """One flow batch: its rows x padded width, and per runnable edge the rows x the width from the edge's
+    receiving group's first position on (what each of its knockouts recomputes)."""
+
+    tokens: int
+    suffixes: tuple[int, ...]
+
+
+def flow_plan(layers: int, batches: list[FlowBatch], window: int | None = None) -> list[Phase]:
+    """flow's knockouts: per batch the clean forward, one checking replay from the first position any
+    edge changes, and edges x layers knockouts, each resumed from its window's first layer and its
+    edge's first position (`window`: the knockout window, default flow.default_window)."""
     from interventions.analysis.flow import default_window
     from interventions.mechanism.knockout import layer_window
 
     k = default_window(layers) if window is None else window
-    starts = [float(layer_window(centre, k, layers)[0]) for centre in range(layers)]
-    phases = [_resumed_phase("flow", starts * edges, tokens, layers) for tokens, edges in parts]
-    return [Phase("flow knockouts", sum(p.forwards for p in phases), 0, sum(p.layer_tokens for p in phases))]
+    starts = [layer_window(centre, k, layers)[0] for centre in range(layers)]
+    forwards, layer_tokens = 0, 0
+    for batch in batches:
+        cut = [suffix for suffix in batch.suffixes if suffix < batch.tokens]
+        forwards += 1 + bool(cut) + len(batch.suffixes) * len(starts)
+        layer_tokens += layers * batch.tokens + (layers - min(starts)) * max(cut, default=0)
+        layer_tokens += sum(layers - start for start in starts) * sum(batch.suffixes)
+    return [Phase("flow knockouts", forwards, 0, layer_tokens)]
 
 
 def amplify_plan(layers: int, follow: list[int], control: list[int], alphas: int) -> list[Phase]:
@@ -154,18 +171,13 @@ def lm_eval_plan(layers: int, runs: int, prompts: list[int]) -> list[Phase]:
     return [phase]
 
 
-# Runnable flow edges per prompt layout (the others cannot act there: a group is missing, or causal
-# attention already blocks the edge), as flow_sweep finds them on shapes and MC² docs.
-FLOW_EDGES = {"standard": 9, "instruction_after": 8, "system_prompt": 9}
-
-
 @dataclass
 class Workload:
     """The token counts of each batch every phase runs over (`batch_tokens` or measured ones)."""
 
     identify_follow: list[int]
     identify_control: list[int]
-    flow_parts: list[tuple[list[int], int]]  # per (layout, side): its batches' tokens, its runnable edges
+    flow: list[FlowBatch]
     lens: list[int]
     amplify_follow: list[int]
     amplify_control: list[int]
@@ -180,11 +192,32 @@ def measured_tokens(model_config, processor, docs: list[dict], batch_size: int) 
             for start in range(0, len(docs), batch_size)]
 
 
+def flow_batches(model_config, processor, docs: list[dict], batch_size: int) -> list[FlowBatch]:
+    """flow's batches of `docs` as flow_sweep forms them (per layout and side), with each runnable edge's
+    suffix, from the token groups of the encoded prompts (processor only)."""
+    from interventions.analysis.batches import encode_inputs
+    from interventions.analysis.flow import EDGES, edge_masks, first_position, split_docs, why_inapplicable
+    from interventions.mechanism.token_groups import doc_token_groups, image_token_id
+
+    batches = []
+    for (layout, _side), part in split_docs(docs).items():
+        encoded = []
+        for start in range(0, len(part), batch_size):
+            chunk = part[start:start + batch_size]
+            inputs, texts = encode_inputs(model_config, processor, chunk)
+            encoded.append((inputs["input_ids"].shape, doc_token_groups(inputs, texts, chunk, processor.tokenizer,
+                                                                        image_token_id(model_config))))
+        runnable = [edge for edge in EDGES if why_inapplicable([groups for _, groups in encoded], edge, layout) is None]
+        batches += [FlowBatch(rows * width, tuple(rows * (width - first_position(edge_masks(groups, edge)[0]))
+                                                  for edge in runnable))
+                    for (rows, width), groups in encoded]
+    return batches
+
+
 def docs_workload(model_config, processor, batch_size: int, limit: int, identify_docs: list[dict],
                   flow_docs: list[dict], amplify_docs: list[dict]) -> Workload:
     """The Workload of reproduce's docs, their prompt lengths measured with the processor; lm-eval's
     `limit` prompts per task are taken as long as the identify docs on average."""
-    from interventions.analysis.flow import split_docs as flow_parts
     from interventions.analysis.identify import split_docs
 
     def tokens(docs):
@@ -192,11 +225,10 @@ def docs_workload(model_config, processor, batch_size: int, limit: int, identify
 
     follow, control = split_docs(identify_docs)
     amplify_follow, amplify_control = split_docs(amplify_docs)
-    parts = [(tokens(docs), FLOW_EDGES.get(layout, max(FLOW_EDGES.values())))
-             for (layout, _side), docs in flow_parts(flow_docs).items()]
     per_row = round(sum(tokens(identify_docs)) / len(identify_docs))
-    return Workload(tokens(follow), tokens(control), parts, tokens(flow_docs), tokens(amplify_follow),
-                    tokens(amplify_control), batch_tokens(LM_EVAL_TASKS * limit, per_row, batch_size))
+    return Workload(tokens(follow), tokens(control), flow_batches(model_config, processor, flow_docs, batch_size),
+                    tokens(flow_docs), tokens(amplify_follow), tokens(amplify_control),
+                    batch_tokens(LM_EVAL_TASKS * limit, per_row, batch_size))
 
 
 def shapes_workload(model_config, processor, config) -> Workload:
@@ -255,7 +287,7 @@ def reproduce_plan(layers: int, heads: int, work: Workload, config, exact_sweep:
     directions = len(steer.directions) * config.steers
     runs = reproduce_runs(len(config.fractions), config.draws, len(METHODS), len(config.alphas)) + directions
     steering = steer_plan(layers, work.amplify_follow, work.amplify_control, directions, len(steer.alphas))
-    return [*flow_plan(layers, work.flow_parts, config.window),
+    return [*flow_plan(layers, work.flow, config.window),
             _phase("logit lens", 1, 0, work.lens, layers),
             *identify_plan(layers, heads, work.identify_follow, work.identify_control, fraction=config.top,
                            options=LearnedMaskOptions(steps=config.learned_steps), exact_sweep=exact_sweep),
@@ -336,11 +368,7 @@ def identify_work(model: str | None, docs: list[dict], batch_size: int, trust_re
 def flow_work(model: str | None, docs: list[dict], batch_size: int, trust_remote_code: bool = False,
               window: int | None = None) -> list[Phase]:
     """`modarb flow --plan`: the knockouts (in windows of `window` layers) and the logit lens on `docs`."""
-    from interventions.analysis.flow import split_docs
-
     model_config, processor = read_model(model, trust_remote_code)
     layers, _ = shape(model_config)
-    parts = [(measured_tokens(model_config, processor, part, batch_size), FLOW_EDGES.get(layout, max(FLOW_EDGES.values())))
-             for (layout, _side), part in split_docs(docs).items()]
-    return [*flow_plan(layers, parts, window), _phase("logit lens", 1, 0, measured_tokens(model_config, processor, docs, batch_size),
-                                              layers)]
+    return [*flow_plan(layers, flow_batches(model_config, processor, docs, batch_size), window),
+            _phase("logit lens", 1, 0, measured_tokens(model_config, processor, docs, batch_size), layers)]

@@ -75,7 +75,7 @@ def test_cutting_every_image_edge_makes_follow_image_p_f_independent_of_the_imag
 
     def image_cut(b):
         text = b.inputs["attention_mask"].bool() & ~b.groups["image"]
-        return [edge_masks(b, "vision->instruction"), edge_masks(b, "vision->last"), (text, b.groups["image"])]
+        return [edge_masks(b.groups, "vision->instruction"), edge_masks(b.groups, "vision->last"), (text, b.groups["image"])]
 
     layers = range(LAYERS)
     with knockout(model, image_cut(batch), layers):

@@ -176,8 +176,8 @@ def test_flow_is_unchanged_when_resumed(organism, no_resume):
         resumed = flow_sweep(model, processor, docs, window=3, batch_size=4)
     for ours, theirs in zip(resumed.parts, full.parts):
         assert ours.effects.keys() == theirs.effects.keys() and ours.effects
-        for edge, effect in ours.effects.items():
-            assert (effect - theirs.effects[edge]).abs().max() <= 1e-9
+        for edge, effect in ours.effects.items():  # replays from a position round as attention over fewer queries
+            assert (effect - theirs.effects[edge]).abs().max() <= 1e-5
 
 
 def test_the_exhaustive_search_is_unchanged_when_resumed(organism, monkeypatch):
