@@ -75,6 +75,7 @@ def planned_workload(config: ReproduceConfig, tokens: int, text: int) -> Workloa
                     flow=flow, lens=batch_tokens(rows * len(FLOW_EDGES), tokens, bs),
                     amplify_follow=batch_tokens(2 * config.amplify_items, tokens, bs),
                     amplify_control=batch_tokens(2 * config.amplify_items, tokens, bs),
+                    amplify_rows=(batch_tokens(2 * config.amplify_items, 1, bs),) * 2,
                     lm_eval=batch_tokens(LM_EVAL_TASKS * config.limit, tokens, bs))
 
 

@@ -71,28 +71,31 @@ CONTROL_ROUND = 8  # settings whose controls best_of scores together, batch by b
 
 @torch.no_grad()
 def _logits_each(objective: Objective, batches: Sequence[DocBatch], interventions: Sequence[Intervention],
-                 starts: Sequence[int] | None) -> list[list[torch.Tensor]]:
+                 starts: Sequence[int] | None, at_last: bool = False) -> list[list[torch.Tensor]]:
     """[intervention][batch]: the last position's logits under each intervention. With `starts` (the first
     decoder layer each one acts at) each batch's clean forward runs once and every intervention resumes
-    there (`resume.resumable`, the same numbers); without, full forwards."""
+    there (`resume.resumable`, the same numbers); without, full forwards. `at_last`: the interventions act
+    at the last position only, so a resumed forward recomputes that position alone."""
     out: list[list[torch.Tensor]] = [[] for _ in interventions]
     for batch in batches:
-        clean = resumable(objective.model, batch.inputs, set(starts)) if starts is not None else None
+        position = batch.inputs["input_ids"].shape[1] - 1 if at_last else 0
+        clean = (resumable(objective.model, batch.inputs, set(starts), positions=[position])
+                 if starts is not None else None)
         for index, make in enumerate(interventions):
             with make():
                 out[index].append(last_logits(objective.model, batch) if clean is None
-                                  else clean.last_logits(starts[index]))
+                                  else clean.last_logits(starts[index], position))
     return out
 
 
 def follow_rates(objective: Objective, interventions: Sequence[Intervention], starts: Sequence[int] | None = None,
-                 broken_weight: float = AmplifyOptions.broken_weight) -> list[dict]:
+                 broken_weight: float = AmplifyOptions.broken_weight, at_last: bool = False) -> list[dict]:
     """The follow docs' part of `rates` under each intervention; its `bound` (restored share - broken_weight x
     broken share) is the value before the control drops, which can only lower it."""
     was = torch.cat(_followed(objective))
     failed, followed = int((~was).sum()), int(was.sum())
     out = []
-    for logits in _logits_each(objective, objective.follow_batches, interventions, starts):
+    for logits in _logits_each(objective, objective.follow_batches, interventions, starts, at_last):
         now = torch.cat([following_scores(batch_logits, batch)[1] >= 0.5
                          for batch_logits, batch in zip(logits, objective.follow_batches)])
         row = {"failed": failed, "followed": followed, "restored": int((now & ~was).sum()),
@@ -105,10 +108,11 @@ def follow_rates(objective: Objective, interventions: Sequence[Intervention], st
 
 
 def control_drops(objective: Objective, interventions: Sequence[Intervention], follows: Sequence[dict],
-                  starts: Sequence[int] | None = None) -> list[dict]:
+                  starts: Sequence[int] | None = None, at_last: bool = False) -> list[dict]:
     """Each of `follows` (from follow_rates) with each control's mass drop under its intervention, and the value."""
     out = []
-    for logits, follow in zip(_logits_each(objective, objective.control_batches, interventions, starts), follows):
+    for logits, follow in zip(_logits_each(objective, objective.control_batches, interventions, starts, at_last),
+                              follows):
         means = objective.control_means([control_masses_of(batch_logits, batch)
                                          for batch_logits, batch in zip(logits, objective.control_batches)])
         drops = {f"{kind}_drop": objective.open[kind] - means[kind]
@@ -118,16 +122,18 @@ def control_drops(objective: Objective, interventions: Sequence[Intervention], f
 
 
 def best_of(objective: Objective, settings: Sequence[dict], interventions: Sequence[Intervention],
-            starts: Sequence[int] | None = None, broken_weight: float = AmplifyOptions.broken_weight) -> list[dict]:
+            starts: Sequence[int] | None = None, broken_weight: float = AmplifyOptions.broken_weight,
+            at_last: bool = False) -> list[dict]:
     """Each setting's validation rates, the control drops computed only where they can still matter.
 
     Every setting's follow docs are scored; then the controls, CONTROL_ROUND settings at a time in order of
     the bound (the value before the drops, which only lower it), until the next bound falls below the best
     value found: a setting left there cannot win. The winner is the exhaustive search's (ties too: `chosen`
     breaks them by the settings' order); a pruned setting records its `bound` and no value. `starts`: the
-    first decoder layer each setting acts at, so its forwards resume there.
+    first decoder layer each setting acts at, so its forwards resume there (`at_last`: and recompute only
+    the last position, where every setting acts).
     """
-    follows = follow_rates(objective, interventions, starts, broken_weight)
+    follows = follow_rates(objective, interventions, starts, broken_weight, at_last)
     tried = [dict(setting) | follow for setting, follow in zip(settings, follows)]
     order = sorted(range(len(tried)), key=lambda i: -tried[i]["bound"])
     best = -math.inf
@@ -135,7 +141,7 @@ def best_of(objective: Objective, settings: Sequence[dict], interventions: Seque
         batch = [i for i in order[:CONTROL_ROUND] if tried[i]["bound"] >= best]
         order = order[len(batch):]
         scored = control_drops(objective, [interventions[i] for i in batch], [follows[i] for i in batch],
-                               None if starts is None else [starts[i] for i in batch])
+                               None if starts is None else [starts[i] for i in batch], at_last)
         for index, rates_of in zip(batch, scored):
             tried[index] = dict(settings[index]) | rates_of
             best = max(best, rates_of["value"])

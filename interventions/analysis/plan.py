@@ -148,19 +148,30 @@ def amplify_plan(layers: int, follow: list[int], control: list[int], alphas: int
                    follow + control, layers)]
 
 
-def steer_plan(layers: int, follow: list[int], control: list[int], directions: int, alphas: int) -> list[Phase]:
+def _last_position_phase(name: str, starts: list[int], tokens: list[int], rows: list[int], layers: int) -> Phase:
+    """Per batch of `tokens` (`rows` prompts), the clean forward, one checking replay and one replay per
+    intervention acting at the last position only: layers start..layers-1 on that position alone."""
+    replays = 1 + len(starts)
+    forwards = (1 + replays) * len(tokens)
+    return Phase(name, forwards, 0, layers * sum(tokens)
+                 + (layers - min(starts) + sum(layers - start for start in starts)) * sum(rows))
+
+
+def steer_plan(layers: int, follow: tuple[list[int], list[int]], control: tuple[list[int], list[int]],
+               directions: int, alphas: int) -> list[Phase]:
     """Steering on validation: one residual pass over the follow batches, then each direction's layer x alpha
-    settings over the follow and control batches (the amplification's objective, already open), each resumed
-    from its layer. An upper bound on the controls: the search skips those of settings that can no longer win
-    (`amplify.best_of`), scoring CONTROL_ROUND settings per clean forward."""
+    settings over the follow and control batches ((tokens, rows) per batch; the amplification's objective,
+    already open), each resumed from its layer at the last position, where it steers. An upper bound on the
+    controls: the search skips those of settings that can no longer win (`amplify.best_of`), scoring
+    CONTROL_ROUND settings per clean forward."""
     from interventions.analysis.amplify import CONTROL_ROUND
 
     starts = [layer for layer in range(layers) for _ in range(alphas)]
     rounds = [starts[i:i + CONTROL_ROUND] for i in range(0, len(starts), CONTROL_ROUND)]
-    parts = [_phase("fit", 1, 0, follow, layers)]
+    parts = [_phase("fit", 1, 0, follow[0], layers)]
     for _ in range(directions):
-        parts.append(_resumed_phase("follow", starts, follow, layers))
-        parts += [_resumed_phase("controls", part, control, layers) for part in rounds]
+        parts.append(_last_position_phase("follow", starts, *follow, layers))
+        parts += [_last_position_phase("controls", part, *control, layers) for part in rounds]
     return [Phase("steering (validation)", sum(p.forwards for p in parts), 0, sum(p.layer_tokens for p in parts))]
 
 
@@ -181,6 +192,7 @@ class Workload:
     lens: list[int]
     amplify_follow: list[int]
     amplify_control: list[int]
+    amplify_rows: tuple[list[int], list[int]]  # prompts per batch of amplify_follow, of amplify_control
     lm_eval: list[int]  # one run's prompts over every task
 
 
@@ -228,6 +240,7 @@ def docs_workload(model_config, processor, batch_size: int, limit: int, identify
     per_row = round(sum(tokens(identify_docs)) / len(identify_docs))
     return Workload(tokens(follow), tokens(control), flow_batches(model_config, processor, flow_docs, batch_size),
                     tokens(flow_docs), tokens(amplify_follow), tokens(amplify_control),
+                    (batch_tokens(len(amplify_follow), 1, batch_size), batch_tokens(len(amplify_control), 1, batch_size)),
                     batch_tokens(LM_EVAL_TASKS * limit, per_row, batch_size))
 
 
@@ -286,7 +299,8 @@ def reproduce_plan(layers: int, heads: int, work: Workload, config, exact_sweep:
     steer = SteerOptions()
     directions = len(steer.directions) * config.steers
     runs = reproduce_runs(len(config.fractions), config.draws, len(METHODS), len(config.alphas)) + directions
-    steering = steer_plan(layers, work.amplify_follow, work.amplify_control, directions, len(steer.alphas))
+    steering = steer_plan(layers, (work.amplify_follow, work.amplify_rows[0]), (work.amplify_control, work.amplify_rows[1]),
+                          directions, len(steer.alphas))
     return [*flow_plan(layers, work.flow, config.window),
             _phase("logit lens", 1, 0, work.lens, layers),
             *identify_plan(layers, heads, work.identify_follow, work.identify_control, fraction=config.top,

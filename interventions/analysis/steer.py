@@ -99,8 +99,8 @@ def choose_setting(objective: Objective, vectors: torch.Tensor, options: SteerOp
                          options.positions)
         return hooks
 
-    tried = best_of(objective, settings, [intervention(setting) for setting in settings],
-                    [setting["layer"] for setting in settings], options.broken_weight)  # resumed at its layer
+    tried = best_of(objective, settings, [intervention(setting) for setting in settings],  # resumed at its layer
+                    [setting["layer"] for setting in settings], options.broken_weight, options.positions == "last")
     best = chosen(tried, tie=lambda point: -abs(point["alpha"]))
     return {"layer": best["layer"], "alpha": best["alpha"], "validation": best, "tried": tried}
 

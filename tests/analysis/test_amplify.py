@@ -14,10 +14,10 @@ def _fake_search(monkeypatch, bounds: list[float], drops: list[float]) -> list[i
     returns the indices whose controls were scored."""
     scored = []
 
-    def follow_rates(objective, interventions, starts=None, broken_weight=2.0):
+    def follow_rates(objective, interventions, starts=None, broken_weight=2.0, at_last=False):
         return [{"bound": bounds[make()], "failed": 1, "followed": 1} for make in interventions]
 
-    def control_drops(objective, interventions, follows, starts=None):
+    def control_drops(objective, interventions, follows, starts=None, at_last=False):
         scored.extend(make() for make in interventions)
         return [follow | {"value": follow["bound"] - drops[make()]} for make, follow in zip(interventions, follows)]
 
