@@ -17,10 +17,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from interventions.analysis.batches import DocBatch, logit_difference
+from interventions.analysis.batches import DocBatch, following_scores
 from modarb_tasks.errors import ModarbError
 from modarb_tasks.files import write_png
 from interventions.mechanism.heads import Head, scale_heads
+from interventions.mechanism.resume import resumable
 
 GATES = (0.0, 0.25, 0.5, 0.75, 1.0, 2.0, 4.0, 8.0)
 SIDES = ("follow_image", "follow_text")
@@ -43,33 +44,32 @@ def gate_response(
 ) -> list[dict]:
     """Per head, the mean logit difference log p(F) - log p(C) at each gate, over all docs and per side.
 
-    One forward per batch, head and gate other than 1 (gate 1 is the unchanged model, shared).
+    Per batch, the unchanged model's forward (gate 1, shared) and one forward per head and other gate,
+    resumed at the head's layer (`resume.resumable`: the layers below it are the unchanged model's).
     """
     gates = _check_gates(gates)
     kinds = [doc.get("kind") for batch in batches for doc in batch.docs]
     masks = {"mean": torch.ones(len(kinds), dtype=torch.bool)} | {
         side: torch.tensor([kind == side for kind in kinds]) for side in SIDES if side in kinds
     }
-
-    def differences(scales: dict) -> torch.Tensor:
-        with scale_heads(model, scales):
-            return torch.cat([logit_difference(model, batch).double().cpu() for batch in batches])
-
-    base = differences({})
+    scaled = [(tuple(head), gate) for head in heads for gate in gates if gate != 1.0]
+    columns: dict = {(tuple(head), 1.0): [] for head in heads} | {setting: [] for setting in scaled}
+    with tqdm(total=len(batches) * len(scaled), desc="gate response", unit="gate", disable=not progress) as bar:
+        for batch in batches:
+            clean = resumable(model, batch.inputs, {layer for (layer, _), _ in scaled})
+            base = following_scores(clean.logits, batch)[0].double().cpu()
+            for head in heads:
+                columns[tuple(head), 1.0].append(base)
+            for head, gate in scaled:
+                with scale_heads(model, {head: gate}):
+                    columns[head, gate].append(following_scores(clean.last_logits(head[0]), batch)[0].double().cpu())
+                bar.update()
     curves = []
-    with tqdm(total=len(heads) * (len(gates) - 1), desc="gate response", unit="gate", disable=not progress) as bar:
-        for head in heads:
-            columns = []
-            for gate in gates:
-                if gate == 1.0:
-                    columns.append(base)
-                else:
-                    columns.append(differences({tuple(head): gate}))
-                    bar.update()
-            values = torch.stack(columns)  # [gates, docs]
-            curves.append({"head": [int(head[0]), int(head[1])]} | {
-                name: [round(float(v), 5) for v in values[:, mask].mean(dim=1)] for name, mask in masks.items()
-            })
+    for head in heads:
+        values = torch.stack([torch.cat(columns[tuple(head), gate]) for gate in gates])  # [gates, docs]
+        curves.append({"head": [int(head[0]), int(head[1])]} | {
+            name: [round(float(v), 5) for v in values[:, mask].mean(dim=1)] for name, mask in masks.items()
+        })
     return curves
 
 

@@ -109,9 +109,11 @@ def identify_plan(layers: int, heads: int, follow: list[int], control: list[int]
     rankings = 1 + (1 + bool(control)) * exact + (learned and bool(control))
     if control:
         phases.append(_phase("objective at each top set", rankings, 0, both, layers))
-    # curves for each ranking's top heads, once per distinct head: the rankings share about half of them
+    # curves for each ranking's top heads, once per distinct head: the rankings share about half of them;
+    # each scaled forward resumes at its head's layer, planned as spread over the depth
     curves = math.ceil(min(k, curve_heads) * (rankings + 1) / 2) if curve_heads else 0
-    phases.append(_phase("gate response", 1 + curves * (GATE_COUNT - 1) if curves else 0, 0, follow, layers))
+    phases.append(_resumed_phase("gate response", [(layers - 1) / 2] * curves * (GATE_COUNT - 1), follow, layers)
+                  if curves else _phase("gate response", 0, 0, follow, layers))
     return phases
 
 
