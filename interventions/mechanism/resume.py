@@ -206,8 +206,8 @@ def key_value_bytes(model: nn.Module, batch: int, tokens: int) -> int:
 
 
 def memory_budget(device: torch.device) -> int:
-    """Bytes the kept layer inputs of one batch may take: DEVICE_SHARE of a CUDA device's free memory,
-    else RESUME_BUDGET_BYTES."""
+    """Bytes the kept layer inputs (keys and values too) of one batch may take: DEVICE_SHARE of a CUDA
+    device's free memory, else RESUME_BUDGET_BYTES."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0] * DEVICE_SHARE)
     return RESUME_BUDGET_BYTES
