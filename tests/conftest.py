@@ -7,6 +7,10 @@ from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
+# One thread per process, in-process and in every `modarb` process a test starts: the suite runs one
+# worker per core, and torch's spinning threads on an oversubscribed core run 5-10x slower.
+os.environ["OMP_NUM_THREADS"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -18,7 +22,6 @@ ATTENTIONS = ("eager", "sdpa")
 MC2_DIR_ENV = "MODARB_MC2_DIR"  # the folder of the real MC² JSON files (they are not in the repository)
 MC2_BESIDE_THE_REPO = Path(__file__).resolve().parents[2] / "shared" / "data" / "mc2"
 
-# Tests run tiny models on 2 shared cores: one intra-op thread avoids oversubscription (5-10x faster).
 torch.set_num_threads(1)
 
 
@@ -55,6 +58,14 @@ def _no_grad():
     with torch.no_grad():
         yield
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Back to one torch thread after a test that asked for more (the organism's trainer sets its own):
+    left at two, every later test on that worker would compete with the other worker for the cores."""
+    yield
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
 
 
 def _append_token(model, batch: dict, token: torch.Tensor) -> dict:
