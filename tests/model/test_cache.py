@@ -166,8 +166,8 @@ def test_an_interrupted_reproduce_resumes_from_its_cache(tmp_path, monkeypatch, 
     from interventions.analysis.reproduce import ReproduceConfig, reproduce
 
     def config(out: str, use_cache: Path | None) -> ReproduceConfig:
-        return ReproduceConfig(out=tmp_path / out, limit=8, batch_size=16, fractions=(0.05,), draws=1, alphas=(2.0,),
-                               analysis_items=4, learned_steps=5, amplify_items=8, seed=0, use_cache=use_cache)
+        return ReproduceConfig(out=tmp_path / out, limit=4, batch_size=16, fractions=(0.05,), draws=1, alphas=(2.0,),
+                               analysis_items=2, learned_steps=2, amplify_items=2, seed=0, use_cache=use_cache)
 
     reproduce(config("reference", None))
     real_run, finished = evaluation.Evaluator.run, []
