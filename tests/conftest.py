@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -51,6 +52,17 @@ def tiny_pair(family):
 def batch(tiny):
     """A left-padded batch of two prompts [text][image][text] for `tiny`."""
     return random_batch(tiny, batch_size=2)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _environment_report_once():
+    """torch's environment report, which lm-eval writes into every results file, gathered once per test process:
+    it runs pip, lscpu and more in subprocesses (about a second each time), and the suite scores hundreds of runs."""
+    from torch.utils import collect_env
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(collect_env, "get_pretty_env_info", functools.cache(collect_env.get_pretty_env_info))
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -114,6 +114,7 @@ def test_the_image_string_is_the_one_the_processor_expands(folders):
         assert (expanded["input_ids"] == image_token_id(model.config)).sum() > 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 def test_identify_and_flow_run_on_every_family(name, folders, tmp_path):
     model, processor = load_model(folders[name])
