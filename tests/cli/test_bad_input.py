@@ -12,9 +12,7 @@ Ctrl-C) also runs as a real `modarb` process, which proves the installed command
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import os
 import re
@@ -29,7 +27,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from interventions.cli import main
+from console import run_here
 from modarb_tasks.outdir import MANIFEST
 
 BIN = Path(sys.executable).parent
@@ -410,28 +408,6 @@ def _ready_for_ctrl_c(case: Case, paths: dict[str, Path], err_file: Path) -> boo
     return any(Path("/").glob(sign.lstrip("/")))
 
 
-def _run_here(case: Case, filled: dict[str, Path], folder: Path) -> Outcome:
-    """`modarb ARGS` through the console script's entry point in this process, from the case's folder, with
-    what the script would do with an exception main() lets through (argparse's exit; a traceback and 1)."""
-    out, err = io.StringIO(), io.StringIO()
-    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        patch.chdir(folder)
-        patch.delenv("MODARB_DEBUG", raising=False)
-        patch.setattr(sys, "argv", list(sys.argv))  # `modarb eval` hands lm-eval its arguments through sys.argv
-        try:
-            code = main(_fill(case.argv, filled))
-        except SystemExit as stop:  # argparse's errors; Python exits 1 after printing a code that is not a number
-            if stop.code is None or isinstance(stop.code, int):
-                code = stop.code or 0
-            else:
-                print(stop.code, file=sys.stderr)
-                code = 1
-        except Exception:  # noqa: BLE001 - a bug in a case: reported by its test, not by every test of the module
-            traceback.print_exc()
-            code = 1
-    return Outcome(code, out.getvalue(), err.getvalue(), folder)
-
-
 def _run_processes(cases: list[Case], start, results: dict[str, Outcome], seconds: dict[str, float]) -> None:
     """Every case in `cases` as a real `modarb` process, PARALLEL at a time; `start(case)` -> (Popen, folder,
     filled paths). A case with `interrupt_when` gets its Ctrl-C once its sign of progress appears. What goes
@@ -509,7 +485,8 @@ def outcomes(organism_dir, tmp_path_factory) -> tuple[dict[str, Outcome], dict[s
             if case not in in_processes:
                 started = time.monotonic()
                 folder, filled = prepared(case)
-                results[case.name] = _run_here(case, filled, folder)
+                ended = run_here(_fill(case.argv, filled), folder)
+                results[case.name] = Outcome(ended.returncode, ended.stdout, ended.stderr, folder)
                 seconds[case.name] = round(time.monotonic() - started, 1)
     finally:
         processes.join()
