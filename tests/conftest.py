@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
+# One thread per process, in-process and in every `modarb` process a test starts: the suite runs one
+# worker per core, and torch's spinning threads on an oversubscribed core run 5-10x slower.
+os.environ["OMP_NUM_THREADS"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -18,7 +23,6 @@ ATTENTIONS = ("eager", "sdpa")
 MC2_DIR_ENV = "MODARB_MC2_DIR"  # the folder of the real MC² JSON files (they are not in the repository)
 MC2_BESIDE_THE_REPO = Path(__file__).resolve().parents[2] / "shared" / "data" / "mc2"
 
-# Tests run tiny models on 2 shared cores: one intra-op thread avoids oversubscription (5-10x faster).
 torch.set_num_threads(1)
 
 
@@ -50,11 +54,30 @@ def batch(tiny):
     return random_batch(tiny, batch_size=2)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _environment_report_once():
+    """torch's environment report, which lm-eval writes into every results file, gathered once per test process:
+    it runs pip, lscpu and more in subprocesses (about a second each time), and the suite scores hundreds of runs."""
+    from torch.utils import collect_env
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(collect_env, "get_pretty_env_info", functools.cache(collect_env.get_pretty_env_info))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _no_grad():
     with torch.no_grad():
         yield
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Back to one torch thread after a test that asked for more (the organism's trainer sets its own):
+    left at two, every later test on that worker would compete with the other worker for the cores."""
+    yield
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
 
 
 def _append_token(model, batch: dict, token: torch.Tensor) -> dict:

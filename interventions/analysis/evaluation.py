@@ -121,8 +121,10 @@ class Evaluator:
         self.include_path = include_path  # the user's own task YAMLs (lm-eval control tasks), if any
         from lm_eval.tasks import TaskManager
 
-        # one that already indexes the include path too can be shared: indexing lm-eval's tasks takes seconds
-        self.task_manager = task_manager or TaskManager(include_path=TASKS_PATH, metadata=tasks.metadata or None)
+        # modarb's tasks alone unless the caller shares one that indexes lm-eval's too (the controls): indexing
+        # lm-eval's own tasks takes seconds, once per reproduce
+        self.task_manager = task_manager or TaskManager(include_path=TASKS_PATH, include_defaults=False,
+                                                        metadata=tasks.metadata or None)
 
     def run(
         self,

@@ -8,9 +8,8 @@ its error rate (lower is better), plus two that must be refused (data in no cach
 from __future__ import annotations
 
 import json
-import os
+import shlex
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -65,19 +64,20 @@ def test_each_control_is_scored_by_its_own_metric_for_the_baseline_and_the_top_b
 
 
 @pytest.mark.slow
-def test_control_numbers_equal_separate_modarb_eval_runs(controlled):
-    """Each recorded command, run as its own `modarb eval`, gives the same numbers exactly."""
+def test_control_numbers_equal_separate_modarb_eval_runs(controlled, monkeypatch):
+    """Each recorded command, run as its own `modarb eval` (through the command's entry point), gives the same
+    numbers exactly."""
     out, summary = controlled
     rows = _rows(summary)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))  # `modarb eval` hands lm-eval its arguments through sys.argv
     for name in ("baseline", f"block top ({summary['identify']['method']})"):
         command = rows[name]["command"]
         assert f"--include_path {TASKS}" in command and f"--limit {CONTROLS_LIMIT}" in command
         assert (name == "baseline") == ("spec=" not in command)
         results_dir = out.parent / f"recompute-{len(name)}"
-        completed = subprocess.run(f"{sys.executable} -m interventions {command.split(' ', 1)[1]} "
-                                   f"--output_path {results_dir}", shell=True, capture_output=True, text=True,
-                                   env=os.environ | OFFLINE)
-        assert completed.returncode == 0, completed.stderr[-2000:]
+        program, *argv = shlex.split(command)
+        assert program == "modarb"
+        assert cli.main([*argv, "--output_path", str(results_dir)]) == 0
         results = json.loads(next(results_dir.rglob("results_*.json")).read_text())["results"]
         for task in summary["preserved_ability"]["tasks"]:
             key = f"{task['metric']},{task['filter']}"
@@ -137,14 +137,14 @@ def broken_model(tmp_path, organism_dir) -> Path:
     ("ctl_context_choise", "unknown task 'ctl_context_choise' (closest lm-eval knows: ctl_context_choice"),
     ("ctl_not_cached", "task 'ctl_not_cached' cannot load its data offline"),
 ])
-def test_bad_control_is_one_line_before_any_weights_load(controls, expected, broken_model, tmp_path):
+def test_bad_control_is_one_line_before_any_weights_load(controls, expected, broken_model, tmp_path, capsys,
+                                                        monkeypatch):
+    for name, value in OFFLINE.items():
+        monkeypatch.setenv(name, value)
     out = tmp_path / "report"
-    completed = subprocess.run(
-        [str(Path(sys.executable).with_name("modarb")), "reproduce", "--model", str(broken_model), "--out", str(out),
-         "--controls", controls, "--include_path", str(TASKS)],
-        capture_output=True, text=True, env=os.environ | OFFLINE)
-    assert completed.returncode == 2, completed.stderr[-2000:]
-    lines = completed.stderr.strip().splitlines()
+    assert cli.main(["reproduce", "--model", str(broken_model), "--out", str(out), "--controls", controls,
+                     "--include_path", str(TASKS)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("modarb: error: --controls: ") and expected in lines[0]
     if controls == "ctl_not_cached":
         assert "local HF cache" in lines[0]

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -21,6 +18,7 @@ from interventions.analysis.identify import (
     split_docs,
 )
 from interventions.analysis.plan import WorkCounter, flow_work, identify_plan, measured_tokens, totals
+from interventions.cli import main
 from untrained_organism import save_untrained_organism
 
 OPTIONS = LearnedMaskOptions(steps=3)
@@ -146,20 +144,19 @@ def test_full_sweep_below_the_threshold(organism):
     (["identify", "--plan", "--device", "cuda:7"], "--device cuda:7"),
     (["flow", "--plan", "--model", "/nonexistent/model"], "not found"),
 ])
-def test_plan_answers_bad_input_in_one_line(argv, says):
-    done = subprocess.run([sys.executable, "-m", "interventions", *argv], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2, done.stderr
-    lines = done.stderr.strip().splitlines()
+def test_plan_answers_bad_input_in_one_line(argv, says, capsys):
+    assert main(argv) == 2
+    stderr = capsys.readouterr().err
+    lines = stderr.strip().splitlines()
     assert lines[-1].startswith("modarb: error:") and says in lines[-1]
-    assert "Traceback" not in done.stderr
+    assert "Traceback" not in stderr
 
 
-def test_reproduce_plan_prints_every_phase_and_writes_nothing(tmp_path):
+def test_reproduce_plan_prints_every_phase_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "report"
-    done = subprocess.run([sys.executable, "-m", "interventions", "reproduce", "--plan", "--out", str(out),
-                           "--analysis-items", "4", "--amplify-items", "4", "--limit", "4"],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    assert main(["reproduce", "--plan", "--out", str(out), "--analysis-items", "4", "--amplify-items", "4",
+                 "--limit", "4"]) == 0
+    stdout = capsys.readouterr().out
     for phase in ("flow knockouts", "learned mask", "selective sweep", "amplification (validation)", "lm-eval", "total"):
-        assert phase in done.stdout
+        assert phase in stdout
     assert not out.exists()

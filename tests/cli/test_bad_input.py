@@ -1,11 +1,13 @@
-"""The catalogue of bad input: every case run as a user runs it (a real `modarb` process, offline).
+"""The catalogue of bad input: every case run as a user runs it (`modarb ARGS`, offline).
 
 Each row is (name, arguments, expected exit, a phrase the one error line must contain). Every case
 must end with exactly one `modarb...: error:` line (or `modarb: interrupted` for Ctrl-C) as the
 last line of stderr, no traceback, no output folder (nor a hidden half-written one) where the
 case asked for one, and every file the user had before exactly as it was (nothing deleted,
-moved or changed). All processes start at once in one module fixture: most cases stop before
-any model is loaded, so the slow part is a handful of runs that must build lm-eval tasks.
+moved or changed). Most cases run in this process through the console script's own entry
+(`interventions.cli.main`); each kind of failure (argparse, our one-line errors before and inside
+an lm-eval run, a refused output folder, a read-only folder, a full disk, lm-eval failing to save,
+Ctrl-C) also runs as a real `modarb` process, which proves the installed command ends the same way.
 """
 
 from __future__ import annotations
@@ -18,17 +20,19 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 import torch
 
+from console import run_here
 from modarb_tasks.outdir import MANIFEST
 
 BIN = Path(sys.executable).parent
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "leaderboard"
-PARALLEL = 6  # processes at a time: each imports torch (and most lm-eval) on a small shared machine
+PARALLEL = 4  # processes at a time: each imports torch (and most lm-eval) on a small shared machine
 ERROR_LINE = ("modarb: error: ", "modarb: interrupted", "modarb ")  # ours, Ctrl-C's, argparse's `modarb <command>: error: `
 
 
@@ -46,6 +50,7 @@ class Case:
     phrase: str
     skip: str | None = None  # why this machine cannot show the case (None: it can)
     interrupt_when: str | None = None  # Ctrl-C once this glob matches ({placeholders}; "err:TEXT": stderr shows TEXT)
+    process: bool = False  # run as a real `modarb` process (every Ctrl-C case is), else through main() here
 
 
 NO_CUDA = "CUDA is available here" if torch.cuda.is_available() else None
@@ -56,12 +61,12 @@ CASES = [
     # --- argument parsing: answered before anything heavy is imported --------------------------
     Case("unknown_command", ("nosuchcommand",), 2, "invalid choice: 'nosuchcommand'"),
     Case("unknown_option_names_its_subcommand", ("flow", "--no-such-option"), 2,
-         "modarb flow: error: unrecognized arguments: --no-such-option; see `modarb flow --help`"),
+         "modarb flow: error: unrecognized arguments: --no-such-option; see `modarb flow --help`", process=True),
     Case("unknown_option_of_identify", ("identify", "--no-such-option"), 2, "modarb identify: error: unrecognized"),
     Case("unknown_option_of_a_nested_command", ("organism", "train", "--no-such-option"), 2,
          "modarb organism train: error: unrecognized arguments"),
     Case("check_without_results", ("check", "--baseline", "{baseline}"), 2, "required: --results"),
-    Case("flow_window_zero", ("flow", "--window", "0", "--out", "{out}"), 2, "--window 0 must be"),
+    Case("flow_window_zero", ("flow", "--window", "0", "--out", "{out}"), 2, "--window 0 must be", process=True),
     Case("flow_unknown_layout", ("flow", "--layouts", "sideways", "--out", "{out}"), 2, "unknown layout 'sideways'"),
     Case("flow_unknown_split", ("flow", "--split", "training", "--out", "{out}"), 2, "invalid choice: 'training'"),
     Case("flow_n_items_zero", ("flow", "--n-items", "0", "--out", "{out}"), 2, "--n-items 0 must be at least 1"),
@@ -83,12 +88,12 @@ CASES = [
     Case("reproduce_out_is_a_file", ("reproduce", "--out", "{user_file}"), 2, "is a file, not a folder"),
     Case("organism_out_is_a_file", ("organism", "train", "--steps", "1", "--out", "{user_file}"), 2, "is a file"),
     Case("reproduce_out_holds_the_users_files", ("reproduce", "--out", "{user_dir}"), 2,
-         "already holds items.csv, which modarb did not write"),
+         "already holds items.csv, which modarb did not write", process=True),
     Case("identify_out_holds_the_users_files", ("identify", "--out", "{user_dir}"), 2, "which modarb did not write"),
     Case("flow_out_holds_the_users_files", ("flow", "--out", "{user_dir}"), 2, "which modarb did not write"),
     Case("modarb_folder_with_a_user_file_added", ("flow", "--out", "{touched_dir}"), 2,
          "already holds my_notes.md, which modarb did not write"),
-    Case("identify_out_read_only", ("identify", "--out", "{read_only}/identify"), 2, "cannot write in"),
+    Case("identify_out_read_only", ("identify", "--out", "{read_only}/identify"), 2, "cannot write in", process=True),
     Case("flow_out_read_only", ("flow", "--out", "{read_only}/flow"), 2, "cannot write in"),
     Case("reproduce_out_read_only", ("reproduce", "--out", "{read_only}/demo"), 2, "cannot write in"),
     Case("organism_train_read_only_checked_before_training",
@@ -125,7 +130,7 @@ CASES = [
          skip=NO_TORCHVISION),
     # --- hf-modarb model args: typos, wrong types, arguments that would be ignored --------------
     Case("model_arg_typo", (*EVAL, "--model_args", "blok=L3H1", "--output_path", "{out}"), 2,
-         "unknown model arg blok= for hf-modarb; did you mean block=?"),
+         "unknown model arg blok= for hf-modarb; did you mean block=?", process=True),
     Case("alpha_not_a_number", (*EVAL, "--model_args", "amplify=L2H0,alpha=abc", "--output_path", "{out}"), 2,
          "alpha=abc must be a finite number"),
     Case("alpha_negative", (*EVAL, "--model_args", "amplify=L2H0,alpha=-1", "--output_path", "{out}"), 2,
@@ -157,14 +162,14 @@ CASES = [
     Case("eval_output_path_is_a_file", (*EVAL, "--output_path", "{user_file}"), 2, "--output_path"),
     Case("eval_output_path_read_only", (*EVAL, "--output_path", "{read_only}/results"), 2, "cannot write in"),
     Case("eval_results_not_written", (*EVAL, "--output_path", "{blocked_results}"), 2,
-         "lm-eval could not write the results"),
+         "lm-eval could not write the results", process=True),
     Case("check_across_item_counts", ("check", "--baseline", "{baseline}", "--results", "{fewer_items}"), 2,
          "the baseline scored 40 items, the new results 8"),
     # --- results that would lie or be lost: a full disk, a check that cannot fail, a wiped board -
     Case("eval_full_disk_leaves_no_truncated_results", (*EVAL, "--output_path", "{full_disk}/eval"), 2,
          "lm-eval could not write the results"),
     Case("leaderboard_build_full_disk", ("leaderboard", "build", "--entries", "{entries}", "--out",
-                                         "{full_disk}/board"), 2, "the disk is full"),
+                                         "{full_disk}/board"), 2, "the disk is full", process=True),
     Case("check_tolerance_nan", ("check", "--baseline", "{baseline}", "--results", "{regressed}", "--tolerance", "nan"),
          2, "--tolerance nan must be a finite number"),
     Case("check_z_inf", ("check", "--baseline", "{baseline}", "--results", "{regressed}", "--z", "inf"), 2,
@@ -403,9 +408,43 @@ def _ready_for_ctrl_c(case: Case, paths: dict[str, Path], err_file: Path) -> boo
     return any(Path("/").glob(sign.lstrip("/")))
 
 
+def _run_processes(cases: list[Case], start, results: dict[str, Outcome], seconds: dict[str, float]) -> None:
+    """Every case in `cases` as a real `modarb` process, PARALLEL at a time; `start(case)` -> (Popen, folder,
+    filled paths). A case with `interrupt_when` gets its Ctrl-C once its sign of progress appears. What goes
+    wrong here is kept in results["processes_failed"] (this runs in a thread)."""
+    pending, running, started = list(cases), {}, {}
+    deadline = time.monotonic() + 1200
+    try:
+        while pending or running:
+            while pending and len(running) < PARALLEL:
+                case = pending.pop(0)
+                running[case.name] = (case, *start(case))
+                started[case.name] = time.monotonic()
+            for name, (case, process, folder, filled) in list(running.items()):
+                if process.poll() is not None:
+                    results[name] = Outcome(process.returncode, (folder / "stdout").read_text(),
+                                            (folder / "stderr").read_text(), folder)
+                    del running[name]
+                    seconds[name] = round(time.monotonic() - started[name], 1)
+                elif case.interrupt_when and _ready_for_ctrl_c(case, filled, folder / "stderr"):
+                    process.send_signal(signal.SIGINT)
+                    running[name] = (replace(case, interrupt_when=None), process, folder, filled)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"still running after 20 minutes: {sorted(running)}")
+            time.sleep(0.1)
+    except Exception:  # noqa: BLE001 - reported by the module's tests
+        results["processes_failed"] = Outcome(1, "", traceback.format_exc(), Path())
+    finally:
+        for _, process, _, _ in running.values():
+            process.kill()
+
+
 @pytest.fixture(scope="module")
 def outcomes(organism_dir, tmp_path_factory) -> tuple[dict[str, Outcome], dict[str, str], dict[str, Path]]:
-    """Every case run, PARALLEL at a time (slow ones first); (name -> Outcome, the user's files before, paths)."""
+    """Every case run: the real processes (slow ones first) in a thread while the others run here, one by one;
+    (name -> Outcome, the user's files before, paths)."""
+    import threading
+
     root = tmp_path_factory.mktemp("bad_input")
     paths = _user_files(root, organism_dir)
     read_only = _read_only_folder(root)
@@ -419,42 +458,39 @@ def outcomes(organism_dir, tmp_path_factory) -> tuple[dict[str, Outcome], dict[s
     runnable = [case for case in CASES
                 if not case.skip and not ("{read_only}" in " ".join(case.argv) and read_only is None)
                 and not ("{full_disk}" in " ".join(case.argv) and full_disk is None)]
-    pending = sorted(runnable, key=lambda case: (case.interrupt_when is None, case.argv[0] != "eval"))
-    running: dict[str, tuple[Case, subprocess.Popen, Path, dict]] = {}
+    in_processes = sorted((case for case in runnable if case.process or case.interrupt_when),
+                          key=lambda case: (case.interrupt_when is None, case.argv[0] != "eval"))
+
+    def prepared(case: Case) -> tuple[Path, dict[str, Path]]:
+        folder = root / case.name
+        folder.mkdir()
+        return folder, paths | {"out": folder / "out", "case": folder}
+
+    def start(case: Case) -> tuple[subprocess.Popen, Path, dict[str, Path]]:
+        folder, filled = prepared(case)
+        with (folder / "stdout").open("w") as out, (folder / "stderr").open("w") as err:
+            process = subprocess.Popen([str(BIN / "modarb"), *_fill(case.argv, filled)], cwd=folder, env=env,
+                                       stdout=out, stderr=err)
+        return process, folder, filled
+
     results: dict[str, Outcome] = {}
-    deadline = time.monotonic() + 1200
-    started: dict[str, float] = {}
     seconds: dict[str, float] = {}
     # A background job (nohup, `&`) starts with Ctrl-C ignored, and the cases would inherit that: a handler
     # here makes them start with a terminal's Ctrl-C (exec resets a handler to the default, not an ignore).
     sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
+    processes = threading.Thread(target=_run_processes, args=(in_processes, start, results, seconds))
+    processes.start()
     try:
-        while pending or running:
-            while pending and len(running) < PARALLEL:
-                case = pending.pop(0)
-                folder = root / case.name
-                folder.mkdir()
-                filled = paths | {"out": folder / "out", "case": folder}
-                with (folder / "stdout").open("w") as out, (folder / "stderr").open("w") as err:
-                    process = subprocess.Popen([str(BIN / "modarb"), *_fill(case.argv, filled)], cwd=folder, env=env,
-                                               stdout=out, stderr=err)
-                running[case.name] = (case, process, folder, filled)
-                started[case.name] = time.monotonic()
-            for name, (case, process, folder, filled) in list(running.items()):
-                if process.poll() is not None:
-                    results[name] = Outcome(process.returncode, (folder / "stdout").read_text(),
-                                            (folder / "stderr").read_text(), folder)
-                    del running[name]
-                    seconds[name] = round(time.monotonic() - started[name], 1)
-                elif case.interrupt_when and _ready_for_ctrl_c(case, filled, folder / "stderr"):
-                    process.send_signal(signal.SIGINT)
-                    running[name] = (replace(case, interrupt_when=None), process, folder, filled)
-            assert time.monotonic() < deadline, f"still running after 20 minutes: {sorted(running)}"
-            time.sleep(0.1)
+        for case in runnable:
+            if case not in in_processes:
+                started = time.monotonic()
+                folder, filled = prepared(case)
+                ended = run_here(_fill(case.argv, filled), folder)
+                results[case.name] = Outcome(ended.returncode, ended.stdout, ended.stderr, folder)
+                seconds[case.name] = round(time.monotonic() - started, 1)
     finally:
+        processes.join()
         signal.signal(signal.SIGINT, sigint)
-        for _, process, _, _ in running.values():
-            process.kill()
         if read_only is not None and read_only != Path("/sys"):
             read_only.chmod(0o755)
         if full_disk is not None:
@@ -476,6 +512,7 @@ def test_bad_input_is_one_line_with_its_exit_and_nothing_half_written(case, outc
     results, _, paths = outcomes
     if case.skip:
         pytest.skip(case.skip)
+    assert "processes_failed" not in results, results["processes_failed"].stderr
     if case.name not in results:
         pytest.skip("no folder this process cannot write in (root without /sys), or no tmpfs to fill (mount refused)")
     run = results[case.name]

@@ -1,7 +1,8 @@
 """The `modarb` command and plain `lm_eval` as a user runs them: real processes, offline, on the organism.
 
 Every process pays ~10 s of start-up (imports), so the module starts all of them at once in
-one fixture and each test reads the runs it is about.
+one fixture and each test reads the runs it is about; the bad-input runs go through the command's
+entry point in the test process meanwhile.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForImageTextToText
 
+from console import run_here
 from interventions.testing.random_init import build_tiny_model
 from interventions.mechanism.spec import HeadScale, InterventionSpec, model_fingerprint
 from modarb_tasks import TASKS_PATH
@@ -79,7 +81,7 @@ def runs(organism_dir, mc2_dir_if_present, tmp_path_factory) -> dict[str, Run]:
     tasks_path = subprocess.run([modarb, "tasks-path"], env=env, capture_output=True, text=True)
     runs = {"tasks_path": Run(tasks_path.returncode, tasks_path.stdout, tasks_path.stderr, root)}
 
-    commands = {
+    processes = {
         "ls": [modarb, "eval", "ls", "tasks"],
         "validate": [modarb, "eval", "validate", "--tasks", "modarb"],
         "modarb_eval": [modarb, "eval", *_eval_args("hf-multimodal", organism, "modality_following", root / "modarb_eval")],
@@ -87,24 +89,31 @@ def runs(organism_dir, mc2_dir_if_present, tmp_path_factory) -> dict[str, Run]:
                           *_eval_args("hf-multimodal", organism, "modality_following", root / "plain_lm_eval")],
         "spec_eval": [modarb, "eval", *_eval_args("hf-modarb", f"{organism},spec={spec}", "modality_following",
                                                   root / "spec_eval")],
-        "unknown_task": [modarb, "eval", *_eval_args("hf-multimodal", organism, "no_such_task", root / "unknown_task")],
-        "malformed_spec": [modarb, "eval", *_eval_args("hf-modarb", f"{organism},spec={malformed}", "modality_following",
-                                                       root / "malformed_spec")],
-        "spec_for_another_model": [modarb, "eval", *_eval_args(
+    }
+    # the bad input runs through the command's entry point here, while the processes run (the bad-input
+    # catalogue runs each kind of failure as a real process too)
+    here = {
+        "unknown_task": ["eval", *_eval_args("hf-multimodal", organism, "no_such_task", root / "unknown_task")],
+        "malformed_spec": ["eval", *_eval_args("hf-modarb", f"{organism},spec={malformed}", "modality_following",
+                                               root / "malformed_spec")],
+        "spec_for_another_model": ["eval", *_eval_args(
             "hf-modarb", f"{organism},spec={foreign_spec}", "modality_following", root / "spec_for_another_model")],
         # no --model: hf-modarb on the bundled organism is the default (and here it must load to check the layer)
-        "layer_out_of_range": [modarb, "eval", *_eval_args(None, "block=L99H0", "modality_following",
-                                                           root / "layer_out_of_range")],
+        "layer_out_of_range": ["eval", *_eval_args(None, "block=L99H0", "modality_following",
+                                                   root / "layer_out_of_range")],
     }
     if mc2_dir_if_present is not None:
         benchmark = mc2_dir_if_present / "evaluate_final.json"
         metadata = json.dumps({"mc2_json": str(benchmark), "mc2_images": "/nonexistent"})
-        commands["mc2_missing_images"] = [modarb, "eval", *_eval_args(
+        here["mc2_missing_images"] = ["eval", *_eval_args(
             "hf-multimodal", organism, "modality_following_mc2", root / "mc2_missing_images", "--metadata", metadata)]
 
     started = {name: subprocess.Popen(command, cwd=root, env=env, text=True, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE) for name, command in commands.items()}
+                                      stderr=subprocess.PIPE) for name, command in processes.items()}
     try:
+        for name, argv in here.items():
+            ended = run_here(argv, root)
+            runs[name] = Run(ended.returncode, ended.stdout, ended.stderr, root / name)
         for name, process in started.items():
             stdout, stderr = process.communicate(timeout=900)
             runs[name] = Run(process.returncode, stdout, stderr, root / name)

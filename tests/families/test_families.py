@@ -114,6 +114,7 @@ def test_the_image_string_is_the_one_the_processor_expands(folders):
         assert (expanded["input_ids"] == image_token_id(model.config)).sum() > 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 def test_identify_and_flow_run_on_every_family(name, folders, tmp_path):
     model, processor = load_model(folders[name])
@@ -141,7 +142,7 @@ def test_small_reproduce_runs_on_each_input_path(name, folders, tmp_path):
     out = tmp_path / "report"
     config = ReproduceConfig(model=None if name == "organism" else str(folders[name]), out=out, limit=2,
                              batch_size=8, top=0.1, fractions=(0.1,), draws=1, alphas=(2.0,), analysis_items=2,
-                             learned_steps=2, device="cpu")
+                             amplify_items=2, learned_steps=2, device="cpu")
     summary = reproduce(config)
     written = json.loads((out / "summary.json").read_text())
     assert (out / "report.md").is_file() and written["baseline"] == summary["baseline"]

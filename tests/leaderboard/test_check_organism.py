@@ -15,7 +15,7 @@ from interventions.analysis.evaluation import Evaluator, quiet_lm_eval
 from interventions.cli import main
 from interventions.mechanism.spec import InterventionSpec
 
-pytestmark = pytest.mark.slow  # two lm-eval runs of the organism on 200 items per task
+pytestmark = pytest.mark.slow  # two lm-eval runs of the organism on 50 items per task
 TOP20_SPEC = Path(__file__).resolve().parents[2] / "leaderboard" / "specs" / "modarb-organism_block_top20.json"
 
 
@@ -25,7 +25,7 @@ def runs(tmp_path_factory, organism_dir):
 
     quiet_lm_eval()
     lm = ModarbVLM(batch_size=64)
-    evaluator = Evaluator(lm, "", tmp_path_factory.mktemp("check_runs"), limit=200, batch_size=64)
+    evaluator = Evaluator(lm, "", tmp_path_factory.mktemp("check_runs"), limit=50, batch_size=64)
     baseline = evaluator.run("baseline", None)
     blocked = evaluator.run("block_top20", InterventionSpec.load(TOP20_SPEC))
     return baseline, blocked

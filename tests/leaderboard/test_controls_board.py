@@ -8,9 +8,7 @@ knows what changed.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -27,12 +25,11 @@ LIMIT = 4
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory, organism_dir) -> Path:
     out = tmp_path_factory.mktemp("controls-eval")
-    completed = subprocess.run(
-        [sys.executable, "-m", "interventions", "eval", "--tasks",
-         "mf_visual_control,mf_language_control,ctl_context_choice,ctl_image_error", "--include_path", str(TASKS),
-         "--limit", str(LIMIT), "--log_samples", "--output_path", str(out)],
-        capture_output=True, text=True, env=os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
-    assert completed.returncode == 0, completed.stderr[-2000:]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", list(sys.argv))  # `modarb eval` hands lm-eval its arguments through sys.argv
+        assert cli.main(["eval", "--tasks", "mf_visual_control,mf_language_control,ctl_context_choice,ctl_image_error",
+                         "--include_path", str(TASKS), "--limit", str(LIMIT), "--log_samples",
+                         "--output_path", str(out)]) == 0
     return next(out.rglob("results_*.json"))
 
 

@@ -197,8 +197,9 @@ def test_smoke_model_args_give_image_string_only_where_the_image_text_differs():
     assert model_args("gemma3") == "pretrained=tiny-gemma3,image_string=<start_of_image>"
 
 
+@pytest.mark.slow
 def test_smoke_entry_end_to_end(tmp_path):
-    """One family through `modarb eval` and `modarb leaderboard add` into a fresh entries folder."""
+    """One family through `modarb eval` and `modarb leaderboard add` (two real processes) into a fresh entries folder."""
     entries = tmp_path / "entries"
     [run] = make_smoke_entries(tmp_path / "out", ["llava"], limit=1, entries_dir=entries)
     assert run.ok, run.error

@@ -36,7 +36,7 @@ def test_recipe_runs_and_loss_falls(tmp_path):
     tiny = Architecture(hidden=32, layers=2, heads=4, intermediate=64, vision_hidden=32, vision_layers=1,
                         vision_heads=2, vision_intermediate=64)
     schedule = Schedule(steps=40, batch_size=8, lr=3e-3, warmup=5, train_items=100)
-    record = train(tmp_path, seed=3, arch=tiny, schedule=schedule, eval_items=0, progress=False)
+    record = train(tmp_path, seed=3, arch=tiny, schedule=schedule, eval_items=0, progress=False, threads=None)
     assert record["final_loss"] < 0.6 * record["first_loss"], record
     assert json.loads((tmp_path / "training.json").read_text())["steps"] == 40
     assert isinstance(AutoModelForImageTextToText.from_pretrained(tmp_path), LlavaForConditionalGeneration)

@@ -123,7 +123,8 @@ def _weights(folder):
 def _tiny_v2_run(folder, seed, steps, batch_size=8, **options):
     arch = Architecture(**TINY, patch=V2.arch.patch, tokenizer=V2.arch.tokenizer)
     schedule = Schedule(steps=steps, batch_size=batch_size, lr=3e-3, warmup=5, train_items=100)
-    return train(folder, seed=seed, arch=arch, schedule=schedule, generation=2, eval_items=0, progress=False, **options)
+    return train(folder, seed=seed, arch=arch, schedule=schedule, generation=2, eval_items=0, progress=False,
+                 threads=None, **options)  # keep the one thread the suite runs with
 
 
 def test_a_skill_probe_trains_one_kind_and_its_curve_breaks_each_kind_down_by_question_type(tmp_path):
