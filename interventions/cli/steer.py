@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 
 from interventions.analysis.data import add_data_arguments
-from interventions.cli.arguments import add_model_arguments
+from interventions.cli.arguments import shared_flags
 from interventions.analysis.defaults import STEER_DIRECTIONS as DIRECTIONS
 from modarb_tasks.errors import ModarbError
 from modarb_tasks.outdir import check_out, staged
@@ -20,8 +20,11 @@ DEFAULT_ALPHAS = "-1,-0.5,-0.25,-0.1,0.1,0.25,0.5,1"
 
 
 def register(subparsers) -> None:
+    flags = shared_flags(out=Path("reports/steer"), batch_size=64, model=None, device=None, dtype="float32",
+                         trust_remote_code=False, help={"batch_size": "default: %(default)s"})
     parser = subparsers.add_parser(
         "steer",
+        parents=[flags],
         help="fit a residual-stream steering direction on validation, choose layer and alpha there, score it on test",
         description="Difference-of-means directions in the residual stream (follow-image minus follow-text; followed "
         "minus failed; optionally the first principal component), one per decoder layer, fitted on the validation "
@@ -30,7 +33,6 @@ def register(subparsers) -> None:
         "both controls and the share of answers naming neither side. Writes steer.json, steer.md and one spec "
         "(+ vector) per direction.",
     )
-    parser.add_argument("--out", type=Path, default=Path("reports/steer"), help="output folder (default: %(default)s)")
     parser.add_argument("--directions", default="modality,following",
                         help=f"comma-separated, from {', '.join(DIRECTIONS)} (default: %(default)s)")
     parser.add_argument("--alphas", default=DEFAULT_ALPHAS, help="steering strengths tried on validation "
@@ -43,9 +45,7 @@ def register(subparsers) -> None:
                         help="validation items per task kind (default: %(default)s)")
     parser.add_argument("--limit", type=int, default=200, help="test items per task scored by lm-eval "
                         "(default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=64, help="default: %(default)s")
     add_data_arguments(parser)
-    add_model_arguments(parser, device=None)
     parser.set_defaults(func=run)
 
 

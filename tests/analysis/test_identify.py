@@ -310,6 +310,7 @@ def test_cli_rejects_method_it_skips(modarb, capsys):
 
 def test_failed_run_leaves_no_identify_json(loaded, tmp_path, monkeypatch):
     from interventions.analysis import heatmap
+    from interventions.analysis.defaults import IdentifyConfig
     from interventions.analysis.identify import run_identify
 
     def broken_plot(*args, **kwargs):
@@ -318,7 +319,8 @@ def test_failed_run_leaves_no_identify_json(loaded, tmp_path, monkeypatch):
     monkeypatch.setattr(heatmap, "plot_head_scores", broken_plot)
     model, processor = loaded
     with pytest.raises(RuntimeError, match="disk full"):
-        run_identify(model, processor, tmp_path, top=0.25, n_items=1, exact=False, learned=False, progress=False)
+        run_identify(model, processor, tmp_path, IdentifyConfig(top=0.25, n_items=1, exact=False, learned=False),
+                     progress=False)
     assert not (tmp_path / "identify.json").exists()
     assert not list(tmp_path.glob("*.tmp"))
 
