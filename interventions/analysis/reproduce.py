@@ -57,9 +57,9 @@ def reproduce(config: ReproduceConfig) -> dict:
         FOLLOW_KINDS,
         analysis_docs,
         data_record,
-        prepare_docs,
         resolve_data,
     )
+    from interventions.analysis.plan import read_model
     from interventions.model.lm import ModarbVLM
 
     source = resolve_data(config.data, config.mc2_json, config.mc2_images,
@@ -67,12 +67,13 @@ def reproduce(config: ReproduceConfig) -> dict:
     quiet_lm_eval()
     control_set = (controls.resolve(config.controls, config.include_path, config.controls_limit, source.tasks().metadata)
                    if config.controls else None)  # bad task names and uncached data: before any model loads
-    flow_docs, flow_dropped = prepare_docs(source, config.model, config.analysis_items, FOLLOW_KINDS,
-                                           flow_config(config).layouts, trust_remote_code=config.trust_remote_code)
+    model_config, processor = read_model(config.model, config.trust_remote_code)  # bad data: before any weights load
+    flow_docs, flow_dropped = analysis_docs(source, model_config, processor.tokenizer, config.analysis_items,
+                                            FOLLOW_KINDS, flow_config(config).layouts)
     started = time.perf_counter()
     with staged(config.out) as out, ExitStack() as hooks:
         lm = ModarbVLM(pretrained=config.model, batch_size=config.batch_size, device=config.device, dtype=config.dtype,
-                       trust_remote_code=config.trust_remote_code)
+                       trust_remote_code=config.trust_remote_code, config=model_config, processor=processor)
         counter = hooks.enter_context(WorkCounter(lm.model))  # the work each phase actually did, for the report
         fingerprint = model_fingerprint(lm.model)
         model_arg = ",".join([f"pretrained={config.model}"] * bool(config.model)

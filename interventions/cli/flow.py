@@ -60,15 +60,17 @@ def parse_layouts(text: str) -> tuple[str, ...]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from interventions.analysis.data import data_record, docs_line, prepare_docs, resolve_data
+    from interventions.analysis.data import analysis_docs, data_record, docs_line, resolve_data
+    from interventions.analysis.plan import read_model
 
     layouts = parse_layouts(args.layouts)
     check_counts(args.window, args.n_items, args.batch_size)
     if not args.plan:  # a plan writes nothing
         check_out(args.out)
     source = resolve_data(args.data, args.mc2_json, args.mc2_images, uses=[("analysis", args.n_items)])
-    docs, dropped = prepare_docs(source, args.model, args.n_items, FOLLOW_KINDS, layouts, half=args.split,
-                                 trust_remote_code=args.trust_remote_code)
+    model_config, processor = read_model(args.model, args.trust_remote_code)  # bad data: before any weights load
+    docs, dropped = analysis_docs(source, model_config, processor.tokenizer, args.n_items, FOLLOW_KINDS, layouts,
+                                  half=args.split)
     print(docs_line(source, docs, dropped))
     if args.plan:
         from interventions.analysis.plan import flow_work, table
@@ -80,7 +82,8 @@ def _run(args: argparse.Namespace) -> int:
     from interventions.model.loading import load_model
 
     model, processor = load_model(args.model, device=args.device, dtype=args.dtype,
-                                  trust_remote_code=args.trust_remote_code)
+                                  trust_remote_code=args.trust_remote_code, config=model_config,
+                                  processor=processor)
     with staged(args.out) as out:
         flow = run_flow(model, processor, out, config_from(FlowConfig, args, layouts=layouts), docs=docs,
                         data=data_record(source, dropped, len(docs)) if source.is_mc2 or dropped else None)

@@ -85,14 +85,23 @@ def run(args: argparse.Namespace) -> int:
     from interventions.analysis.identify import run_identify
     from interventions.model.loading import load_model
 
-    from interventions.analysis.data import CONTROL_KINDS, FOLLOW_KINDS, data_record, docs_line, prepare_docs, resolve_data
+    from interventions.analysis.data import (
+        CONTROL_KINDS,
+        FOLLOW_KINDS,
+        analysis_docs,
+        data_record,
+        docs_line,
+        resolve_data,
+    )
+    from interventions.analysis.plan import read_model
 
     check_args(args)
     if not args.plan:  # a plan writes nothing
         check_out(args.out)
     source = resolve_data(args.data, args.mc2_json, args.mc2_images, uses=[("analysis", args.n_items)])
-    docs, dropped = prepare_docs(source, args.model, args.n_items, (*FOLLOW_KINDS, *CONTROL_KINDS),
-                                 trust_remote_code=args.trust_remote_code)
+    model_config, processor = read_model(args.model, args.trust_remote_code)  # bad data: before any weights load
+    docs, dropped = analysis_docs(source, model_config, processor.tokenizer, args.n_items,
+                                  (*FOLLOW_KINDS, *CONTROL_KINDS))
     print(docs_line(source, docs, dropped))
     if args.plan:
         from interventions.analysis.plan import identify_work, table
@@ -104,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
                                   options=LearnedMaskOptions(steps=args.learned_steps), exact_sweep=args.exact_sweep)))
         return 0
     model, processor = load_model(args.model, device=args.device, dtype=args.dtype,
-                                  trust_remote_code=args.trust_remote_code)
+                                  trust_remote_code=args.trust_remote_code, config=model_config,
+                                  processor=processor)
     with staged(args.out) as out:
         identified = run_identify(model, processor, out, config_from(IdentifyConfig, args), docs=docs,
                                   data=data_record(source, dropped, len(docs)) if source.is_mc2 or dropped else None)

@@ -85,13 +85,15 @@ def run(args: argparse.Namespace) -> int:
     options = parse_options(args)
     check_out(args.out)
     check_device(args.device)
-    from interventions.analysis.data import CONTROL_KINDS, FOLLOW_KINDS, docs_line, prepare_docs, resolve_data
+    from interventions.analysis.data import CONTROL_KINDS, FOLLOW_KINDS, analysis_docs, docs_line, resolve_data
+    from interventions.analysis.plan import read_model
     from interventions.analysis.steer import SteerRun, run_steer
 
     source = resolve_data(args.data, args.mc2_json, args.mc2_images,
                           uses=[("analysis", args.n_items), ("test", args.limit)])
-    docs, dropped = prepare_docs(source, args.model, args.n_items, (*FOLLOW_KINDS, *CONTROL_KINDS),
-                                 trust_remote_code=args.trust_remote_code)
+    model_config, processor = read_model(args.model, args.trust_remote_code)  # bad data: before any weights load
+    docs, dropped = analysis_docs(source, model_config, processor.tokenizer, args.n_items,
+                                  (*FOLLOW_KINDS, *CONTROL_KINDS))
     print(docs_line(source, docs, dropped))
     config = SteerRun(model=args.model, n_items=args.n_items, limit=args.limit, batch_size=args.batch_size,
                       device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code, options=options)
