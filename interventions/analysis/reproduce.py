@@ -27,9 +27,9 @@ from interventions.analysis.experiments import (
     block_each_ranking,
     blocking_curve,
 )
-from interventions.analysis.flow_run import run_flow
+from interventions.analysis.flow_run import FlowRun, run_flow
 from interventions.analysis.gate_response import GATES
-from interventions.analysis.identify import METHODS, frozen, run_identify
+from interventions.analysis.identify import METHODS, IdentifyRun, frozen, run_identify
 from interventions.analysis.steer import (
     SteerOptions,
     choose_steering,
@@ -238,8 +238,9 @@ def _amplify_point(point) -> dict:
     return rates_on_test(point) | {"command": point.run.command}
 
 
-def _summary(config, fingerprint, baseline, curve, amplification, top_heads, by_ranking, identified, flow,
-             seconds) -> dict:
+def _summary(config: ReproduceConfig, fingerprint, baseline, curve, amplification, top_heads, by_ranking,
+             identified: IdentifyRun, flow: FlowRun, seconds: float) -> dict:
+    """summary.json's content from the typed results (its checks are added by `report.checked`)."""
     amplified, learned, amplify, alpha = amplification
     result = identified.result
     at_top = at_fraction(curve, config.top)
