@@ -88,7 +88,7 @@ def counted_phases(model, processor, config: ReproduceConfig, exact_sweep: str) 
     from interventions.analysis.identify import frozen, identify, split_docs, top_heads
     from interventions.analysis.lens import logit_lens
     from interventions.analysis.objective import Objective
-    from interventions.analysis.flow_run import DEFAULT_LAYOUTS
+    from interventions.analysis.defaults import DEFAULT_LAYOUTS
 
     bs, seconds = config.batch_size, {}
     flow_docs = shapes_docs(config.analysis_items, FOLLOW_KINDS, layouts=DEFAULT_LAYOUTS)

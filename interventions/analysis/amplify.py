@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -174,8 +174,28 @@ def _loss(objective: Objective, gates: torch.Tensor, options: AmplifyOptions) ->
     return total
 
 
+@dataclass(frozen=True)
+class LearnedAmplification:
+    """The learned gates: heads (largest gain first), their gates, and the validation rates of every scale tried."""
+
+    heads: tuple[Head, ...]
+    gates: tuple[float, ...]
+    validation: dict  # the rates at the chosen scale
+    tried: tuple[dict, ...]
+    options: AmplifyOptions
+    loss: tuple[float, float] | None  # the smooth loss at the first and the last step
+
+
+@dataclass(frozen=True)
+class AlphaChoice:
+    """The fixed-alpha baseline: the alpha chosen on validation, and every alpha's rates there."""
+
+    alpha: float
+    validation: tuple[dict, ...]
+
+
 def learn_amplification(objective: Objective, n_heads: int, options: AmplifyOptions = AmplifyOptions(),
-                        progress: bool = True) -> dict:
+                        progress: bool = True) -> LearnedAmplification:
     """The learned gates (see the module docstring): heads, their gates and the validation rates."""
     psi = torch.full(objective.shape, options.init, requires_grad=True)
     optimiser = torch.optim.Adam([psi], lr=options.lr)
@@ -200,13 +220,12 @@ def learn_amplification(objective: Objective, n_heads: int, options: AmplifyOpti
         tried.append({"scale": scale, "gates": {f"L{l}H{h}": round(float(gates[l, h]), 4) for l, h in heads},
                       **rates(objective, gates, options.broken_weight)})
     best = max(tried, key=lambda t: t["value"])
-    return {"heads": [list(h) for h in heads], "gates": [best["gates"][f"L{l}H{h}"] for l, h in heads],
-            "validation": best, "tried": tried, "options": asdict(options), "loss": [history[0], history[-1]]
-            if history else None}
+    return LearnedAmplification(tuple(heads), tuple(best["gates"][f"L{l}H{h}"] for l, h in heads), best, tuple(tried),
+                                options, (history[0], history[-1]) if history else None)
 
 
 def choose_alpha(objective: Objective, heads: list[Head], alphas: list[float],
-                 broken_weight: float = AmplifyOptions.broken_weight) -> dict:
+                 broken_weight: float = AmplifyOptions.broken_weight) -> AlphaChoice:
     """The fixed-alpha baseline on validation: every alpha's rates, and the alpha with the best value."""
     curve = []
     for alpha in alphas:
@@ -215,4 +234,4 @@ def choose_alpha(objective: Objective, heads: list[Head], alphas: list[float],
             gates[tuple(head)] = alpha
         curve.append({"alpha": alpha, **rates(objective, gates, broken_weight)})
     best = max(curve, key=lambda point: (point["value"], -point["alpha"]))
-    return {"alpha": best["alpha"], "validation": curve}
+    return AlphaChoice(best["alpha"], tuple(curve))

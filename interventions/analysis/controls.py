@@ -233,13 +233,10 @@ def reported_runs(baseline, chosen: tuple[str, Any], by_ranking: dict, amplified
 
 
 def score_controls(evaluator, control_set: ControlSet, runs: Sequence[tuple[str, Any]], progress=lambda _: None) -> dict:
-    """Score `control_set` under each run's spec (read back from its folder) with `evaluator`, whose
-    limit and include path are the controls'; returns summary.json's "preserved_ability"."""
-    from interventions.mechanism.spec import InterventionSpec
-
+    """Score `control_set` under each run's spec with `evaluator`, whose limit and include path are the
+    controls'; returns summary.json's "preserved_ability"."""
     scored = []
     for label, run in runs:
         progress(f"controls: {label}")
-        spec = InterventionSpec.load(run.spec_file) if run.spec_file is not None else None
-        scored.append((label, evaluator.run(run.name, spec, tasks=control_set.names)))
+        scored.append((label, evaluator.run(run.name, run.spec, tasks=control_set.names)))
     return preserved_ability(control_set, scored)

@@ -227,23 +227,6 @@ def analysis_docs(source: DataSource, config, tokenizer, n_items: int, kinds: Se
     return usable_docs(docs, tokenizer, lambda doc: model_string(doc["prompt"], image_text))
 
 
-def prepare_docs(source: DataSource, model: str | None, n_items: int, kinds: Sequence[str],
-                 layouts: Sequence[str] = ("standard",), half: str | None = None, trust_remote_code: bool = False):
-    """`analysis_docs` for the model at `model` (default: the organism), read from its processor and
-    config only, so bad data is reported before the model's weights are loaded."""
-    from transformers import AutoConfig
-
-    from interventions.model.model_files import check_pretrained
-    from interventions.organism import organism_path
-    from interventions.model.processors import load_processor
-
-    path = str(organism_path() if model is None else model)
-    check_pretrained(path, trust_remote_code=trust_remote_code)  # a missing or text-only model: one line
-    processor = load_processor(path, trust_remote_code=trust_remote_code)
-    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    return analysis_docs(source, config, processor.tokenizer, n_items, kinds, layouts, half)
-
-
 def data_record(source: DataSource, dropped: dict[str, int], n_docs: int) -> dict:
     """What identify.json / flow.json / summary.json record about the data (and the flags that name it)."""
     return source.describe() | {"docs": n_docs, "dropped": dropped, "flags": "".join(f" {a}" for a in source.cli_args())}

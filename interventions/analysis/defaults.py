@@ -15,6 +15,8 @@ from modarb_tasks.errors import ModarbError
 METHODS = ("attribution", "ablation", "selective", "learned")
 STEER_DIRECTIONS = ("modality", "following", "modality_pc1")  # interventions.analysis.steer fits them
 MAX_SETS = 2_000  # exhaustive search only up to this many sets (the organism at k = 2: 1,128)
+EXACT_SWEEPS = ("shortlist", "full")  # the exact sweeps score a shortlist on large models, or every head
+DEFAULT_LAYOUTS = ("standard", "instruction_after", "system_prompt")  # the prompt layouts flow compares
 
 
 def check_fraction(fraction: float) -> float:
@@ -40,6 +42,44 @@ class LearnedMaskOptions:
     jitter: float = 0.1  # seeded noise on the starting logits
     candidates: int = 8  # swaps tried per member in the refinement
     refine_sets: int = 32  # at most this many sets scored exactly in the refinement
+
+
+@dataclass(frozen=True)
+class IdentifyConfig:
+    """Everything `modarb identify` takes (its flags, less the data flags)."""
+
+    model: str | None = None  # None: the bundled organism
+    out: Path = Path("reports/identify")
+    top: float = 0.05  # fraction of heads in the spec
+    method: str = "attribution"  # the ranking that makes the spec
+    exact: bool = True  # the exact sweeps, plain and selective (--no-exact skips them)
+    learned: bool = True  # the learned mask (--no-learned skips it)
+    learned_steps: int = LearnedMaskOptions.steps
+    exhaustive: bool = False  # also score every k-head set (small models)
+    curve_heads: int = 3  # gate-response curves for this many top heads of each ranking
+    n_items: int = 64
+    batch_size: int = 16
+    seed: int = 0  # the learned mask's
+    exact_sweep: str = "shortlist"
+    device: str | None = "cpu"
+    dtype: str = "float32"
+    trust_remote_code: bool = False
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    """Everything `modarb flow` takes (its flags, less the data flags)."""
+
+    model: str | None = None  # None: the bundled organism
+    out: Path = Path("reports/flow")
+    window: int | None = None  # knockout window; None: the odd layer count nearest 30% of the depth
+    n_items: int = 32  # items per layout and instruction side
+    batch_size: int = 32
+    split: str = "validation"  # the shapes split (MC² data always uses its analysis half)
+    layouts: tuple[str, ...] = DEFAULT_LAYOUTS
+    device: str | None = "cpu"
+    dtype: str = "float32"
+    trust_remote_code: bool = False
 
 
 @dataclass

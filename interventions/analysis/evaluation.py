@@ -55,7 +55,7 @@ class Run:
     type_by_doc: dict[str, dict[int, str]]  # follow task -> doc_id -> question type (MC²: its task type)
     results_file: Path
     command: str
-    spec_file: Path | None = None  # where the spec was written (the run's folder)
+    spec: InterventionSpec | None = None  # what the run scored (None: the plain model)
     samples: dict[str, list[int]] | None = field(default=None, repr=False)
     # task -> doc_id -> its headline outcome (0/1: followed, or correct), for paired comparisons
     outcomes: dict[str, dict[int, int]] = field(default_factory=dict, repr=False)
@@ -142,10 +142,9 @@ class Evaluator:
         from interventions.model.lm_eval_adapter import evaluation_run
 
         run_dir = self.out_dir / name
-        spec_file = None
         model_args = [self.model_arg] if self.model_arg else []
         if spec is not None:
-            spec_file = spec.save(run_dir / "spec.json")
+            spec.save(run_dir / "spec.json")
             model_args.append(f"spec={self.display_dir / name / 'spec.json'}")
         model_args = ",".join(model_args)
         tasks = [task for task in tasks if samples is None or samples.get(task)]
@@ -189,7 +188,7 @@ class Evaluator:
             },
             results_file=results_file,
             command=self._command(model_args, tasks, limit, samples),
-            spec_file=spec_file,
+            spec=spec,
             samples=samples,
         )
 

@@ -43,7 +43,14 @@ from interventions.analysis.data import CONTROL_KINDS, FOLLOW_KINDS, SHAPES_SEED
 from interventions.analysis.batches import DocBatch, following_scores, iter_batches, logit_difference
 from interventions.analysis.gate_response import GATES, describe, gate_response
 from interventions.mechanism.heads import Head, gate_heads
-from interventions.analysis.defaults import METHODS, LearnedMaskOptions, check_fraction, top_k
+from interventions.analysis.defaults import (
+    EXACT_SWEEPS,
+    METHODS,
+    IdentifyConfig,
+    LearnedMaskOptions,
+    check_fraction,
+    top_k,
+)
 from interventions.analysis.learned_mask import learned_mask
 from interventions.analysis.objective import Objective
 from interventions.analysis.plan import shortlist_size
@@ -53,11 +60,9 @@ from modarb_tasks.outdir import OutputFolder
 from interventions.mechanism.heads import scale_heads
 from interventions.mechanism.resume import resumable
 from interventions.mechanism.locate import locate_heads
-from interventions.mechanism.spec import InterventionSpec, model_fingerprint
+from interventions.mechanism.spec import InterventionSpec, ModelFingerprint, model_fingerprint
 
 SCHEMA_VERSION = "modarb.identify/v1"
-
-EXACT_SWEEPS = ("shortlist", "full")  # the exact sweeps score a shortlist on large models, or every head
 
 
 @dataclass
@@ -113,6 +118,19 @@ class IdentifyResult:
         return {
             f"{a}~{b}": rank_correlation(self.rankings[a].scores, self.rankings[b].scores) for a, b in self.pairs()
         }
+
+    @property
+    def top_overlap(self) -> float | None:
+        """Attribution's top-k overlap with the exact sweep's: the headline agreement (None: no sweep)."""
+        return self.overlaps().get("attribution~ablation")
+
+    @property
+    def rank_correlation(self) -> float | None:
+        return self.correlations().get("attribution~ablation")
+
+    def ranked_heads(self, method: str) -> list[Head]:
+        """`method`'s ranking of every head, best first."""
+        return [(l, h) for l, h, _ in self.rankings[method].ranked]
 
     def to_dict(self) -> dict[str, Any]:
         overlaps, correlations = self.overlaps(), self.correlations()
@@ -440,44 +458,76 @@ def spec_name(fraction: float) -> str:
     return f"spec_top{fraction * 100:g}.json"
 
 
-def command_line(model: nn.Module, model_name: str | None, out: Path, *, top: float, method: str, n_items: int,
-                 batch_size: int, seed: int, exact: bool, learned: bool, learned_steps: int, curve_heads: int,
-                 exhaustive: bool = False, exact_sweep: str = "shortlist") -> str:
-    """The `modarb identify` command that repeats the run, every option explicit."""
-    parts = ["modarb identify"] + ([f"--model {model_name}"] if model_name else [])
-    parts += [f"--out {out}", f"--top {top:g}", f"--method {method}", f"--n-items {n_items}",
-              f"--batch-size {batch_size}", f"--device {model.device.type}",
-              f"--dtype {str(model.dtype).removeprefix('torch.')}", f"--seed {seed}", f"--learned-steps {learned_steps}",
-              f"--curve-heads {curve_heads}"] + [f"--exact-sweep {exact_sweep}"] * (exact_sweep != "shortlist")
-    parts += [flag for flag, on in (("--no-exact", not exact), ("--no-learned", not learned),
-                                    ("--exhaustive", exhaustive)) if on]
+def command_line(model: nn.Module, config: IdentifyConfig, out: Path) -> str:
+    """The `modarb identify` command that repeats the run, every option explicit (device and dtype: the model's)."""
+    parts = ["modarb identify"] + ([f"--model {config.model}"] if config.model else [])
+    parts += [f"--out {out}", f"--top {config.top:g}", f"--method {config.method}", f"--n-items {config.n_items}",
+              f"--batch-size {config.batch_size}", f"--device {model.device.type}",
+              f"--dtype {str(model.dtype).removeprefix('torch.')}", f"--seed {config.seed}",
+              f"--learned-steps {config.learned_steps}", f"--curve-heads {config.curve_heads}"]
+    parts += [f"--exact-sweep {config.exact_sweep}"] * (config.exact_sweep != IdentifyConfig.exact_sweep)
+    parts += [flag for flag, on in (("--no-exact", not config.exact), ("--no-learned", not config.learned),
+                                    ("--exhaustive", config.exhaustive)) if on]
     return " ".join(parts)
+
+
+METRIC = ("logit difference log p(F) - log p(C) of the first answer token at the last position, on follow_image and "
+          "follow_text docs; score = drop of its mean when the head is blocked (attribution, ablation); selective and "
+          "learned: the objective (see 'objective')")
+
+
+@dataclass(frozen=True)
+class IdentifyRun:
+    """One identify run: the rankings, what made them and the spec written from them; identify.json is `to_json()`."""
+
+    config: IdentifyConfig
+    result: IdentifyResult
+    fingerprint: ModelFingerprint
+    provenance: dict[str, Any]  # the spec's: method, fraction, split, items, seeds, command (and MC²'s data record)
+    spec: InterventionSpec  # the `method` ranking's top heads blocked
+    figures: tuple[str, ...]  # the PNG files written beside identify.json
+    seconds: float
+
+    @property
+    def command(self) -> str:
+        return self.provenance["command"]
+
+    @property
+    def spec_file(self) -> str:
+        return spec_name(self.config.top)
+
+    @property
+    def spec_heads(self) -> list[Head]:
+        return [(scale.layer, scale.head) for scale in self.spec.heads]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA_VERSION,
+            "model_name": self.config.model or self.fingerprint.name,
+            "model": asdict(self.fingerprint),
+            **self.provenance,
+            "batch_size": self.config.batch_size,
+            "metric": METRIC,
+            "spec": self.spec_file,
+            "spec_heads": [list(head) for head in self.spec_heads],
+            **self.result.to_dict(),
+            "seconds": round(self.seconds, 3),
+        }
 
 
 def run_identify(
     model: nn.Module,
     processor,
     out: str | Path | OutputFolder,
+    config: IdentifyConfig,
     *,
-    top: float = 0.05,
-    method: str = "attribution",
-    n_items: int = 64,
-    batch_size: int = 16,
-    seed: int = 0,
-    exact: bool = True,
-    learned: bool = True,
-    learned_steps: int = LearnedMaskOptions.steps,
-    curve_heads: int = 3,
-    model_name: str | None = None,
     progress: bool = True,
     docs: Sequence[dict] | None = None,
     data: dict[str, Any] | None = None,
-    exhaustive: bool = False,
-    exact_sweep: str = "shortlist",
-) -> dict[str, Any]:
-    """Rank every head on `n_items` shapes validation items (or on `docs`, e.g. MC²'s analysis half,
+) -> IdentifyRun:
+    """Rank every head on `config.n_items` shapes validation items (or on `docs`, e.g. MC²'s analysis half,
     described by `data`); write `out` (a folder, or a staged `OutputFolder`: the command then names
-    its final folder); return identify.json's content.
+    its final folder); return the run.
 
     Writes heads_<method>.png per ranking, gate_response.png (how the top `curve_heads` heads of
     each ranking act as their gate goes from 0 to 8), spec_top<percent>.json (the `method` ranking's top heads
@@ -489,56 +539,45 @@ def run_identify(
     from interventions.analysis.heatmap import plot_head_scores
     from modarb_tasks.files import write_json
 
-    check_fraction(top)
+    top, method = check_fraction(config.top), config.method
     if method not in METHODS:
         raise ModarbError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if not {"ablation": exact, "selective": exact, "learned": learned}.get(method, True):
+    if not {"ablation": config.exact, "selective": config.exact, "learned": config.learned}.get(method, True):
         raise ModarbError(f"method {method!r} needs its ranking; do not skip it")
     layout = locate_heads(model)
     heads_total = layout.num_layers * layout.num_heads
-    if exhaustive and set_count(heads_total, top_k(heads_total, top)) > MAX_SETS:
+    if config.exhaustive and set_count(heads_total, top_k(heads_total, top)) > MAX_SETS:
         raise ModarbError(f"--exhaustive would score {set_count(heads_total, top_k(heads_total, top)):,} head sets "
                           f"(more than {MAX_SETS:,}); it is for small models: drop --exhaustive")
     start = time.perf_counter()
     result = identify(
-        model, processor, shapes_docs(n_items) if docs is None else docs, fraction=top, batch_size=batch_size, exact=exact,
-        learned=learned, learned_options=LearnedMaskOptions(steps=learned_steps), response_heads=curve_heads,
-        seed=seed, progress=progress, exhaustive=exhaustive, exact_sweep=exact_sweep,
+        model, processor, shapes_docs(config.n_items) if docs is None else docs, fraction=top,
+        batch_size=config.batch_size, exact=config.exact, learned=config.learned,
+        learned_options=LearnedMaskOptions(steps=config.learned_steps), response_heads=config.curve_heads,
+        seed=config.seed, progress=progress, exhaustive=config.exhaustive, exact_sweep=config.exact_sweep,
     )
     out = OutputFolder.of(out)
     fingerprint = model_fingerprint(model)
-    command = command_line(model, model_name, out.final, top=top, method=method, n_items=n_items, batch_size=batch_size,
-                           seed=seed, exact=exact, learned=learned, learned_steps=learned_steps,
-                           curve_heads=curve_heads, exhaustive=exhaustive, exact_sweep=exact_sweep)
-    provenance = {"method": method, "fraction": top, "split": SHAPES_SPLIT, "n_items": n_items, "data_seed": SHAPES_SEED,
-                  "seed": seed, "command": command}
+    command = command_line(model, config, out.final)
+    provenance = {"method": method, "fraction": top, "split": SHAPES_SPLIT, "n_items": config.n_items,
+                  "data_seed": SHAPES_SEED, "seed": config.seed, "command": command}
     if data is not None:  # MC²: the analysis half of the named file; the command names the data flags
         provenance |= {"split": data["analysis_half"], "data": data, "command": command + data.get("flags", "")}
-    chosen = top_heads(result.rankings[method].scores, top)
+    spec = InterventionSpec.scaling(fingerprint, top_heads(result.rankings[method].scores, top), 0.0, provenance)
     out.work.mkdir(parents=True, exist_ok=True)
-    InterventionSpec.scaling(model_fingerprint(model), chosen, 0.0, provenance).save(out.work / spec_name(top))
-    for name, ranking in result.rankings.items():
-        plot_head_scores(
-            ranking.scores, out.work / f"heads_{name}.png", boxed=top_heads(ranking.scores, top), label=SCORE_LABELS[name],
-            title=f"{name}: {model_name or fingerprint.name or fingerprint.family}\n(top {top * 100:g}% boxed)",
-        )
+    spec.save(out.work / spec_name(top))
+    figures = []
+    name = config.model or fingerprint.name or fingerprint.family
+    for ranking_name, ranking in result.rankings.items():
+        figures.append(plot_head_scores(
+            ranking.scores, out.work / f"heads_{ranking_name}.png", boxed=top_heads(ranking.scores, top),
+            label=SCORE_LABELS[ranking_name], title=f"{ranking_name}: {name}\n(top {top * 100:g}% boxed)",
+        ))
     if result.gate_response:
         slopes = {tuple(c["head"]): c["attribution_estimate"] for c in result.gate_response}
-        plot_gate_response(result.gate_response, GATES, out.work / "gate_response.png", slopes,
-                           title=f"gate response: {model_name or fingerprint.name or fingerprint.family}")
-    document = {
-        "schema": SCHEMA_VERSION,
-        "model_name": model_name or fingerprint.name,
-        "model": asdict(fingerprint),
-        **provenance,
-        "batch_size": batch_size,
-        "metric": "logit difference log p(F) - log p(C) of the first answer token at the last position, "
-        "on follow_image and follow_text docs; score = drop of its mean when the head is blocked (attribution, "
-        "ablation); selective and learned: the objective (see 'objective')",
-        "spec": spec_name(top),
-        "spec_heads": [list(head) for head in chosen],
-        **result.to_dict(),
-        "seconds": round(time.perf_counter() - start, 3),
-    }
-    write_json(out.work / "identify.json", document, indent=1)
-    return document
+        figures.append(plot_gate_response(result.gate_response, GATES, out.work / "gate_response.png", slopes,
+                                          title=f"gate response: {name}"))
+    run = IdentifyRun(config, result, fingerprint, provenance, spec, tuple(sorted(path.name for path in figures)),
+                      time.perf_counter() - start)
+    write_json(out.work / "identify.json", run.to_json(), indent=1)
+    return run

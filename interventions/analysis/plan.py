@@ -249,7 +249,7 @@ def docs_workload(model_config, processor, batch_size: int, limit: int, identify
 def shapes_workload(model_config, processor, config) -> Workload:
     """The Workload of `modarb reproduce` on shapes data with `config` (a ReproduceConfig)."""
     from interventions.analysis.data import FOLLOW_KINDS, shapes_docs
-    from interventions.analysis.flow_run import DEFAULT_LAYOUTS
+    from interventions.analysis.defaults import DEFAULT_LAYOUTS
 
     return docs_workload(model_config, processor, config.batch_size, config.limit, shapes_docs(config.analysis_items),
                          shapes_docs(config.analysis_items, FOLLOW_KINDS, layouts=DEFAULT_LAYOUTS),
@@ -278,7 +278,7 @@ def shape(model_config) -> tuple[int, int]:
 def reproduce_work(config) -> list[Phase]:
     """`modarb reproduce --plan`: the plan for `config` (a ReproduceConfig), from the config and processor only."""
     from interventions.analysis.data import CONTROL_KINDS, FOLLOW_KINDS, analysis_docs, resolve_data
-    from interventions.analysis.flow_run import DEFAULT_LAYOUTS
+    from interventions.analysis.defaults import DEFAULT_LAYOUTS
 
     source = resolve_data(config.data, config.mc2_json, config.mc2_images,
                           uses=[("analysis", config.analysis_items), ("test", config.limit)])

@@ -1,6 +1,6 @@
 """The report folder of `modarb reproduce`: summary.json, report.md and the figures.
 
-Every number in report.md is read from summary.json (or the flow/identify JSON beside it),
+Every number in report.md is summary.json's (or flow.json's, handed over in memory),
 and every table row names the command that recomputes it. This module computes what the report
 says (which edges and heads matter, what that means beside the paper); the templates in
 templates/report.md.j2 and templates/report/ lay it out.
@@ -9,7 +9,6 @@ templates/report.md.j2 and templates/report/ lay it out.
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 
 import jinja2
@@ -35,14 +34,18 @@ PAPER_TARGETS = {
 SCORE_LABELS = {score: LABELS[score].prose for score in SCORES}
 
 
-def write(folder: Path, summary: dict) -> None:
-    """Write figures, targets, summary.json and report.md into `folder` (flow/ and identify/ already there)."""
+def checked(summary: dict) -> dict:
+    """`summary` with the paper's checks added (the top set against the random sets, and the targets)."""
+    summary = summary | {"top_vs_random": top_vs_random(summary)}
+    return summary | {"targets": targets(summary)}
+
+
+def write(folder: Path, summary: dict, flow: dict) -> None:
+    """Write the figures, summary.json (`summary`, checked) and report.md (with `flow`, flow.json's content)
+    into `folder` (flow/ and identify/ already there)."""
     plot_blocking_curve(summary["blocking_curve"], folder / "figures" / "blocking_curve.png")
     plot_amplification(summary["amplify"]["curve"], folder / "figures" / "amplification.png")
-    summary["top_vs_random"] = top_vs_random(summary)
-    summary["targets"] = targets(summary)
     write_json(folder / "summary.json", summary, indent=2)
-    flow = json.loads((folder / "flow" / "flow.json").read_text())
     write_text(folder / "report.md", markdown(summary, flow, folder))
 
 

@@ -13,7 +13,6 @@ chosen on the items it is judged on. `data` picks shapes, mc2 or mc2_paper:<mode
 
 from __future__ import annotations
 
-import json
 import time
 from contextlib import ExitStack
 
@@ -28,8 +27,9 @@ from interventions.analysis.experiments import (
     block_each_ranking,
     blocking_curve,
 )
-from interventions.analysis.flow_run import run_flow
-from interventions.analysis.identify import METHODS, frozen, run_identify
+from interventions.analysis.flow_run import FlowRun, run_flow
+from interventions.analysis.gate_response import GATES
+from interventions.analysis.identify import METHODS, IdentifyRun, frozen, run_identify
 from interventions.analysis.steer import (
     SteerOptions,
     choose_steering,
@@ -38,7 +38,7 @@ from interventions.analysis.steer import (
     validation_objective,
     value_on_test,
 )
-from interventions.analysis.defaults import ReproduceConfig, top_k
+from interventions.analysis.defaults import FlowConfig, IdentifyConfig, ReproduceConfig, top_k
 from interventions.analysis.objective import Objective
 from interventions.analysis.plan import H100_SECONDS_PER_LAYER_TOKEN, Phase, WorkCounter
 from modarb_tasks.catalog import SCORES as SCORE_KEYS
@@ -57,10 +57,9 @@ def reproduce(config: ReproduceConfig) -> dict:
         FOLLOW_KINDS,
         analysis_docs,
         data_record,
-        prepare_docs,
         resolve_data,
     )
-    from interventions.analysis.flow_run import DEFAULT_LAYOUTS
+    from interventions.analysis.plan import read_model
     from interventions.model.lm import ModarbVLM
 
     source = resolve_data(config.data, config.mc2_json, config.mc2_images,
@@ -68,12 +67,13 @@ def reproduce(config: ReproduceConfig) -> dict:
     quiet_lm_eval()
     control_set = (controls.resolve(config.controls, config.include_path, config.controls_limit, source.tasks().metadata)
                    if config.controls else None)  # bad task names and uncached data: before any model loads
-    flow_docs, flow_dropped = prepare_docs(source, config.model, config.analysis_items, FOLLOW_KINDS, DEFAULT_LAYOUTS,
-                                           trust_remote_code=config.trust_remote_code)
+    model_config, processor = read_model(config.model, config.trust_remote_code)  # bad data: before any weights load
+    flow_docs, flow_dropped = analysis_docs(source, model_config, processor.tokenizer, config.analysis_items,
+                                            FOLLOW_KINDS, flow_config(config).layouts)
     started = time.perf_counter()
     with staged(config.out) as out, ExitStack() as hooks:
         lm = ModarbVLM(pretrained=config.model, batch_size=config.batch_size, device=config.device, dtype=config.dtype,
-                       trust_remote_code=config.trust_remote_code)
+                       trust_remote_code=config.trust_remote_code, config=model_config, processor=processor)
         counter = hooks.enter_context(WorkCounter(lm.model))  # the work each phase actually did, for the report
         fingerprint = model_fingerprint(lm.model)
         model_arg = ",".join([f"pretrained={config.model}"] * bool(config.model)
@@ -100,34 +100,29 @@ def reproduce(config: ReproduceConfig) -> dict:
         baseline = evaluator.run("baseline", None)
         progress("flow")
         with counter.phase("flow"):
-            flow = run_flow(lm.model, lm.processor, out / "flow", n_items=config.analysis_items,
-                            window=config.window, batch_size=config.batch_size, model_name=config.model,
-                            docs=flow_docs, data=records["flow"])
+            flow = run_flow(lm.model, lm.processor, out / "flow", flow_config(config), docs=flow_docs, data=records["flow"])
         progress("identify")
         with counter.phase("identify"):
-            identified = run_identify(lm.model, lm.processor, out / "identify", top=config.top,
-                                      method=config.method, n_items=config.analysis_items,
-                                      batch_size=config.batch_size, seed=config.seed,
-                                      learned_steps=config.learned_steps, model_name=config.model,
-                                      docs=identify_docs, data=records["identify"], exact_sweep=config.exact_sweep)
-        ranking = [tuple(head) for head in identified["rankings"][config.method]["heads"]]
+            identified = run_identify(lm.model, lm.processor, out / "identify", identify_config(config),
+                                      docs=identify_docs, data=records["identify"])
+        ranking = identified.result.ranked_heads(config.method)
         curve = blocking_curve(evaluator, fingerprint, ranking, config.fractions, config.draws, config.seed, progress)
         top_heads = ranking[: top_k(fingerprint.num_layers * fingerprint.num_heads, config.top)]
-        others = {method: [tuple(head) for head in found["heads"]]
-                  for method, found in identified["rankings"].items() if method != config.method}
+        others = {method: identified.result.ranked_heads(method)
+                  for method in identified.result.rankings if method != config.method}
         by_ranking = block_each_ranking(evaluator, fingerprint, others, config.top, progress)
         progress("amplification gates (validation)")
         with frozen(lm.model):
             with counter.phase("amplification (validation)"):
                 objective = _validation_objective(lm, config, source)
                 learned = learn_amplification(objective, 2 * len(top_heads), progress=False)
-                alpha = choose_alpha(objective, [tuple(h) for h in top_heads], list(config.alphas))
+                alpha = choose_alpha(objective, top_heads, list(config.alphas))
             if config.steers:
                 progress("steering directions (validation)")
                 with counter.phase("steering (validation)"):
                     steering = choose_steering(objective, SteerOptions())
         progress("amplify (learned gates)")
-        amplified = amplify_gates(evaluator, fingerprint, {tuple(h): g for h, g in zip(learned["heads"], learned["gates"])},
+        amplified = amplify_gates(evaluator, fingerprint, dict(zip(learned.heads, learned.gates)),
                                   baseline, {"name": "amplify (learned gates)", "method": "learned amplification",
                                              "split": "validation"})
         amplify = amplification_sweep(evaluator, fingerprint, top_heads, config.alphas, baseline, progress=progress)
@@ -152,9 +147,25 @@ def reproduce(config: ReproduceConfig) -> dict:
             summary["preserved_ability"] = controls.score_controls(scorer, control_set, runs)
             summary["work"] = work_summary(counter)  # counted again: the controls' runs are lm-eval work too
         progress("report")
-        report.write(out.work, summary)
+        summary = report.checked(summary)
+        report.write(out.work, summary, flow.to_json())
         steps.close()
     return summary
+
+
+def flow_config(config: ReproduceConfig) -> FlowConfig:
+    """flow's part of a reproduce: every layout, on the analysis items."""
+    return FlowConfig(model=config.model, window=config.window, n_items=config.analysis_items,
+                      batch_size=config.batch_size, device=config.device, dtype=config.dtype,
+                      trust_remote_code=config.trust_remote_code)
+
+
+def identify_config(config: ReproduceConfig) -> IdentifyConfig:
+    """identify's part of a reproduce: its ranking and fraction, on the analysis items."""
+    return IdentifyConfig(model=config.model, top=config.top, method=config.method, learned_steps=config.learned_steps,
+                          n_items=config.analysis_items, batch_size=config.batch_size, seed=config.seed,
+                          exact_sweep=config.exact_sweep, device=config.device, dtype=config.dtype,
+                          trust_remote_code=config.trust_remote_code)
 
 
 def work_summary(counter: WorkCounter) -> dict:
@@ -227,12 +238,14 @@ def _amplify_point(point) -> dict:
     return rates_on_test(point) | {"command": point.run.command}
 
 
-def _summary(config, fingerprint, baseline, curve, amplification, top_heads, by_ranking, identified, flow,
-             seconds) -> dict:
+def _summary(config: ReproduceConfig, fingerprint, baseline, curve, amplification, top_heads, by_ranking,
+             identified: IdentifyRun, flow: FlowRun, seconds: float) -> dict:
+    """summary.json's content from the typed results (its checks are added by `report.checked`)."""
     amplified, learned, amplify, alpha = amplification
+    result = identified.result
     at_top = at_fraction(curve, config.top)
     mean_random = {key: _mean(run.scores[key] for run in at_top.random) for key in SCORE_KEYS}
-    at_alpha = next(point for point in amplify if point.alpha == alpha["alpha"])
+    at_alpha = next(point for point in amplify if point.alpha == alpha.alpha)
     return {
         "model": config.model or "modarb-organism",
         "fingerprint": fingerprint.describe(),
@@ -256,33 +269,33 @@ def _summary(config, fingerprint, baseline, curve, amplification, top_heads, by_
         ],
         "amplify": {  # learned gates; chosen on validation, scored here on the test split
             "method": "learned",
-            "heads": learned["heads"],
-            "gates": learned["gates"],
+            "heads": [list(head) for head in learned.heads],
+            "gates": list(learned.gates),
             **{key: value for key, value in _amplify_point(amplified).items() if key not in ("failed", "followed")},
             "failed_items": amplified.failed,
             "followed_items": amplified.followed,
-            "validation": learned["validation"],
+            "validation": learned.validation,
             # the fixed-alpha baseline on the top heads, alpha chosen on validation too
             "sweep_heads": [list(h) for h in top_heads],
-            "best_alpha": alpha["alpha"],
+            "best_alpha": alpha.alpha,
             "sweep_at_best_alpha": {key: value for key, value in _amplify_point(at_alpha).items() if key != "command"},
-            "alpha_validation": alpha["validation"],
+            "alpha_validation": list(alpha.validation),
             "curve": [{"alpha": p.alpha, **_amplify_point(p)} for p in amplify],
         },
         "identify": {
             "method": config.method,
             "fraction": config.top,
-            "objective": identified["objective"].get("by_ranking", {}),  # on validation, each ranking's top set
-            "objective_best": identified["objective"].get("best"),
-            "top_overlap": identified["top_overlap"],
-            "rank_correlation": identified["rank_correlation"],
+            "objective": result.objective.get("by_ranking", {}),  # on validation, each ranking's top set
+            "objective_best": result.objective.get("best"),
+            "top_overlap": result.top_overlap,
+            "rank_correlation": result.rank_correlation,
             "gate_response": [{key: curve[key] for key in ("head", "exact_drop", "attribution_estimate",
                                                             "first_quarter_share", "amplify_gain", "mean")}
-                              for curve in identified["gate_response"]["heads"]],
-            "gates": identified["gate_response"]["gates"],
-            "command": identified["command"],
+                              for curve in result.gate_response],
+            "gates": list(GATES),
+            "command": identified.command,
         },
-        "flow": {"command": flow["command"], "window": flow["window"]},
+        "flow": {"command": flow.command, "window": flow.window},
         "seconds": round(seconds, 1),
     }
 
@@ -292,8 +305,7 @@ def _scores(run) -> dict:
 
 
 def _heads(run) -> list[list[int]]:
-    spec = json.loads(run.spec_file.read_text())
-    return [[h["layer"], h["head"]] for h in spec["heads"]]
+    return [[scale.layer, scale.head] for scale in run.spec.heads]
 
 
 def _mean(values) -> float:

@@ -12,16 +12,19 @@ import argparse
 from pathlib import Path
 
 from interventions.analysis.data import FOLLOW_KINDS, add_data_arguments
-from interventions.cli.arguments import add_model_arguments
-from interventions.analysis.flow_run import DEFAULT_LAYOUTS, check_counts, run_flow
+from interventions.cli.arguments import config_from, shared_flags
+from interventions.analysis.defaults import FlowConfig
+from interventions.analysis.flow_run import check_counts, run_flow
 from modarb_tasks.errors import ModarbError
 from modarb_tasks.outdir import check_out, staged
 from modarb_tasks.shapes.scenes import SPLITS
 
 
 def register(subparsers) -> None:
+    defaults = FlowConfig()
     parser = subparsers.add_parser(
         "flow",
+        parents=[shared_flags(defaults)],
         help="trace modality arbitration: attention knockout per edge and layer, logit lens, attention vs MLP",
         description="For each attention edge (Vision->Instruction, Context->Instruction, Vision->Context, "
         "Vision->Last, Context->Last, Instruction->Last, and ->Constraint / ->System in the positional-control "
@@ -29,23 +32,20 @@ def register(subparsers) -> None:
         "P_F = p(F)/(p(F)+p(C)) of the first answer token, per instruction side. Also the logit lens and each "
         "layer's attention and MLP contribution to the follow-minus-competitor logit difference.",
     )
-    parser.add_argument("--out", type=Path, default=Path("reports/flow"), help="output folder (default: %(default)s)")
-    parser.add_argument("--window", type=int, default=None,
+    parser.add_argument("--window", type=int, default=defaults.window,
                         help="knockout window in layers (default: the odd number nearest 30%% of the depth; 1 on the "
                         "6-layer organism)")
-    parser.add_argument("--n-items", type=int, default=32,
+    parser.add_argument("--n-items", type=int, default=defaults.n_items,
                         help="items (shapes, or MC²'s analysis half) per layout and instruction side "
                         "(default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=32, help="docs per forward (default: %(default)s)")
-    parser.add_argument("--split", default="validation", choices=SPLITS,
+    parser.add_argument("--split", default=defaults.split, choices=SPLITS,
                         help="shapes split (default: %(default)s); MC² data always uses its analysis half")
-    parser.add_argument("--layouts", default=",".join(DEFAULT_LAYOUTS),
+    parser.add_argument("--layouts", default=",".join(defaults.layouts),
                         help="prompt layouts, comma-separated (default: %(default)s)")
     parser.add_argument("--plan", action="store_true",
                         help="print the work plan (forwards, decoder layer-tokens, estimated H100 minutes per phase) "
                         "from the model's config and processor, load no weights, and exit")
     add_data_arguments(parser)
-    add_model_arguments(parser, device="cpu")
     parser.set_defaults(func=_run)
 
 
@@ -60,15 +60,17 @@ def parse_layouts(text: str) -> tuple[str, ...]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from interventions.analysis.data import data_record, docs_line, prepare_docs, resolve_data
+    from interventions.analysis.data import analysis_docs, data_record, docs_line, resolve_data
+    from interventions.analysis.plan import read_model
 
     layouts = parse_layouts(args.layouts)
     check_counts(args.window, args.n_items, args.batch_size)
     if not args.plan:  # a plan writes nothing
         check_out(args.out)
     source = resolve_data(args.data, args.mc2_json, args.mc2_images, uses=[("analysis", args.n_items)])
-    docs, dropped = prepare_docs(source, args.model, args.n_items, FOLLOW_KINDS, layouts, half=args.split,
-                                 trust_remote_code=args.trust_remote_code)
+    model_config, processor = read_model(args.model, args.trust_remote_code)  # bad data: before any weights load
+    docs, dropped = analysis_docs(source, model_config, processor.tokenizer, args.n_items, FOLLOW_KINDS, layouts,
+                                  half=args.split)
     print(docs_line(source, docs, dropped))
     if args.plan:
         from interventions.analysis.plan import flow_work, table
@@ -80,12 +82,11 @@ def _run(args: argparse.Namespace) -> int:
     from interventions.model.loading import load_model
 
     model, processor = load_model(args.model, device=args.device, dtype=args.dtype,
-                                  trust_remote_code=args.trust_remote_code)
+                                  trust_remote_code=args.trust_remote_code, config=model_config,
+                                  processor=processor)
     with staged(args.out) as out:
-        document = run_flow(model, processor, out, n_items=args.n_items, window=args.window,
-                            batch_size=args.batch_size, split=args.split, layouts=layouts, model_name=args.model,
-                            docs=docs,
-                            data=data_record(source, dropped, len(docs)) if source.is_mc2 or dropped else None)
-    print(f"flow: wrote {Path(args.out) / 'flow.json'} and {len(document['figures'])} figures "
-          f"(window {document['window']}, {document['seconds']['total']:.0f} s)")
+        flow = run_flow(model, processor, out, config_from(FlowConfig, args, layouts=layouts), docs=docs,
+                        data=data_record(source, dropped, len(docs)) if source.is_mc2 or dropped else None)
+    print(f"flow: wrote {Path(args.out) / 'flow.json'} and {len(flow.figures)} figures "
+          f"(window {flow.window}, {flow.seconds:.0f} s)")
     return 0

@@ -7,18 +7,26 @@ turns bad ones into one line before any model is loaded.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from interventions.analysis.data import add_data_arguments
-from interventions.cli.arguments import add_model_arguments
-from interventions.analysis.defaults import MAX_SETS, METHODS, LearnedMaskOptions, check_fraction
+from interventions.cli.arguments import config_from, shared_flags
+from interventions.analysis.defaults import (
+    EXACT_SWEEPS,
+    MAX_SETS,
+    METHODS,
+    IdentifyConfig,
+    LearnedMaskOptions,
+    check_fraction,
+)
 from modarb_tasks.errors import ModarbError
 from modarb_tasks.outdir import check_out, staged
 
 
 def register(subparsers) -> None:
+    defaults = IdentifyConfig()
     parser = subparsers.add_parser(
         "identify",
+        parents=[shared_flags(defaults, help={"seed": "seed of the learned mask (default: %(default)s)"})],
         help="rank every attention head's role in modality arbitration (attribution, exact ablation, selective sweep, "
         "learned mask) "
         "and write a spec blocking the top heads",
@@ -27,26 +35,24 @@ def register(subparsers) -> None:
         "test split / half stays for lm-eval). "
         "Writes identify.json, heads_<method>.png heat-maps and spec_top<percent>.json for hf-modarb.",
     )
-    parser.add_argument("--out", type=Path, default=Path("reports/identify"), help="output folder (default: %(default)s)")
-    parser.add_argument("--top", type=float, default=0.05, help="fraction of heads in the spec (default: %(default)s)")
-    parser.add_argument("--method", choices=METHODS, default="attribution",
+    parser.add_argument("--top", type=float, default=defaults.top,
+                        help="fraction of heads in the spec (default: %(default)s)")
+    parser.add_argument("--method", choices=METHODS, default=defaults.method,
                         help="which ranking makes the spec (default: %(default)s)")
-    parser.add_argument("--no-exact", action="store_true",
+    parser.add_argument("--no-exact", dest="exact", action="store_false",
                         help="skip the exact sweeps, plain and selective (L*H forwards per batch)")
-    parser.add_argument("--no-learned", action="store_true", help="skip the learned mask")
-    parser.add_argument("--learned-steps", type=int, default=LearnedMaskOptions.steps,
+    parser.add_argument("--no-learned", dest="learned", action="store_false", help="skip the learned mask")
+    parser.add_argument("--learned-steps", type=int, default=defaults.learned_steps,
                         help="optimisation steps of the learned mask per start (default: %(default)s)")
     parser.add_argument("--exhaustive", action="store_true",
                         help=f"also score every k-head set exactly, the optimum the learned mask is checked against "
                         f"(small models only: at most {MAX_SETS:,} sets)")
-    parser.add_argument("--curve-heads", type=int, default=3,
+    parser.add_argument("--curve-heads", type=int, default=defaults.curve_heads,
                         help="gate-response curves (gate 0..8) for this many top heads of each ranking; 0: none "
                         "(default: %(default)s)")
-    parser.add_argument("--n-items", type=int, default=64,
+    parser.add_argument("--n-items", type=int, default=defaults.n_items,
                         help="shapes items; each gives one doc per task kind (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=16, help="docs per forward (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the learned mask (default: %(default)s)")
-    parser.add_argument("--exact-sweep", choices=("shortlist", "full"), default="shortlist",
+    parser.add_argument("--exact-sweep", choices=EXACT_SWEEPS, default=defaults.exact_sweep,
                         help="the exact sweeps score every head on models of at most 64 heads, else a shortlist: "
                         "the union of attribution's and the learned mask's top heads; 'full': every head "
                         "(default: %(default)s)")
@@ -54,7 +60,6 @@ def register(subparsers) -> None:
                         help="print the work plan (forwards, decoder layer-tokens, estimated H100 minutes per phase) "
                         "from the model's config and processor, load no weights, and exit")
     add_data_arguments(parser)
-    add_model_arguments(parser, device="cpu")
     parser.set_defaults(func=run)
 
 
@@ -64,8 +69,8 @@ def check_args(args: argparse.Namespace) -> None:
         check_fraction(args.top)
     except ModarbError:
         raise ModarbError(f"--top {args.top} must be a fraction in (0, 1), e.g. 0.05 for the top 5% of heads") from None
-    skipped = {"ablation": "--no-exact" if args.no_exact else None, "selective": "--no-exact" if args.no_exact else None,
-               "learned": "--no-learned" if args.no_learned else None}
+    skipped = {"ablation": None if args.exact else "--no-exact", "selective": None if args.exact else "--no-exact",
+               "learned": None if args.learned else "--no-learned"}
     if skipped.get(args.method):
         raise ModarbError(f"--method {args.method} needs that ranking; drop {skipped[args.method]}")
     for flag, value in (("--learned-steps", args.learned_steps), ("--n-items", args.n_items),
@@ -80,14 +85,23 @@ def run(args: argparse.Namespace) -> int:
     from interventions.analysis.identify import run_identify
     from interventions.model.loading import load_model
 
-    from interventions.analysis.data import CONTROL_KINDS, FOLLOW_KINDS, data_record, docs_line, prepare_docs, resolve_data
+    from interventions.analysis.data import (
+        CONTROL_KINDS,
+        FOLLOW_KINDS,
+        analysis_docs,
+        data_record,
+        docs_line,
+        resolve_data,
+    )
+    from interventions.analysis.plan import read_model
 
     check_args(args)
     if not args.plan:  # a plan writes nothing
         check_out(args.out)
     source = resolve_data(args.data, args.mc2_json, args.mc2_images, uses=[("analysis", args.n_items)])
-    docs, dropped = prepare_docs(source, args.model, args.n_items, (*FOLLOW_KINDS, *CONTROL_KINDS),
-                                 trust_remote_code=args.trust_remote_code)
+    model_config, processor = read_model(args.model, args.trust_remote_code)  # bad data: before any weights load
+    docs, dropped = analysis_docs(source, model_config, processor.tokenizer, args.n_items,
+                                  (*FOLLOW_KINDS, *CONTROL_KINDS))
     print(docs_line(source, docs, dropped))
     if args.plan:
         from interventions.analysis.plan import identify_work, table
@@ -95,19 +109,16 @@ def run(args: argparse.Namespace) -> int:
 
         check_device(args.device)
         print(table(identify_work(args.model, docs, args.batch_size, args.trust_remote_code, fraction=args.top,
-                                  exact=not args.no_exact, learned=not args.no_learned, curve_heads=args.curve_heads,
+                                  exact=args.exact, learned=args.learned, curve_heads=args.curve_heads,
                                   options=LearnedMaskOptions(steps=args.learned_steps), exact_sweep=args.exact_sweep)))
         return 0
     model, processor = load_model(args.model, device=args.device, dtype=args.dtype,
-                                  trust_remote_code=args.trust_remote_code)
+                                  trust_remote_code=args.trust_remote_code, config=model_config,
+                                  processor=processor)
     with staged(args.out) as out:
-        document = run_identify(
-            model, processor, out, top=args.top, method=args.method, n_items=args.n_items,
-            batch_size=args.batch_size, seed=args.seed, exact=not args.no_exact, learned=not args.no_learned,
-            learned_steps=args.learned_steps, curve_heads=args.curve_heads, model_name=args.model,
-            docs=docs, data=data_record(source, dropped, len(docs)) if source.is_mc2 or dropped else None,
-            exhaustive=args.exhaustive, exact_sweep=args.exact_sweep,
-        )
-    heads = ", ".join(f"L{l}H{h}" for l, h in document["spec_heads"])
-    print(f"identify: wrote {args.out / 'identify.json'}; {args.out / document['spec']} blocks {heads} ({args.method})")
+        identified = run_identify(model, processor, out, config_from(IdentifyConfig, args), docs=docs,
+                                  data=data_record(source, dropped, len(docs)) if source.is_mc2 or dropped else None)
+    heads = ", ".join(f"L{l}H{h}" for l, h in identified.spec_heads)
+    print(f"identify: wrote {args.out / 'identify.json'}; {args.out / identified.spec_file} blocks {heads} "
+          f"({args.method})")
     return 0

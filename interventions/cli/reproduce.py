@@ -7,29 +7,30 @@ import math
 from pathlib import Path
 
 from interventions.analysis.data import add_data_arguments
-from interventions.cli.arguments import add_model_arguments
+from interventions.analysis.defaults import EXACT_SWEEPS, METHODS, ReproduceConfig
+from interventions.cli.arguments import config_from, shared_flags
 from modarb_tasks.errors import ModarbError
 from modarb_tasks.files import check_writable
 from modarb_tasks.outdir import check_out
 
 
 def register(subparsers) -> None:
+    defaults = ReproduceConfig()
     parser = subparsers.add_parser(
         "reproduce",
+        parents=[shared_flags(defaults, help={"out": "report folder (default: %(default)s)",
+                                              "batch_size": "default: %(default)s"})],
         help="reproduce the Instruction Anchor experiments on one model and write a report folder",
         description="Baseline, information flow, head identification, blocking curve (top vs random heads) and "
         "amplification on failed items, each intervention scored by lm-eval on modality following and both "
         "ability controls. Writes report.md, summary.json, figures, specs and every run's lm-eval results.",
     )
-    defaults = _defaults()
-    parser.add_argument("--out", type=Path, default=defaults.out, help="report folder (default: %(default)s)")
     parser.add_argument("--limit", type=int, default=defaults.limit, help="test items (MC²: test-half items) per task scored by lm-eval (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="default: %(default)s")
     parser.add_argument("--top", type=float, default=defaults.top, help="fraction of heads in the top set (default: %(default)s)")
     parser.add_argument("--fractions", type=_floats, default=defaults.fractions, help="blocking curve fractions, comma-separated")
     parser.add_argument("--draws", type=int, default=defaults.draws, help="random head sets per fraction (default: %(default)s)")
     parser.add_argument("--alphas", type=_floats, default=defaults.alphas, help="amplification factors, comma-separated")
-    parser.add_argument("--method", choices=("attribution", "ablation", "selective", "learned"), default=defaults.method,
+    parser.add_argument("--method", choices=METHODS, default=defaults.method,
                         help="ranking that picks the heads (default: %(default)s)")
     parser.add_argument("--analysis-items", type=int, default=defaults.analysis_items,
                         help="validation (MC²: analysis-half) items per instruction side for flow and identify "
@@ -41,11 +42,10 @@ def register(subparsers) -> None:
                         "choose the sweep's alpha (default: %(default)s; more than --analysis-items, as the gates "
                         "learn from the failed items only)")
     parser.add_argument("--window", type=int, default=defaults.window, help="flow knockout window in layers (default: the odd count nearest 30%% of the depth)")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="default: %(default)s")
     parser.add_argument("--use-cache", type=Path, default=None, metavar="DIR",
                         help="keep lm-eval's answers in DIR (keyed by model and spec): an interrupted run "
                         "started again with the same DIR resumes instead of recomputing")
-    parser.add_argument("--exact-sweep", choices=("shortlist", "full"), default=defaults.exact_sweep,
+    parser.add_argument("--exact-sweep", choices=EXACT_SWEEPS, default=defaults.exact_sweep,
                         help="identify's exact sweeps: every head on models of at most 64 heads, else a shortlist "
                         "(the cheap rankings' top heads; 'full': every head) (default: %(default)s)")
     parser.add_argument("--steer", action=argparse.BooleanOptionalAction, default=None,
@@ -66,14 +66,7 @@ def register(subparsers) -> None:
     parser.add_argument("--controls-on", dest="controls_on_curve", choices=("curve",), default=None,
                         help="'curve': score the controls on every run of the blocking curve too")
     add_data_arguments(parser)
-    add_model_arguments(parser, device=None)
     parser.set_defaults(func=_run)
-
-
-def _defaults():
-    from interventions.analysis.defaults import ReproduceConfig
-
-    return ReproduceConfig()
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -106,7 +99,6 @@ def _check_controls(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from interventions.analysis.defaults import ReproduceConfig
     from interventions.model.model_files import check_device
 
     for name in ("limit", "batch_size", "draws", "analysis_items", "learned_steps", "amplify_items"):
@@ -125,8 +117,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.use_cache is not None:
             check_writable(args.use_cache, "--use-cache")
     check_device(args.device)
-    config = ReproduceConfig(**{key: value for key, value in vars(args).items()
-                                if key not in ("func", "command", "plan")})
+    config = config_from(ReproduceConfig, args)
     if args.plan:
         from interventions.analysis.plan import reproduce_work, table
 

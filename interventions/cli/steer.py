@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 
 from interventions.analysis.data import add_data_arguments
-from interventions.cli.arguments import add_model_arguments
+from interventions.cli.arguments import shared_flags
 from interventions.analysis.defaults import STEER_DIRECTIONS as DIRECTIONS
 from modarb_tasks.errors import ModarbError
 from modarb_tasks.outdir import check_out, staged
@@ -20,8 +20,11 @@ DEFAULT_ALPHAS = "-1,-0.5,-0.25,-0.1,0.1,0.25,0.5,1"
 
 
 def register(subparsers) -> None:
+    flags = shared_flags(out=Path("reports/steer"), batch_size=64, model=None, device=None, dtype="float32",
+                         trust_remote_code=False, help={"batch_size": "default: %(default)s"})
     parser = subparsers.add_parser(
         "steer",
+        parents=[flags],
         help="fit a residual-stream steering direction on validation, choose layer and alpha there, score it on test",
         description="Difference-of-means directions in the residual stream (follow-image minus follow-text; followed "
         "minus failed; optionally the first principal component), one per decoder layer, fitted on the validation "
@@ -30,7 +33,6 @@ def register(subparsers) -> None:
         "both controls and the share of answers naming neither side. Writes steer.json, steer.md and one spec "
         "(+ vector) per direction.",
     )
-    parser.add_argument("--out", type=Path, default=Path("reports/steer"), help="output folder (default: %(default)s)")
     parser.add_argument("--directions", default="modality,following",
                         help=f"comma-separated, from {', '.join(DIRECTIONS)} (default: %(default)s)")
     parser.add_argument("--alphas", default=DEFAULT_ALPHAS, help="steering strengths tried on validation "
@@ -43,9 +45,7 @@ def register(subparsers) -> None:
                         help="validation items per task kind (default: %(default)s)")
     parser.add_argument("--limit", type=int, default=200, help="test items per task scored by lm-eval "
                         "(default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=64, help="default: %(default)s")
     add_data_arguments(parser)
-    add_model_arguments(parser, device=None)
     parser.set_defaults(func=run)
 
 
@@ -85,13 +85,15 @@ def run(args: argparse.Namespace) -> int:
     options = parse_options(args)
     check_out(args.out)
     check_device(args.device)
-    from interventions.analysis.data import CONTROL_KINDS, FOLLOW_KINDS, docs_line, prepare_docs, resolve_data
+    from interventions.analysis.data import CONTROL_KINDS, FOLLOW_KINDS, analysis_docs, docs_line, resolve_data
+    from interventions.analysis.plan import read_model
     from interventions.analysis.steer import SteerRun, run_steer
 
     source = resolve_data(args.data, args.mc2_json, args.mc2_images,
                           uses=[("analysis", args.n_items), ("test", args.limit)])
-    docs, dropped = prepare_docs(source, args.model, args.n_items, (*FOLLOW_KINDS, *CONTROL_KINDS),
-                                 trust_remote_code=args.trust_remote_code)
+    model_config, processor = read_model(args.model, args.trust_remote_code)  # bad data: before any weights load
+    docs, dropped = analysis_docs(source, model_config, processor.tokenizer, args.n_items,
+                                  (*FOLLOW_KINDS, *CONTROL_KINDS))
     print(docs_line(source, docs, dropped))
     config = SteerRun(model=args.model, n_items=args.n_items, limit=args.limit, batch_size=args.batch_size,
                       device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code, options=options)

@@ -83,8 +83,12 @@ class ModarbVLM(HFMultimodalLM):
         steer_layer: int | None = None,
         steer_alpha: float | None = None,
         steer_positions: str = "all",
+        config=None,
+        processor=None,
         **kwargs,
     ) -> None:
+        """`config`, `processor`: read from `pretrained` already (`modarb reproduce` checks its data with them
+        before the weights load), used instead of reading them again."""
         warn_untested_versions()  # lm_eval's own CLI and the Python API start here, not in `modarb`
         check_model_args(kwargs, spec=spec, block=block, amplify=amplify, alpha=alpha, positions=positions)
         steering = dict(steer=steer, steer_layer=steer_layer, steer_alpha=steer_alpha, steer_positions=steer_positions)
@@ -94,6 +98,9 @@ class ModarbVLM(HFMultimodalLM):
         kwargs.setdefault("attn_implementation", DEFAULT_ATTENTION)
         if isinstance(pretrained, str):
             check_pretrained(pretrained, trust_remote_code=bool(kwargs.get("trust_remote_code")))
+        self._read_config, self._read_processor = config, processor
+        if config is not None:
+            kwargs["config"] = config  # lm-eval hands the kwargs it does not know on to from_pretrained
         super().__init__(str(organism_path()) if pretrained is None else pretrained, **kwargs)
         # the analyses' rule too (interventions.model.encoding): Qwen's vision start/end, Gemma 3's begin-of-image
         self.image_token = image_string(self.config, self.tokenizer, kwargs.get("image_string"),
@@ -118,8 +125,16 @@ class ModarbVLM(HFMultimodalLM):
         """The stock processor loader, through `load_processor`: without torchvision the Qwen2-VL,
         Qwen2.5-VL, LLaVA-OneVision and SmolVLM processors fail AutoProcessor's video check."""
         name = pretrained if isinstance(pretrained, str) else self.model.name_or_path
-        self.processor = load_processor(name, trust_remote_code=bool(trust_remote_code), revision=revision, **self.pixels)
+        self.processor = self._read_processor or load_processor(name, trust_remote_code=bool(trust_remote_code),
+                                                                revision=revision, **self.pixels)
         self.tokenizer = self.processor.tokenizer
+
+    def _get_config(self, pretrained, **kwargs) -> None:
+        """The config the caller read already, else lm-eval's own reading."""
+        if self._read_config is None:
+            super()._get_config(pretrained, **kwargs)
+        else:
+            self._config = self._read_config
 
     def check_tasks(self, tasks) -> None:
         """Called with lm-eval's (name, task) pairs before the first request: refuse a task the spec cannot run on."""

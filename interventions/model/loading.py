@@ -29,17 +29,22 @@ def load_model(
     dtype: str = "float32",
     attn_implementation: str = DEFAULT_ATTENTION,
     trust_remote_code: bool = False,
+    config=None,
+    processor=None,
 ):
-    """(model in eval mode, processor) for `pretrained` (default: the bundled organism)."""
+    """(model in eval mode, processor) for `pretrained` (default: the bundled organism). `config` and
+    `processor`: the ones a caller already read from it (to check its data before the weights load), used
+    instead of reading them again."""
     source = str(organism_path() if pretrained is None else pretrained)
     if dtype not in DTYPES:
         raise ModarbError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     check_device(device)
     check_pretrained(source, trust_remote_code=trust_remote_code)
     try:
-        processor = load_processor(source, trust_remote_code=trust_remote_code)
+        processor = processor or load_processor(source, trust_remote_code=trust_remote_code)
         model = AutoModelForImageTextToText.from_pretrained(
             source,
+            config=config,
             dtype=DTYPES[dtype],
             attn_implementation=attn_implementation,
             trust_remote_code=trust_remote_code,

@@ -74,13 +74,13 @@ def test_restored_and_broken_are_counted_against_the_open_model(organism_dir):
     import torch
 
     from interventions.analysis.batches import iter_batches
-    from interventions.analysis.data import CONTROL_KINDS, FOLLOW_KINDS, DataSource, prepare_docs
+    from interventions.analysis.data import CONTROL_KINDS, FOLLOW_KINDS, DataSource, analysis_docs
     from interventions.analysis.identify import split_docs
     from interventions.analysis.objective import Objective
     from interventions.model.loading import load_model
 
     model, processor = load_model(None)
-    docs, _ = prepare_docs(DataSource(), None, 10, (*FOLLOW_KINDS, *CONTROL_KINDS))
+    docs, _ = analysis_docs(DataSource(), model.config, processor.tokenizer, 10, (*FOLLOW_KINDS, *CONTROL_KINDS))
     follow, control = split_docs(docs)
     objective = Objective(model, list(iter_batches(model, processor, follow, 16)),
                           list(iter_batches(model, processor, control, 16)))

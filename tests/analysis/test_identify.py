@@ -289,6 +289,35 @@ def test_cli_writes_outputs(modarb, organism_folder, tmp_path, capsys):
         assert curve["attribution_estimate"] == pytest.approx(attribution, abs=1e-5)
 
 
+def test_cli_reads_the_processor_and_config_once(modarb, organism_folder, tmp_path, monkeypatch):
+    """The data check before the weights load reads the processor and config; loading the model reuses both
+    (given a config, from_pretrained reads none)."""
+    import transformers
+
+    from interventions.model import loading
+
+    reads = {"processor": 0, "model configs given": []}
+
+    def counted(name, original):
+        def read(*args, **kwargs):
+            reads[name] += 1
+            return original(*args, **kwargs)
+        return read
+
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained",
+                        counted("processor", transformers.AutoProcessor.from_pretrained))
+    load_weights = loading.AutoModelForImageTextToText.from_pretrained
+
+    def weights(*args, config=None, **kwargs):
+        reads["model configs given"].append(config is not None)
+        return load_weights(*args, config=config, **kwargs)
+
+    monkeypatch.setattr(loading.AutoModelForImageTextToText, "from_pretrained", weights)
+    assert modarb(["identify", "--model", str(organism_folder), "--out", str(tmp_path / "i"), "--top", "0.25",
+                   "--n-items", "1", "--batch-size", "4", "--no-exact", "--no-learned", "--curve-heads", "0"]) == 0
+    assert reads == {"processor": 1, "model configs given": [True]}
+
+
 def test_cli_rejects_negative_curve_heads(modarb, capsys):
     assert modarb(["identify", "--curve-heads", "-1"]) == 2
     assert "--curve-heads -1 must be 0 (no curves) or more" in capsys.readouterr().err
@@ -310,6 +339,7 @@ def test_cli_rejects_method_it_skips(modarb, capsys):
 
 def test_failed_run_leaves_no_identify_json(loaded, tmp_path, monkeypatch):
     from interventions.analysis import heatmap
+    from interventions.analysis.defaults import IdentifyConfig
     from interventions.analysis.identify import run_identify
 
     def broken_plot(*args, **kwargs):
@@ -318,7 +348,8 @@ def test_failed_run_leaves_no_identify_json(loaded, tmp_path, monkeypatch):
     monkeypatch.setattr(heatmap, "plot_head_scores", broken_plot)
     model, processor = loaded
     with pytest.raises(RuntimeError, match="disk full"):
-        run_identify(model, processor, tmp_path, top=0.25, n_items=1, exact=False, learned=False, progress=False)
+        run_identify(model, processor, tmp_path, IdentifyConfig(top=0.25, n_items=1, exact=False, learned=False),
+                     progress=False)
     assert not (tmp_path / "identify.json").exists()
     assert not list(tmp_path.glob("*.tmp"))
 

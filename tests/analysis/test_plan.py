@@ -103,7 +103,7 @@ def test_planned_sweeps_count_the_resumed_forwards(request, which, exact_sweep):
 def test_planned_flow_counts_the_resumed_knockouts():
     from interventions.analysis.flow import flow_sweep
     from interventions.analysis.data import FOLLOW_KINDS, shapes_docs
-    from interventions.analysis.flow_run import DEFAULT_LAYOUTS
+    from interventions.analysis.defaults import DEFAULT_LAYOUTS
     from interventions.model.loading import load_model
 
     model, processor = load_model(None)

@@ -98,7 +98,7 @@ def test_modarb_steer_refuses_bad_flags_in_one_line(argv, message, tmp_path, cap
 
 def test_validation_rates_at_alpha_zero_change_nothing_and_the_best_setting_is_chosen(organism_dir, monkeypatch):
     from interventions.analysis.batches import iter_batches
-    from interventions.analysis.data import CONTROL_KINDS, FOLLOW_KINDS, DataSource, prepare_docs
+    from interventions.analysis.data import CONTROL_KINDS, FOLLOW_KINDS, DataSource, analysis_docs
     from interventions.analysis.identify import split_docs
     from interventions.analysis.objective import Objective
     from interventions.analysis.amplify import control_drops, follow_rates
@@ -107,7 +107,7 @@ def test_validation_rates_at_alpha_zero_change_nothing_and_the_best_setting_is_c
     from interventions.model.loading import load_model
 
     model, processor = load_model(None)
-    docs, _ = prepare_docs(DataSource(), None, 12, (*FOLLOW_KINDS, *CONTROL_KINDS))
+    docs, _ = analysis_docs(DataSource(), model.config, processor.tokenizer, 12, (*FOLLOW_KINDS, *CONTROL_KINDS))
     follow, control = split_docs(docs)
     objective = Objective(model, list(iter_batches(model, processor, follow, 16)),
                           list(iter_batches(model, processor, control, 16)))

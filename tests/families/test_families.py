@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from interventions.analysis.batches import encode_docs
+from interventions.analysis.defaults import FlowConfig, IdentifyConfig
 from interventions.analysis.flow_run import run_flow
 from interventions.analysis.identify import run_identify
 from interventions.analysis.reproduce import ReproduceConfig, reproduce
@@ -118,13 +119,15 @@ def test_the_image_string_is_the_one_the_processor_expands(folders):
 @pytest.mark.parametrize("name", MODELS)
 def test_identify_and_flow_run_on_every_family(name, folders, tmp_path):
     model, processor = load_model(folders[name])
-    identified = run_identify(model, processor, tmp_path / "identify", top=0.1, n_items=2, batch_size=4,
-                              learned_steps=2, curve_heads=1, progress=False)
-    assert identified["spec_heads"] and (tmp_path / "identify" / "spec_top10.json").is_file()
-    assert identified["n_follow_docs"] == 4 and identified["n_control_docs"] == 4
-    flow = run_flow(model, processor, tmp_path / "flow", n_items=2, batch_size=4, layouts=("standard",), progress=False)
+    identified = run_identify(model, processor, tmp_path / "identify",
+                              IdentifyConfig(top=0.1, n_items=2, batch_size=4, learned_steps=2, curve_heads=1),
+                              progress=False)
+    assert identified.spec_heads and (tmp_path / "identify" / "spec_top10.json").is_file()
+    assert identified.result.n_follow_docs == 4 and identified.result.n_control_docs == 4
+    flow = run_flow(model, processor, tmp_path / "flow", FlowConfig(n_items=2, batch_size=4, layouts=("standard",)),
+                    progress=False)
     written = json.loads((tmp_path / "flow" / "flow.json").read_text())
-    assert written["window"] == flow["window"] >= 1
+    assert written["window"] == flow.window >= 1
     assert {side: part["n"] for side, part in written["flow"]["standard"].items()} == {"image": 2, "text": 2}
     assert any(edge for part in written["flow"]["standard"].values() for edge in part["edges"])
 

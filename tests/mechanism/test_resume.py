@@ -10,7 +10,7 @@ from interventions.analysis.flow import flow_sweep
 from interventions.analysis.data import FOLLOW_KINDS, shapes_docs
 from interventions.analysis.identify import identify, split_docs, top_heads
 from interventions.analysis.plan import WorkCounter
-from interventions.analysis.flow_run import DEFAULT_LAYOUTS
+from interventions.analysis.defaults import DEFAULT_LAYOUTS
 from interventions.mechanism import resume
 from interventions.mechanism.heads import scale_heads
 from interventions.mechanism.knockout import knockout
