@@ -116,6 +116,6 @@ class ReproduceConfig:
 
     @property
     def steers(self) -> bool:
-        """Whether the steering step runs: its layer x alpha search costs ~100 validation passes per direction,
-        minutes on the organism, most of an hour on a 7B, so elsewhere it is asked for with --steer."""
+        """Whether the steering step runs: on a 7B its layer x alpha search and two more lm-eval runs add about
+        a tenth to reproduce's time (`--plan` shows it), so beyond the organism it is asked for with --steer."""
         return self.model is None if self.steer is None else self.steer

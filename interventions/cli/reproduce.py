@@ -51,7 +51,7 @@ def register(subparsers) -> None:
     parser.add_argument("--steer", action=argparse.BooleanOptionalAction, default=None,
                         help="residual steering beside amplification: directions fitted, layer and alpha chosen on "
                         "validation, scored on test in the same table (default: on for the bundled organism, off "
-                        "for other models, where its layer x alpha search costs ~100 validation passes per direction)")
+                        "for other models, where it adds about a tenth to the run's time: see --plan)")
     parser.add_argument("--plan", action="store_true",
                         help="print the work plan (forwards, decoder layer-tokens, estimated H100 minutes per phase) "
                         "from the model's config and processor, load no weights, and exit")

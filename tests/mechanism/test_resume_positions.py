@@ -8,7 +8,7 @@ import torch
 
 from interventions.analysis.flow import first_position, flow_sweep
 from interventions.analysis.data import FOLLOW_KINDS, shapes_docs
-from interventions.analysis.flow_run import DEFAULT_LAYOUTS
+from interventions.analysis.defaults import DEFAULT_LAYOUTS
 from interventions.analysis.plan import WorkCounter
 from interventions.mechanism import resume
 from interventions.mechanism.knockout import knockout
