@@ -71,6 +71,7 @@ class Resumable:
     calls: list[tuple[tuple, dict]] = field(default_factory=list)  # each layer's call, hidden states left out
     kept: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> its input hidden states
     past: tuple[tuple[torch.Tensor, torch.Tensor], ...] = ()  # each layer's clean keys and values, if kept
+    cache_names: frozenset[str] = frozenset()  # the keywords that carried the clean forward's cache to the layers
     _causal: dict[tuple[int, int], bool] = field(default_factory=dict)  # (layer, position) -> may replay from it
 
     def resume_layer(self, start: int) -> int | None:
@@ -105,7 +106,8 @@ class Resumable:
         for index in range(layer, len(self.layers)):
             args, kwargs = self.calls[index]
             if position:
-                args, kwargs = _from_position(args, kwargs, position, cache, self.inputs["input_ids"])
+                args, kwargs = _from_position(args, kwargs, position, cache, self.cache_names,
+                                              self.inputs["input_ids"])
             args, kwargs = _with_hidden(args, kwargs, hidden)
             hidden = _output_hidden(self.layers[index](*args, **kwargs))
         return self._head(hidden)
@@ -139,7 +141,7 @@ def resumable(model: nn.Module, inputs: Mapping[str, torch.Tensor], starts: Iter
     budget -= past_bytes if cache is not None else 0
     calls: list[tuple[tuple, dict] | None] = [None] * len(layers)
     kept: dict[int, torch.Tensor] = {}
-    state: dict[str, Any] = {"keep": set(), "output": None, "consistent": True}
+    state: dict[str, Any] = {"keep": set(), "output": None, "consistent": True, "cache_names": set()}
 
     def before(index: int):
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -149,7 +151,9 @@ def resumable(model: nn.Module, inputs: Mapping[str, torch.Tensor], starts: Iter
                 state["keep"] = {wanted[i * len(wanted) // fit] for i in range(fit)} if fit else set()
             elif not (hidden is state["output"] or torch.equal(hidden, state["output"])):
                 state["consistent"] = False  # the decoder changes the hidden states between layers: no replay
-            # the clean forward's cache is left out: a replay brings its own, or none
+            # the clean forward's cache is left out (a replay brings its own, or none); the keyword it came by
+            # (`past_key_values`, `cache` in newer transformers) is noted
+            state["cache_names"] |= {key for key, value in kwargs.items() if isinstance(value, Cache)}
             calls[index] = _with_hidden(tuple(args), {key: None if isinstance(value, Cache) else value
                                                       for key, value in kwargs.items()}, None)
             if index in state["keep"]:
@@ -165,7 +169,7 @@ def resumable(model: nn.Module, inputs: Mapping[str, torch.Tensor], starts: Iter
             hooks.callback(layer.register_forward_hook(after).remove)
         logits = (full_last_logits(model, inputs) if cache is None else
                   model(**inputs, use_cache=True, past_key_values=cache, logits_to_keep=1).logits[:, -1])
-    resumed = Resumable(model, inputs, logits, layers, norm, None, calls)
+    resumed = Resumable(model, inputs, logits, layers, norm, None, calls, cache_names=frozenset(state["cache_names"]))
     if not kept or not state["consistent"] or any(call is None for call in calls):
         return resumed
     for softcap in dict.fromkeys((None, getattr(model.config.get_text_config(), "final_logit_softcapping", None))):
@@ -189,7 +193,7 @@ def _keep_past(resumed: Resumable, cache: Cache, position: int) -> None:
     layer = min(resumed.kept)
     try:
         replayed = resumed._replay(layer, position) if resumed.replays_from(layer, position) else None
-    except CannotCut:
+    except (CannotCut, RuntimeError, TypeError, ValueError):  # layers that do not take a cut call: every position
         replayed = None
     scale = float(resumed.logits.abs().max().clamp(min=1.0))
     tolerance = POSITION_TOLERANCE.get(resumed.logits.dtype, HALF_TOLERANCE) * scale
@@ -235,15 +239,16 @@ class CannotCut(Exception):
     """A layer call has an argument a replay from a position does not know how to cut."""
 
 
-def _from_position(args: tuple, kwargs: dict, position: int, cache: Cache, ids: torch.Tensor) -> tuple[tuple, dict]:
-    """A kept layer call cut to the queries from `position` on, reading earlier keys and values from `cache`:
-    the mask's query rows, the rotary embeddings' and position ids' positions. Any other tensor argument
-    (or a positional one beside the hidden states) raises CannotCut."""
-    if any(isinstance(value, (torch.Tensor, Cache)) for value in args[1:]):
+def _from_position(args: tuple, kwargs: dict, position: int, cache: Cache, cache_names: frozenset[str],
+                   ids: torch.Tensor) -> tuple[tuple, dict]:
+    """A kept layer call cut to the queries from `position` on, reading earlier keys and values from `cache`
+    (passed by the `cache_names` keywords): the mask's query rows, the rotary embeddings' and position ids'
+    positions. Any other tensor argument (or a positional one beside the hidden states) raises CannotCut."""
+    if any(isinstance(value, (torch.Tensor, Cache)) for value in args[1:]) or not cache_names:
         raise CannotCut
     cut = {}
     for name, value in kwargs.items():
-        if name in ("past_key_values", "past_key_value"):
+        if name in cache_names:
             cut[name] = cache
         elif name == "attention_mask":
             cut[name] = _mask_from(value, position, ids)
